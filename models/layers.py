@@ -1,0 +1,172 @@
+"""Building blocks shared by every model: casted linear/embedding, RMS norm, RoPE, attention, SwiGLU."""
+from __future__ import annotations
+
+import math
+
+import einops
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CosSin = tuple[torch.Tensor, torch.Tensor]
+
+
+def trunc_normal_(tensor: torch.Tensor, std: float = 1.0, lower: float = -2.0, upper: float = 2.0) -> torch.Tensor:
+    """Truncated normal in units of std, rescaled so the *truncated* distribution has the requested std.
+
+    torch.nn.init.trunc_normal_ truncates but keeps the std of the untruncated normal; TRM (like JAX's
+    LeCun init) corrects for the variance the truncation removes.
+    """
+    with torch.no_grad():
+        if std == 0:
+            return tensor.zero_()
+        cdf_lo, cdf_hi = (math.erf(b / math.sqrt(2)) for b in (lower, upper))
+        mass = (cdf_hi - cdf_lo) / 2
+        pdf = lambda v: math.exp(-0.5 * v * v) / math.sqrt(2 * math.pi)  # noqa: E731
+        var = 1 - (upper * pdf(upper) - lower * pdf(lower)) / mass - ((pdf(upper) - pdf(lower)) / mass) ** 2
+        scale = std / math.sqrt(var)
+        # inverse-CDF sampling: uniform in erf space, then erfinv
+        tensor.uniform_(cdf_lo, cdf_hi).erfinv_().mul_(math.sqrt(2) * scale)
+        return tensor.clamp_(lower * scale, upper * scale)
+
+
+class CastedLinear(nn.Module):
+    """Linear layer whose float32 master weight is cast to the input dtype at use (bf16 compute, fp32 storage)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(trunc_normal_(torch.empty(out_features, in_features), std=in_features**-0.5))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias.to(x.dtype) if self.bias is not None else None
+        return F.linear(x, self.weight.to(x.dtype), bias)
+
+
+class CastedEmbedding(nn.Module):
+    def __init__(self, num_embeddings: int, dim: int, init_std: float, cast_to: torch.dtype):
+        super().__init__()
+        self.cast_to = cast_to
+        # name kept from the official code so its checkpoints load unchanged
+        self.embedding_weight = nn.Parameter(trunc_normal_(torch.empty(num_embeddings, dim), std=init_std))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.embedding_weight.to(self.cast_to))
+
+
+def rms_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Weightless RMS norm over the last axis, computed in float32."""
+    dtype = x.dtype
+    x = x.float()
+    return (x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)).to(dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """Precomputed cos/sin tables in the 'rotate half' layout (each frequency repeated over both halves)."""
+
+    def __init__(self, head_dim: int, max_positions: int, base: float = 10000.0):
+        super().__init__()
+        inv_freq = base ** -(torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
+        angles = torch.cat((freqs, freqs), dim=-1)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self) -> CosSin:
+        return self.cos, self.sin
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, S, H, D]; cos/sin: [S, D]. Rotation is done in the tables' dtype (float32)."""
+    dtype = x.dtype
+    x = x.to(cos.dtype)
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
+    return (x * cos + _rotate_half(x) * sin).to(dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with a fused qkv projection and grouped-query heads (num_kv_heads <= num_heads)."""
+
+    def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int | None = None, causal: bool = False):
+        super().__init__()
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads or num_heads
+        assert hidden_size % num_heads == 0, "hidden_size must be divisible by num_heads"
+        assert num_heads % self.num_kv_heads == 0, "num_heads must be a multiple of num_key_value_heads"
+        self.head_dim = hidden_size // num_heads
+        self.causal = causal
+        self.qkv_proj = CastedLinear(hidden_size, (num_heads + 2 * self.num_kv_heads) * self.head_dim)
+        self.o_proj = CastedLinear(num_heads * self.head_dim, hidden_size)
+
+    def forward(self, x: torch.Tensor, cos_sin: CosSin | None = None) -> torch.Tensor:
+        B, S, _ = x.shape
+        qkv = self.qkv_proj(x).view(B, S, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
+        q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=2)
+        if cos_sin is not None:
+            cos, sin = (t[:S] for t in cos_sin)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = (einops.rearrange(t, "b s h d -> b h s d") for t in (q, k, v))
+        if self.num_kv_heads != self.num_heads:
+            rep = self.num_heads // self.num_kv_heads
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        return self.o_proj(einops.rearrange(out, "b h s d -> b s (h d)"))
+
+
+def swiglu_width(hidden_size: int, expansion: float) -> int:
+    """Inner width: 2/3 of expansion*hidden (so parameters match a 4x GELU MLP), rounded up to a multiple of 256."""
+    return -(-round(expansion * hidden_size * 2 / 3) // 256) * 256
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, hidden_size: int, expansion: float):
+        super().__init__()
+        inner = swiglu_width(hidden_size, expansion)
+        self.gate_up_proj = CastedLinear(hidden_size, 2 * inner)
+        self.down_proj = CastedLinear(inner, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    """Post-norm block: token mixing (attention, or with mlp_t a SwiGLU across the sequence axis), then SwiGLU."""
+
+    def __init__(self, hidden_size: int, num_heads: int, expansion: float, num_kv_heads: int | None = None,
+                 causal: bool = False, mlp_t_len: int | None = None, norm_eps: float = 1e-5):
+        super().__init__()
+        self.norm_eps = norm_eps
+        if mlp_t_len is not None:
+            self.mlp_t = SwiGLU(mlp_t_len, expansion)
+        else:
+            self.self_attn = Attention(hidden_size, num_heads, num_kv_heads, causal=causal)
+        self.mlp = SwiGLU(hidden_size, expansion)
+
+    def forward(self, h: torch.Tensor, cos_sin: CosSin | None = None) -> torch.Tensor:
+        if hasattr(self, "mlp_t"):
+            # Mix along the sequence: [B, S, D] -> [B, D, S]; the norm then runs over the sequence axis, as in TRM.
+            h = h.transpose(1, 2)
+            h = rms_norm(h + self.mlp_t(h), self.norm_eps).transpose(1, 2)
+        else:
+            h = rms_norm(h + self.self_attn(h, cos_sin), self.norm_eps)
+        return rms_norm(h + self.mlp(h), self.norm_eps)
+
+
+class ReasoningModule(nn.Module):
+    """A stack of blocks that first adds an injection to its input: f(h, inj) = blocks(h + inj)."""
+
+    def __init__(self, layers: list[Block]):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, h: torch.Tensor, injection: torch.Tensor, cos_sin: CosSin | None = None) -> torch.Tensor:
+        h = h + injection
+        for layer in self.layers:
+            h = layer(h, cos_sin)
+        return h

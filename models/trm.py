@@ -1,0 +1,217 @@
+"""Tiny Recursive Model: one small network applied recursively (H/L cycles), wrapped in adaptive computation (ACT).
+
+Module and buffer names follow the official implementation so that its checkpoints load unchanged.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+from torch import nn
+
+from models.layers import Block, CastedEmbedding, CastedLinear, ReasoningModule, RotaryEmbedding, trunc_normal_
+from models.sparse_embedding import SparseEmbedding
+
+Batch = dict[str, torch.Tensor]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class TRMConfig:
+    # filled from the dataset
+    seq_len: int
+    vocab_size: int
+    num_puzzle_identifiers: int = 1
+    batch_size: int = 1  # local batch size: the size of the sparse-embedding scratch rows
+    # network
+    hidden_size: int = 512
+    num_heads: int = 8
+    num_key_value_heads: int | None = None  # < num_heads for grouped-query attention
+    expansion: float = 4.0
+    L_layers: int = 2
+    H_layers: int = 0  # unused by TRM (one network); kept so official configs parse
+    pos_encodings: str = "rope"  # rope | learned | none
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    mlp_t: bool = False  # replace attention by a SwiGLU across the sequence axis
+    causal: bool = False
+    puzzle_emb_ndim: int = 512
+    puzzle_emb_len: int = 16  # 0: ceil(puzzle_emb_ndim / hidden_size)
+    forward_dtype: str = "bfloat16"
+    # recursion and ACT
+    H_cycles: int = 3
+    L_cycles: int = 6
+    halt_max_steps: int = 16
+    halt_exploration_prob: float = 0.1
+    no_ACT_continue: bool = True
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TRMConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown model option(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        if self.pos_encodings not in ("rope", "learned", "none"):
+            raise ValueError(f"pos_encodings must be rope, learned or none, got {self.pos_encodings!r}")
+        if self.forward_dtype not in DTYPES:
+            raise ValueError(f"forward_dtype must be one of {list(DTYPES)}, got {self.forward_dtype!r}")
+        if self.H_cycles < 1 or self.L_cycles < 1 or self.halt_max_steps < 1:
+            raise ValueError("H_cycles, L_cycles and halt_max_steps must be >= 1")
+
+    @property
+    def prefix_len(self) -> int:
+        """Positions taken by the puzzle embedding in front of the tokens."""
+        if self.puzzle_emb_ndim <= 0:
+            return 0
+        return self.puzzle_emb_len or -(-self.puzzle_emb_ndim // self.hidden_size)
+
+
+@dataclass
+class InnerCarry:
+    z_H: torch.Tensor  # current answer ("y" in the paper)
+    z_L: torch.Tensor  # latent reasoning state ("z" in the paper)
+
+
+@dataclass
+class Carry:
+    inner: InnerCarry
+    steps: torch.Tensor  # [B] int32, ACT steps taken on the current sample
+    halted: torch.Tensor  # [B] bool
+    data: Batch  # the sample each row is currently working on
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"z_H": self.inner.z_H, "z_L": self.inner.z_L, "steps": self.steps, "halted": self.halted,
+                **{f"data.{k}": v for k, v in self.data.items()}}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> "Carry":
+        data = {k.removeprefix("data."): v for k, v in state.items() if k.startswith("data.")}
+        return cls(InnerCarry(state["z_H"], state["z_L"]), state["steps"], state["halted"], data)
+
+
+class TRMInner(nn.Module):
+    """Embeddings, the shared reasoning network and the heads; `recurse` is one ACT step of latent updates."""
+
+    def __init__(self, config: TRMConfig):
+        super().__init__()
+        self.config = c = config
+        self.forward_dtype = DTYPES[c.forward_dtype]
+        self.prefix_len = c.prefix_len
+        self.embed_scale = math.sqrt(c.hidden_size)
+        init_std = 1.0 / self.embed_scale
+
+        self.embed_tokens = CastedEmbedding(c.vocab_size, c.hidden_size, init_std, self.forward_dtype)
+        self.lm_head = CastedLinear(c.hidden_size, c.vocab_size)
+        self.q_head = CastedLinear(c.hidden_size, 2, bias=True)
+        if c.puzzle_emb_ndim > 0:
+            self.puzzle_emb = SparseEmbedding(c.num_puzzle_identifiers, c.puzzle_emb_ndim, c.batch_size,
+                                              init_std=0.0, cast_to=self.forward_dtype)
+        total_len = c.seq_len + self.prefix_len
+        if c.pos_encodings == "rope":
+            self.rotary_emb = RotaryEmbedding(c.hidden_size // c.num_heads, total_len, c.rope_theta)
+        elif c.pos_encodings == "learned":
+            self.embed_pos = CastedEmbedding(total_len, c.hidden_size, init_std, self.forward_dtype)
+
+        self.L_level = ReasoningModule([
+            Block(c.hidden_size, c.num_heads, c.expansion, c.num_key_value_heads, causal=c.causal,
+                  mlp_t_len=total_len if c.mlp_t else None, norm_eps=c.rms_norm_eps)
+            for _ in range(c.L_layers)
+        ])
+        self._init_states()
+        with torch.no_grad():  # q_head starts at "never halt"
+            self.q_head.weight.zero_()
+            self.q_head.bias.fill_(-5.0)
+
+    def _init_states(self) -> None:
+        # fixed (untrained) starting points of the two latents
+        self.register_buffer("H_init", trunc_normal_(torch.empty(self.config.hidden_size), std=1.0))
+        self.register_buffer("L_init", trunc_normal_(torch.empty(self.config.hidden_size), std=1.0))
+
+    def input_embeddings(self, batch: Batch) -> torch.Tensor:
+        c = self.config
+        x = self.embed_tokens(batch["inputs"].long())
+        if c.puzzle_emb_ndim > 0:
+            p = self.puzzle_emb(batch["puzzle_identifiers"].long())
+            p = nn.functional.pad(p, (0, self.prefix_len * c.hidden_size - p.shape[-1]))
+            x = torch.cat((p.view(-1, self.prefix_len, c.hidden_size), x), dim=-2)
+        if c.pos_encodings == "learned":
+            x = 0.707106781 * (x + self.embed_pos.embedding_weight.to(self.forward_dtype))  # keeps the variance
+        return self.embed_scale * x
+
+    def empty_carry(self, batch_size: int, device: torch.device | str) -> InnerCarry:
+        shape = (batch_size, self.config.seq_len + self.prefix_len, self.config.hidden_size)
+        return InnerCarry(*(torch.zeros(shape, dtype=self.forward_dtype, device=device) for _ in range(2)))
+
+    def reset_carry(self, reset: torch.Tensor, carry: InnerCarry) -> InnerCarry:
+        r = reset.view(-1, 1, 1)
+        return InnerCarry(torch.where(r, self.H_init.to(self.forward_dtype), carry.z_H),
+                          torch.where(r, self.L_init.to(self.forward_dtype), carry.z_L))
+
+    def recurse(self, z_H: torch.Tensor, z_L: torch.Tensor, x: torch.Tensor, cos_sin) -> tuple[torch.Tensor, torch.Tensor]:
+        """H_cycles x (L_cycles updates of z_L, then one of z_H); gradient only through the last H cycle."""
+        c = self.config
+        with torch.no_grad():
+            for _ in range(c.H_cycles - 1):
+                for _ in range(c.L_cycles):
+                    z_L = self.L_level(z_L, z_H + x, cos_sin)
+                z_H = self.L_level(z_H, z_L, cos_sin)
+        for _ in range(c.L_cycles):
+            z_L = self.L_level(z_L, z_H + x, cos_sin)
+        z_H = self.L_level(z_H, z_L, cos_sin)
+        return z_H, z_L
+
+    def forward(self, carry: InnerCarry, batch: Batch) -> tuple[InnerCarry, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        cos_sin = self.rotary_emb() if hasattr(self, "rotary_emb") else None
+        x = self.input_embeddings(batch)
+        z_H, z_L = self.recurse(carry.z_H, carry.z_L, x, cos_sin)
+        logits = self.lm_head(z_H)[:, self.prefix_len:]
+        q = self.q_head(z_H[:, 0]).float()
+        return InnerCarry(z_H.detach(), z_L.detach()), logits, (q[..., 0], q[..., 1])
+
+
+class ACTModel(nn.Module):
+    """Adaptive computation around an inner model: keeps a carry across calls, replaces halted samples by
+    new data, and decides per sample whether to halt (Q-head) during training."""
+
+    def __init__(self, inner: TRMInner):
+        super().__init__()
+        self.inner = inner
+        self.config = inner.config
+
+    def initial_carry(self, batch: Batch) -> Carry:
+        B, device = batch["inputs"].shape[0], batch["inputs"].device
+        return Carry(self.inner.empty_carry(B, device),
+                     steps=torch.zeros(B, dtype=torch.int32, device=device),
+                     halted=torch.ones(B, dtype=torch.bool, device=device),  # all halted: the first call loads data
+                     data={k: torch.empty_like(v) for k, v in batch.items()})
+
+    def forward(self, carry: Carry, batch: Batch) -> tuple[Carry, dict[str, torch.Tensor]]:
+        c = self.config
+        inner_carry = self.inner.reset_carry(carry.halted, carry.inner)
+        steps = torch.where(carry.halted, 0, carry.steps)
+        data = {k: torch.where(carry.halted.view(-1, *([1] * (v.ndim - 1))), batch[k], v) for k, v in carry.data.items()}
+
+        inner_carry, logits, (q_halt, q_continue) = self.inner(inner_carry, data)
+        outputs = {"logits": logits, "q_halt_logits": q_halt, "q_continue_logits": q_continue}
+
+        with torch.no_grad():
+            steps = steps + 1
+            is_last = steps >= c.halt_max_steps
+            halted = is_last
+            # In eval every sample runs halt_max_steps, so a batch halts together.
+            if self.training and c.halt_max_steps > 1:
+                halted = halted | ((q_halt > 0) if c.no_ACT_continue else (q_halt > q_continue))
+                # exploration: some samples must run at least a random number of steps in [2, halt_max_steps]
+                explore = torch.rand_like(q_halt) < c.halt_exploration_prob
+                min_steps = explore * torch.randint_like(steps, low=2, high=c.halt_max_steps + 1)
+                halted = halted & (steps >= min_steps)
+                if not c.no_ACT_continue:
+                    # Q-learning target from one more step (no replay buffer / target net: the batch is large)
+                    _, _, (next_halt, next_continue) = self.inner(inner_carry, data)
+                    outputs["target_q_continue"] = torch.sigmoid(
+                        torch.where(is_last, next_halt, torch.maximum(next_halt, next_continue)))
+        return Carry(inner_carry, steps, halted, data), outputs
