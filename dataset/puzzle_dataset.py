@@ -1,0 +1,163 @@
+"""Batches from the on-disk puzzle format (spec section 10) for the trainer.
+
+Training is an endless, seeded stream: epoch e visits every group once in an order drawn from
+(seed, e); from each group one random puzzle (augmentation) is taken, and from that puzzle its
+examples in random order until the global batch is full. Batches run on across epoch ends, so no
+data is dropped. The position in the stream (epoch, group) is the iterator's whole state, which
+makes resuming exact. Each rank takes its slice of every global batch.
+
+Test mode walks every example of each set in order; the last batch is padded (ignored labels).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from dataset.common import PuzzleDatasetMetadata, load_metadata
+from models.losses import IGNORE_LABEL_ID
+
+FIELDS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
+
+
+@dataclass
+class PuzzleSet:
+    name: str
+    arrays: dict[str, np.ndarray]
+
+
+def _merge_metadata(paths: list[str], metas: list[PuzzleDatasetMetadata]) -> PuzzleDatasetMetadata:
+    first = metas[0]
+    for path, m in zip(paths[1:], metas[1:]):
+        for key in ("seq_len", "vocab_size", "pad_id", "ignore_label_id", "blank_identifier_id"):
+            if getattr(m, key) != getattr(first, key):
+                raise ValueError(f"{path}: {key}={getattr(m, key)} differs from {paths[0]} ({getattr(first, key)})")
+    groups = sum(m.total_groups for m in metas)
+    return PuzzleDatasetMetadata(
+        pad_id=first.pad_id, ignore_label_id=first.ignore_label_id, blank_identifier_id=first.blank_identifier_id,
+        vocab_size=first.vocab_size, seq_len=first.seq_len,
+        num_puzzle_identifiers=max(m.num_puzzle_identifiers for m in metas),  # identifiers share one space
+        total_groups=groups, total_puzzles=sum(m.total_puzzles for m in metas),
+        mean_puzzle_examples=sum(m.mean_puzzle_examples * m.total_groups for m in metas) / max(groups, 1),
+        sets=[f"{p}:{s}" if len(paths) > 1 else s for p, m in zip(paths, metas) for s in m.sets])
+
+
+class PuzzleDataset:
+    def __init__(self, data_paths: list[str], split: str, global_batch_size: int, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        if global_batch_size % world_size:
+            raise ValueError(f"global_batch_size {global_batch_size} is not divisible by the world size {world_size}")
+        self.split, self.seed, self.rank = split, seed, rank
+        self.global_batch_size = global_batch_size
+        self.local_batch_size = global_batch_size // world_size
+        metas = [load_metadata(os.path.join(p, split)) for p in data_paths]
+        self.metadata = _merge_metadata(data_paths, metas)
+        self.sets = [self._load_set(os.path.join(p, split), s, f"{p}:{s}" if len(data_paths) > 1 else s)
+                     for p, m in zip(data_paths, metas) for s in m.sets]
+        # global group id -> (set, local group) through cumulative offsets
+        self._group_offsets = np.cumsum([0] + [len(s.arrays["group_indices"]) - 1 for s in self.sets])
+        self.epoch, self.position = 0, 0  # the training stream's state
+
+    @staticmethod
+    def _load_set(split_dir: str, set_name: str, label: str) -> PuzzleSet:
+        arrays = {}
+        for field in FIELDS:
+            path = os.path.join(split_dir, f"{set_name}__{field}.npy")
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"{path}: missing array of set {set_name!r}")
+            # the example arrays can be large (ARC): map them instead of reading them
+            arrays[field] = np.load(path, mmap_mode="r" if field in ("inputs", "labels") else None)
+        return PuzzleSet(label, arrays)
+
+    # ---- state (exact resume) ----
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+    # ---- batches ----
+    def _collate(self, inputs: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> dict[str, torch.Tensor]:
+        """numpy rows -> int32 tensors with ignored labels as -100, padded to a full batch."""
+        meta = self.metadata
+        labels = labels.astype(np.int32)
+        if meta.ignore_label_id is not None:
+            labels[labels == meta.ignore_label_id] = IGNORE_LABEL_ID
+        pad = self.local_batch_size - len(inputs)
+        if pad > 0:
+            inputs = np.concatenate([inputs, np.full((pad, meta.seq_len), meta.pad_id, dtype=inputs.dtype)])
+            labels = np.concatenate([labels, np.full((pad, meta.seq_len), IGNORE_LABEL_ID, dtype=np.int32)])
+            ids = np.concatenate([ids, np.full(pad, meta.blank_identifier_id, dtype=ids.dtype)])
+        return {"inputs": torch.from_numpy(inputs.astype(np.int32)), "labels": torch.from_numpy(labels),
+                "puzzle_identifiers": torch.from_numpy(ids.astype(np.int32))}
+
+    def _epoch_plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(int(self._group_offsets[-1]))
+        pick = rng.random(len(order))  # which puzzle of each group
+        example_keys = [rng.random(len(s.arrays["inputs"])) for s in self.sets]  # example order inside a puzzle
+        return order, pick, example_keys
+
+    def _take_group(self, g: int, u: float, keys: list[np.ndarray], want: int) -> tuple[int, np.ndarray, int]:
+        """From global group g: (set index, example rows, puzzle index), at most `want` rows."""
+        si = int(np.searchsorted(self._group_offsets, g, side="right") - 1)
+        a = self.sets[si].arrays
+        local = g - self._group_offsets[si]
+        lo, hi = a["group_indices"][local], a["group_indices"][local + 1]
+        puzzle = int(lo + int(u * (hi - lo)))
+        start, end = a["puzzle_indices"][puzzle], a["puzzle_indices"][puzzle + 1]
+        rows = start + np.argsort(keys[si][start:end], kind="stable")[:want]
+        return si, rows, puzzle
+
+    def _iter_train(self) -> Iterator[tuple[str, dict[str, torch.Tensor], int]]:
+        num_groups = int(self._group_offsets[-1])
+        if num_groups == 0:
+            raise ValueError(f"{self.split} split has no puzzles")
+        plan_epoch, plan = -1, None
+        while True:
+            chunks: list[tuple[int, np.ndarray, int]] = []
+            size = 0
+            while size < self.global_batch_size:
+                if self.position == num_groups:
+                    self.epoch, self.position = self.epoch + 1, 0
+                if plan_epoch != self.epoch:
+                    plan_epoch, plan = self.epoch, self._epoch_plan(self.epoch)
+                order, pick, keys = plan
+                si, rows, puzzle = self._take_group(int(order[self.position]), pick[self.position], keys,
+                                                    self.global_batch_size - size)
+                self.position += 1
+                chunks.append((si, rows, puzzle))
+                size += len(rows)
+            lo = self.rank * self.local_batch_size
+            yield "train", self._gather(chunks, lo, lo + self.local_batch_size), self.global_batch_size
+
+    def _gather(self, chunks: list[tuple[int, np.ndarray, int]], lo: int, hi: int) -> dict[str, torch.Tensor]:
+        inputs, labels, ids, n = [], [], [], 0
+        for si, rows, puzzle in chunks:
+            a = self.sets[si].arrays
+            take = rows[max(0, lo - n):max(0, hi - n)]
+            n += len(rows)
+            if len(take):
+                inputs.append(a["inputs"][take])
+                labels.append(a["labels"][take])
+                ids.append(np.full(len(take), a["puzzle_identifiers"][puzzle]))
+        return self._collate(np.concatenate(inputs), np.concatenate(labels), np.concatenate(ids))
+
+    def _iter_test(self) -> Iterator[tuple[str, dict[str, torch.Tensor], int]]:
+        for s in self.sets:
+            a = s.arrays
+            example_puzzle = np.repeat(np.arange(len(a["puzzle_indices"]) - 1), np.diff(a["puzzle_indices"]))
+            for start in range(0, len(a["inputs"]), self.global_batch_size):
+                end = min(start + self.global_batch_size, len(a["inputs"]))
+                lo = min(start + self.rank * self.local_batch_size, end)
+                hi = min(lo + self.local_batch_size, end)
+                rows = np.arange(lo, hi)
+                ids = a["puzzle_identifiers"][example_puzzle[rows]]
+                yield s.name, self._collate(a["inputs"][rows], a["labels"][rows], ids), end - start
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, torch.Tensor], int]]:
+        """Yields (set name, local batch, global effective batch size)."""
+        return self._iter_train() if self.split == "train" else self._iter_test()

@@ -1,0 +1,240 @@
+"""Train a Tiny Recursive Model or a transformer baseline.
+
+    python pretrain.py                                   # small TRM on generated Sudoku, on the CPU
+    python pretrain.py arch=transformer lr=3e-4          # any config value can be overridden
+    python pretrain.py +experiment=sudoku_extreme_mlp    # a paper recipe
+    python pretrain.py resume=checkpoints/<project>/<run> # continue exactly where a run stopped
+
+The composed config is config/cfg_pretrain.yaml with the groups arch/, dataset/, optimizer/.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from dataset.puzzle_dataset import PuzzleDataset
+from evaluators.puzzle import evaluate_puzzles
+from models import build_model
+from models.ema import EMA
+from models.losses import ACTLossHead
+from models.trm import Carry
+from utils.checkpoint import find_checkpoint, load_checkpoint, load_model_weights, save_checkpoint
+from utils.device import resolve_dtype, select_device
+from utils.logger import RunLogger
+from utils.optim import build_optimizers, lr_factor
+
+
+@dataclass
+class TrainState:
+    model: ACTLossHead
+    optimizers: list[torch.optim.Optimizer]
+    base_lrs: list[float]
+    ema: EMA | None
+    step: int = 0
+    carry: Carry | None = None
+
+
+# ---------------------------------------------------------------- data
+
+def build_puzzle_data(cfg: DictConfig, rank: int, world_size: int) -> tuple[PuzzleDataset, PuzzleDataset]:
+    build = cfg.dataset.get("build")
+    train_dir = os.path.join(cfg.data_paths[0], "train")
+    if build and not os.path.exists(os.path.join(train_dir, "dataset.json")):
+        build = dict(OmegaConf.to_container(build, resolve=True))
+        builder = build.pop("builder")
+        print(f"{cfg.data_paths[0]} not found: building it with the {builder} builder")
+        if builder != "sudoku":
+            raise ValueError(f"dataset.build.builder: unknown builder {builder!r}")
+        from dataset.build_sudoku_dataset import SudokuBuildConfig, build as build_sudoku
+        build_sudoku(SudokuBuildConfig(output_dir=cfg.data_paths[0], **build))
+    for path in list(cfg.data_paths) + list(cfg.data_paths_test):
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"dataset directory {path} not found (build it with dataset/build_*_dataset.py "
+                                    "or set data_paths=[...])")
+    kwargs = dict(global_batch_size=cfg.global_batch_size, seed=cfg.seed, rank=rank, world_size=world_size)
+    return (PuzzleDataset(list(cfg.data_paths), "train", **kwargs),
+            PuzzleDataset(list(cfg.data_paths_test or cfg.data_paths), "test", **kwargs))
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def checkpoint_state(state: TrainState, train_data: PuzzleDataset, cfg: DictConfig) -> dict[str, Any]:
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {
+        "model": state.model.state_dict(),
+        "ema": state.ema.state_dict() if state.ema else None,
+        "optimizers": [o.state_dict() for o in state.optimizers],
+        "step": state.step,
+        "carry": state.carry.state_dict() if state.carry is not None else None,
+        "data": train_data.state_dict(),
+        "rng": rng,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+def restore(state: TrainState, train_data: PuzzleDataset, ckpt: dict[str, Any], device: torch.device) -> None:
+    state.model.load_state_dict(ckpt["model"])
+    for opt, opt_state in zip(state.optimizers, ckpt["optimizers"], strict=True):
+        opt.load_state_dict(opt_state)
+    if state.ema is not None:
+        if not ckpt.get("ema"):
+            raise ValueError("resume: ema=true but the checkpoint has no EMA weights")
+        state.ema.load_state_dict(ckpt["ema"])
+    state.step = int(ckpt["step"])
+    if ckpt["carry"] is not None:
+        state.carry = Carry.from_state_dict({k: v.to(device) for k, v in ckpt["carry"].items()})
+    train_data.load_state_dict(ckpt["data"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if "cuda" in ckpt["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+
+
+def new_run_dir(cfg: DictConfig) -> str:
+    project = cfg.project_name or f"{os.path.basename(os.path.normpath(cfg.data_paths[0])).capitalize()}-ACT-torch"
+    name = cfg.run_name or f"{cfg.arch.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = os.path.join(cfg.checkpoint_dir, project, name)
+    suffix = 1
+    while os.path.exists(run_dir) and not cfg.run_name:  # two runs started in the same second
+        run_dir, suffix = os.path.join(cfg.checkpoint_dir, project, f"{name}-{suffix}"), suffix + 1
+    return run_dir
+
+
+# ---------------------------------------------------------------- training
+
+def train_step(state: TrainState, forward, batch: dict[str, torch.Tensor], cfg: DictConfig,
+               total_steps: int) -> dict[str, torch.Tensor]:
+    if state.carry is None:
+        state.carry = state.model.initial_carry(batch)
+    state.carry, loss, metrics, _ = forward(state.carry, batch)
+    (loss / cfg.global_batch_size).backward()
+    state.step += 1
+    factor = lr_factor(state.step, cfg.lr_warmup_steps, total_steps, cfg.lr_min_ratio)
+    for opt, base_lr in zip(state.optimizers, state.base_lrs):
+        for group in opt.param_groups:
+            group["lr"] = base_lr * factor
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    if state.ema is not None:
+        state.ema.update(state.model)
+    metrics["lr"] = torch.tensor(cfg.lr * factor)
+    return metrics
+
+
+def summarize_train_metrics(metrics: dict[str, torch.Tensor], global_batch_size: int) -> dict[str, float]:
+    """Loss sums -> per sample of the batch; accuracy/steps sums -> per halted sample."""
+    values = {k: v.item() for k, v in metrics.items()}
+    count = max(values.pop("count"), 1)
+    lr = values.pop("lr")
+    out = {f"train/{k}": v / (global_batch_size if k.endswith("loss") else count) for k, v in values.items()}
+    return {**out, "train/lr": lr}
+
+
+def evaluate(state: TrainState, forward, test_data: PuzzleDataset, device: torch.device) -> dict[str, float]:
+    def run():
+        return evaluate_puzzles(forward, test_data, device)
+    if state.ema is None:
+        return run()
+    with state.ema.applied(state.model):
+        return run()
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Run one training job; returns the last evaluation's metrics (prefixed test/)."""
+    rank, world_size = 0, 1
+    device = select_device(cfg.device)
+    torch.manual_seed(cfg.seed)  # weights and the ACT exploration draws
+
+    train_data, test_data = build_puzzle_data(cfg, rank, world_size)
+    meta = train_data.metadata
+    arch = OmegaConf.to_container(cfg.arch, resolve=True)
+    arch["forward_dtype"] = resolve_dtype(arch["forward_dtype"], device)
+    model = build_model(arch, seq_len=meta.seq_len, vocab_size=meta.vocab_size,
+                        num_puzzle_identifiers=meta.num_puzzle_identifiers,
+                        batch_size=train_data.local_batch_size).to(device)
+    if cfg.load_checkpoint:
+        load_model_weights(model, cfg.load_checkpoint)
+    optimizers, base_lrs = build_optimizers(
+        model, OmegaConf.to_container(cfg.optimizer), lr=cfg.lr, weight_decay=cfg.weight_decay, beta1=cfg.beta1,
+        beta2=cfg.beta2, puzzle_emb_lr=cfg.puzzle_emb_lr, puzzle_emb_weight_decay=cfg.puzzle_emb_weight_decay,
+        world_size=world_size)
+    state = TrainState(model, optimizers, base_lrs, EMA(model, cfg.ema_rate) if cfg.ema else None)
+
+    steps_per_epoch = meta.total_groups * meta.mean_puzzle_examples / cfg.global_batch_size
+    total_steps = max(1, int(cfg.epochs * steps_per_epoch))
+    eval_every = max(1, int(cfg.eval_interval * steps_per_epoch))
+    stop = min(total_steps, cfg.max_steps or total_steps)
+
+    if cfg.resume:
+        ckpt_path = find_checkpoint(cfg.resume)
+        restore(state, train_data, load_checkpoint(ckpt_path), device)
+        run_dir = os.path.dirname(ckpt_path) or "."
+        print(f"resumed {ckpt_path} at step {state.step}")
+    else:
+        run_dir = new_run_dir(cfg)
+    os.makedirs(run_dir, exist_ok=True)
+    OmegaConf.save(cfg, os.path.join(run_dir, "config.yaml"), resolve=True)
+
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"{cfg.arch.name}: {n_params / 1e6:.2f}M parameters on {device} ({arch['forward_dtype']}); "
+          f"{total_steps} steps ({steps_per_epoch:.2f}/epoch), batch {cfg.global_batch_size}; run dir {run_dir}")
+    logger = RunLogger(run_dir, os.path.basename(os.path.dirname(run_dir)), os.path.basename(run_dir),
+                       OmegaConf.to_container(cfg, resolve=True), cfg.logger.mode, cfg.logger.entity,
+                       cfg.logger.tags, enabled=rank == 0)
+
+    use_compile = cfg.compile if cfg.compile != "auto" else device.type == "cuda"
+    forward = torch.compile(model) if use_compile and not os.environ.get("DISABLE_COMPILE") else model
+
+    def save() -> None:
+        if rank == 0:
+            save_checkpoint(os.path.join(run_dir, f"step_{state.step}.pt"), checkpoint_state(state, train_data, cfg))
+
+    results: dict[str, float] = {}
+    batches = iter(train_data)
+    model.train()
+    with tqdm(total=stop, initial=state.step, disable=rank != 0, dynamic_ncols=True) as bar:
+        while state.step < stop:
+            _, batch, _ = next(batches)
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            metrics = train_step(state, forward, batch, cfg, total_steps)
+            bar.update(1)
+            if state.step % cfg.log_interval == 0 or state.step == stop:
+                logged = summarize_train_metrics(metrics, cfg.global_batch_size)
+                logger.log(logged, state.step)
+                bar.set_postfix(loss=f"{logged['train/lm_loss']:.3f}", acc=f"{logged['train/accuracy']:.3f}",
+                                exact=f"{logged['train/exact_accuracy']:.3f}", steps=f"{logged['train/steps']:.1f}")
+            at_end = state.step == stop
+            if state.step % eval_every == 0 or at_end:
+                if (state.step // eval_every >= cfg.min_eval_interval and not at_end) or (at_end and cfg.eval_at_end):
+                    results = {f"test/{k}": v for k, v in evaluate(state, forward, test_data, device).items()}
+                    logger.log(results, state.step)
+                    bar.write(f"step {state.step}: " + ", ".join(
+                        f"{k.removeprefix('test/')} {v:.4f}" for k, v in results.items() if "@" not in k))
+                if cfg.checkpoint_every_eval or at_end:
+                    save()
+    logger.finish()
+    if "test/exact_accuracy" in results:
+        print(f"test exact accuracy: {results['test/exact_accuracy']:.4f} "
+              f"(token accuracy {results['test/accuracy']:.4f}) after {state.step} steps; run dir {run_dir}")
+    return results
+
+
+@hydra.main(config_path="config", config_name="cfg_pretrain", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        train(cfg)
+    except (FileNotFoundError, ValueError) as e:  # bad input: one clear line, non-zero exit
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,311 @@
+"""Layers, recursion, ACT halting, losses, sparse embedding + sign-SGD, EMA, transformer baseline."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models import build_model
+from models.ema import EMA
+from models.layers import Attention, Block, RotaryEmbedding, SwiGLU, apply_rope, rms_norm, swiglu_width, trunc_normal_
+from models.losses import IGNORE_LABEL_ID, log_stablemax, softmax_cross_entropy, stablemax_cross_entropy
+from models.sparse_embedding import SignSGD, SparseEmbedding
+
+SEQ, VOCAB, B = 12, 7, 3
+
+
+def tiny(name="trm", **overrides):
+    arch = dict(name=name, hidden_size=32, num_heads=4, expansion=2, L_layers=2, H_cycles=3, L_cycles=2,
+                halt_max_steps=4, puzzle_emb_ndim=32, puzzle_emb_len=2, forward_dtype="float32",
+                seq_len=SEQ, vocab_size=VOCAB, num_puzzle_identifiers=5, batch_size=B)
+    arch.update(overrides)
+    torch.manual_seed(0)
+    return build_model(arch)
+
+
+def batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"inputs": torch.randint(0, VOCAB, (B, SEQ), generator=g, dtype=torch.int32),
+            "labels": torch.randint(0, VOCAB, (B, SEQ), generator=g, dtype=torch.int32),
+            "puzzle_identifiers": torch.tensor([1, 2, 1], dtype=torch.int32)}
+
+
+# ---- layers
+
+def test_trunc_normal_has_requested_std_and_bounds():
+    x = trunc_normal_(torch.empty(200_000), std=0.5)
+    assert abs(x.std().item() - 0.5) < 0.01
+    assert x.abs().max().item() <= 2 * 0.5 / math.sqrt(0.7737413) + 1e-6  # truncation at 2 corrected stds
+
+
+def test_rms_norm_formula():
+    x = torch.randn(4, 10)
+    expected = x / torch.sqrt((x**2).mean(-1, keepdim=True) + 1e-5)
+    torch.testing.assert_close(rms_norm(x), expected)
+
+
+def test_swiglu_width_rounds_up_to_256():
+    assert swiglu_width(512, 4) == 1536  # round(1365.3) -> 1536
+    assert swiglu_width(97, 4) == 512
+    assert SwiGLU(64, 4).gate_up_proj.weight.shape == (2 * 256, 64)
+
+
+def test_rope_rotates_pairs_and_keeps_norm():
+    rope = RotaryEmbedding(8, 16)
+    cos, sin = rope()
+    x = torch.randn(2, 16, 3, 8)
+    y = apply_rope(x, cos, sin)
+    torch.testing.assert_close(y.norm(dim=-1), x.norm(dim=-1))
+    torch.testing.assert_close(y[:, 0], x[:, 0])  # position 0 is not rotated
+    # rotate-half layout: dims i and i + D/2 rotate together by angle pos * base^(-2i/D)
+    pos, i = 5, 1
+    angle = pos * 10000 ** (-2 * i / 8)
+    a, b = x[:, pos, :, i], x[:, pos, :, i + 4]
+    torch.testing.assert_close(y[:, pos, :, i], a * math.cos(angle) - b * math.sin(angle))
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_attention_shapes_and_gqa_matches_repeated_heads(kv_heads):
+    torch.manual_seed(0)
+    attn = Attention(32, 4, kv_heads)
+    assert attn.qkv_proj.weight.shape == ((4 + 2 * kv_heads) * 8, 32)
+    x = torch.randn(2, 5, 32)
+    out = attn(x)
+    assert out.shape == (2, 5, 32)
+    # reference: explicit softmax attention with each kv head shared by num_heads / kv_heads query heads
+    q, k, v = attn.qkv_proj(x).view(2, 5, 4 + 2 * kv_heads, 8).split([4, kv_heads, kv_heads], dim=2)
+    k, v = (t.repeat_interleave(4 // kv_heads, dim=2) for t in (k, v))
+    w = torch.einsum("bqhd,bkhd->bhqk", q, k).div(math.sqrt(8)).softmax(-1)
+    ref = attn.o_proj(torch.einsum("bhqk,bkhd->bqhd", w, v).reshape(2, 5, 32))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_causal_attention_ignores_the_future():
+    torch.manual_seed(0)
+    attn = Attention(16, 2, causal=True)
+    x = torch.randn(1, 6, 16)
+    y = x.clone()
+    y[:, 4:] = torch.randn(1, 2, 16)
+    torch.testing.assert_close(attn(x)[:, :4], attn(y)[:, :4])
+
+
+def test_mlp_t_block_mixes_along_sequence():
+    torch.manual_seed(0)
+    block = Block(16, 2, 2.0, mlp_t_len=6)
+    assert not hasattr(block, "self_attn")
+    assert block.mlp_t.gate_up_proj.weight.shape[1] == 6
+    x = torch.randn(2, 6, 16)
+    out = block(x)
+    assert out.shape == x.shape
+    y = x.clone()
+    y[:, 5] += 1.0  # a change at one position reaches the others
+    assert not torch.allclose(block(y)[:, 0], out[:, 0])
+
+
+# ---- recursion and ACT
+
+def count_level_calls(model):
+    calls = []
+    level = model.model.inner.L_level
+    original = level.forward
+
+    def counting(*args, **kwargs):
+        calls.append(torch.is_grad_enabled())
+        return original(*args, **kwargs)
+
+    level.forward = counting
+    return calls
+
+
+@pytest.mark.parametrize("H,L", [(1, 1), (3, 2), (2, 6)])
+def test_recursion_calls_network_H_times_L_plus_1_with_grad_only_in_last_cycle(H, L):
+    model = tiny(H_cycles=H, L_cycles=L)
+    calls = count_level_calls(model)
+    b = batch()
+    _, loss, _, _ = model(model.initial_carry(b), b)
+    assert len(calls) == H * (L + 1)
+    assert calls == [False] * ((H - 1) * (L + 1)) + [True] * (L + 1)
+    loss.backward()
+    assert model.model.inner.L_level.layers[0].mlp.down_proj.weight.grad is not None
+
+
+def test_carry_is_detached_and_reset_on_halt():
+    model = tiny()
+    b = batch()
+    carry = model.initial_carry(b)
+    carry, _, _, _ = model(carry, b)
+    assert not carry.inner.z_H.requires_grad and not carry.inner.z_L.requires_grad
+    # a halted sample restarts from H_init / L_init and takes the new batch's data
+    carry.halted[:] = torch.tensor([True, False, False])
+    inner = model.model.inner
+    reset = inner.reset_carry(carry.halted, carry.inner)
+    torch.testing.assert_close(reset.z_H[0], inner.H_init.expand_as(reset.z_H[0]))
+    torch.testing.assert_close(reset.z_H[1:], carry.inner.z_H[1:])
+
+
+def test_eval_always_runs_halt_max_steps():
+    model = tiny(halt_max_steps=3)
+    model.model.inner.q_head.bias.data.fill_(10.0)  # would halt at once in training
+    model.eval()
+    b = batch()
+    carry = model.initial_carry(b)
+    for step in range(1, 4):
+        carry, _, _, _ = model(carry, b)
+        assert carry.halted.all() == (step == 3)
+        assert (carry.steps == step).all()
+
+
+def test_training_halts_on_q_halt_and_exploration_delays_it():
+    model = tiny(halt_max_steps=4, halt_exploration_prob=0.0)
+    model.model.inner.q_head.bias.data.fill_(10.0)  # q_halt > 0: halt after the first step
+    b = batch()
+    carry, _, _, _ = model(model.initial_carry(b), b)
+    assert carry.halted.all()
+    # never halting by q: runs to halt_max_steps
+    model.model.inner.q_head.bias.data.fill_(-10.0)
+    carry = model.initial_carry(b)
+    for step in range(1, 5):
+        carry, _, _, _ = model(carry, b)
+        assert carry.halted.all() == (step == 4)
+    # exploration with probability 1: every sample must run at least 2 steps
+    model = tiny(halt_max_steps=4, halt_exploration_prob=1.0)
+    model.model.inner.q_head.bias.data.fill_(10.0)
+    carry, _, _, _ = model(model.initial_carry(b), b)
+    assert not carry.halted.any()
+
+
+def test_halted_samples_take_new_data_others_keep_theirs():
+    model = tiny(halt_max_steps=2, halt_exploration_prob=0.0)
+    b1, b2 = batch(1), batch(2)
+    carry, _, _, _ = model(model.initial_carry(b1), b1)
+    carry.halted[:] = torch.tensor([False, True, False])
+    carry, _, _, _ = model(carry, b2)
+    assert torch.equal(carry.data["inputs"][0], b1["inputs"][0])
+    assert torch.equal(carry.data["inputs"][1], b2["inputs"][1])
+    assert carry.steps.tolist() == [2, 1, 2]
+
+
+def test_q_learning_continue_target_when_no_ACT_continue_is_false():
+    model = tiny(no_ACT_continue=False)
+    b = batch()
+    _, loss, metrics, out = model(model.initial_carry(b), b)
+    assert "q_continue_loss" in metrics and "target_q_continue" in out
+    assert ((out["target_q_continue"] >= 0) & (out["target_q_continue"] <= 1)).all()
+    loss.backward()
+    assert model.model.inner.q_head.weight.grad is not None
+
+
+@pytest.mark.parametrize("pos", ["rope", "learned", "none"])
+def test_position_encodings_and_mlp_t_run(pos):
+    model = tiny(pos_encodings=pos, mlp_t=pos == "none")
+    b = batch()
+    _, loss, _, out = model(model.initial_carry(b), b)
+    assert out["logits"].shape == (B, SEQ, VOCAB) and torch.isfinite(loss)
+    assert hasattr(model.model.inner, "embed_pos") == (pos == "learned")
+
+
+def test_bfloat16_forward():
+    model = tiny(forward_dtype="bfloat16")
+    b = batch()
+    carry, loss, _, out = model(model.initial_carry(b), b)
+    assert out["logits"].dtype == torch.bfloat16 and carry.inner.z_H.dtype == torch.bfloat16
+    assert out["q_halt_logits"].dtype == torch.float32 and torch.isfinite(loss)
+
+
+def test_transformer_is_one_pass_of_the_blocks():
+    model = tiny("transformer", halt_max_steps=1)
+    inner = model.model.inner
+    assert not hasattr(inner, "H_init")
+    b = batch()
+    calls = count_level_calls(model)
+    carry, _, _, out = model(model.initial_carry(b), b)
+    assert len(calls) == 1 and carry.halted.all()
+    with torch.no_grad():
+        h = inner.input_embeddings(b)
+        for layer in inner.L_level.layers:
+            h = layer(h, inner.rotary_emb())
+        torch.testing.assert_close(out["logits"], inner.lm_head(h)[:, inner.prefix_len:])
+
+
+# ---- losses
+
+def test_stablemax_matches_formula():
+    logits = torch.tensor([[-2.0, 0.5, 3.0], [1.0, -0.5, 0.0]])
+    s = lambda v: 1 / (1 - v) if v < 0 else v + 1  # noqa: E731
+    for row in range(2):
+        total = sum(s(v) for v in logits[row].tolist())
+        for j in range(3):
+            assert abs(log_stablemax(logits.double())[row, j].item() - math.log(s(logits[row, j].item()) / total)) < 1e-12
+    labels = torch.tensor([2, IGNORE_LABEL_ID])
+    loss = stablemax_cross_entropy(logits, labels, labels != IGNORE_LABEL_ID)
+    assert loss.dtype == torch.float64
+    assert abs(loss[0].item() + math.log(s(3.0) / (s(-2.0) + s(0.5) + s(3.0)))) < 1e-12 and loss[1] == 0
+
+
+def test_softmax_cross_entropy_matches_torch():
+    logits, labels = torch.randn(2, 5, 7), torch.randint(0, 7, (2, 5))
+    labels[0, 0] = IGNORE_LABEL_ID
+    ours = softmax_cross_entropy(logits, labels, labels != IGNORE_LABEL_ID)
+    ref = F.cross_entropy(logits.view(-1, 7), labels.view(-1), reduction="none", ignore_index=IGNORE_LABEL_ID)
+    torch.testing.assert_close(ours.view(-1), ref)
+
+
+def test_act_loss_head_totals_and_metrics():
+    model = tiny(halt_max_steps=1, loss={"loss_type": "softmax_cross_entropy"})
+    b = batch()
+    b["labels"][2] = IGNORE_LABEL_ID  # a padding row: no loss, not counted
+    _, loss, metrics, out = model(model.initial_carry(b), b)
+    per_token = F.cross_entropy(out["logits"][:2].float().reshape(-1, VOCAB), b["labels"][:2].long().reshape(-1),
+                                reduction="none").view(2, SEQ)
+    lm = per_token.mean(-1).sum()
+    q = F.binary_cross_entropy_with_logits(out["q_halt_logits"], out["seq_correct"].float(), reduction="sum")
+    torch.testing.assert_close(metrics["lm_loss"], lm)
+    torch.testing.assert_close(loss, lm + 0.5 * q)
+    assert metrics["count"].item() == 2
+    acc = (out["logits"][:2].argmax(-1) == b["labels"][:2]).float().mean(-1).sum()
+    torch.testing.assert_close(metrics["accuracy"], acc)
+
+
+# ---- puzzle embedding and sign-SGD
+
+def test_sign_sgd_updates_touched_rows_with_decay_and_sums_duplicates():
+    emb = SparseEmbedding(5, 3, batch_size=3, init_std=0.0, cast_to=torch.float32)
+    emb.weights.copy_(torch.arange(15, dtype=torch.float32).view(5, 3))
+    before = emb.weights.clone()
+    opt = SignSGD(emb, lr=0.1, weight_decay=0.5)
+    out = emb(torch.tensor([1, 3, 1]))
+    torch.testing.assert_close(out, before[[1, 3, 1]])
+    # row 1 appears twice: grads +1 and -3 sum to -2 (sign -1); row 3 gets grad +2 (sign +1)
+    (out * torch.tensor([[1.0, 1, 1], [2, 2, 2], [-3, -3, -3]])).sum().backward()
+    opt.step()
+    expected = before.clone()
+    expected[1] = before[1] * (1 - 0.1 * 0.5) + 0.1
+    expected[3] = before[3] * (1 - 0.1 * 0.5) - 0.1
+    torch.testing.assert_close(emb.weights, expected)
+    opt.zero_grad()
+    assert emb.local_weights.grad is None
+
+
+def test_puzzle_embedding_is_a_buffer_read_directly_in_eval():
+    model = tiny()
+    inner = model.model.inner
+    assert "puzzle_emb.weights" not in dict(inner.named_parameters())
+    inner.puzzle_emb.weights.data.normal_()
+    inner.eval()
+    ids = torch.tensor([4, 0, 2])
+    torch.testing.assert_close(inner.puzzle_emb(ids), inner.puzzle_emb.weights[ids])
+
+
+# ---- EMA
+
+def test_ema_update_and_apply():
+    model = torch.nn.Linear(2, 2)
+    ema = EMA(model, rate=0.9)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    torch.testing.assert_close(ema.shadow["weight"], 0.9 * start + 0.1 * (start + 1))
+    with ema.applied(model):
+        torch.testing.assert_close(model.weight, ema.shadow["weight"])
+    torch.testing.assert_close(model.weight, start + 1)

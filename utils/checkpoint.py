@@ -1,0 +1,70 @@
+"""Checkpoints: atomic writes, safe loads (weights_only), and loading the official TRM code's files."""
+from __future__ import annotations
+
+import glob
+import os
+import re
+from typing import Any
+
+import torch
+from torch import nn
+
+STEP_FILE = re.compile(r"step_(\d+)(\.pt)?$")
+
+
+def save_checkpoint(path: str, state: dict[str, Any]) -> None:
+    """Write to a temporary file, then rename: a crash never leaves a truncated checkpoint behind."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # pickle with code in it, or a damaged file
+        raise ValueError(f"{path}: cannot load as a safe (weights-only) checkpoint: {e}") from e
+
+
+def find_checkpoint(path: str) -> str:
+    """A checkpoint file as given, or the highest step_<N>[.pt] inside a run directory."""
+    if os.path.isfile(path):
+        return path
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint file or run directory")
+    steps = [(int(m.group(1)), f) for f in glob.glob(os.path.join(path, "step_*"))
+             if (m := STEP_FILE.search(os.path.basename(f)))]
+    if not steps:
+        raise FileNotFoundError(f"{path}: run directory holds no step_<N>.pt checkpoint")
+    return max(steps)[1]
+
+
+def model_state_from(checkpoint: dict[str, Any], use_ema: bool = False) -> dict[str, torch.Tensor]:
+    """The model state dict of one of our checkpoints, or of a raw official `step_N` file.
+
+    The official trainer saves `state_dict()` of its (possibly compiled) loss head: keys may carry an
+    `_orig_mod.` prefix, which is removed here; the module names are otherwise ours.
+    """
+    if "model" in checkpoint and isinstance(checkpoint["model"], dict):
+        state = dict(checkpoint["model"])
+        if use_ema and checkpoint.get("ema"):
+            state.update(checkpoint["ema"])
+        return state
+    return {k.removeprefix("_orig_mod."): v for k, v in checkpoint.items()}
+
+
+def load_model_weights(model: nn.Module, path: str, use_ema: bool = False) -> None:
+    """Initialise `model` from a checkpoint file or run directory. A puzzle-embedding table of another
+    size (a new dataset) is replaced by the mean of the saved rows, as the official code does."""
+    state = model_state_from(load_checkpoint(find_checkpoint(path)), use_ema)
+    own = model.state_dict()
+    for key, value in list(state.items()):
+        if key.endswith("puzzle_emb.weights") and key in own and own[key].shape != value.shape:
+            print(f"puzzle embedding {tuple(value.shape)} -> {tuple(own[key].shape)}: new rows set to the saved mean")
+            state[key] = value.mean(0, keepdim=True).expand_as(own[key]).clone()
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: checkpoint does not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")

@@ -1,0 +1,58 @@
+"""Run logging: Weights & Biases (online/offline/disabled) plus <run_dir>/metrics.jsonl."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+
+def wandb_key_configured() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = os.path.expanduser("~/.netrc")
+    return os.path.exists(netrc) and "api.wandb.ai" in open(netrc).read()
+
+
+def resolve_mode(mode: str) -> str:
+    if mode not in ("auto", "online", "offline", "disabled"):
+        raise ValueError(f"logger.mode must be auto, online, offline or disabled, got {mode!r}")
+    if os.environ.get("WANDB_MODE") and mode == "auto":
+        return os.environ["WANDB_MODE"]
+    if mode == "auto":  # never block a first run on a login prompt
+        return "online" if wandb_key_configured() else "offline"
+    return mode
+
+
+class RunLogger:
+    def __init__(self, run_dir: str, project: str, run_name: str, config: dict[str, Any], mode: str = "auto",
+                 entity: str | None = None, tags: list[str] | None = None, enabled: bool = True):
+        self.enabled = enabled  # False on non-zero ranks
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.wandb = None
+        if not enabled:
+            return
+        mode = resolve_mode(mode)
+        if mode != "disabled":
+            import wandb
+
+            # the W&B run id is kept in the run directory so that a resumed run continues the same W&B run
+            id_file = os.path.join(run_dir, "wandb_id")
+            run_id = open(id_file).read().strip() if os.path.exists(id_file) else wandb.util.generate_id()
+            with open(id_file, "w") as f:
+                f.write(run_id)
+            self.wandb = wandb.init(project=project, name=run_name, config=config, mode=mode, entity=entity,
+                                    tags=list(tags or []), dir=run_dir, id=run_id, resume="allow")
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if not self.enabled:
+            return
+        clean = {k: float(v) for k, v in metrics.items()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **{k: (None if math.isnan(v) else v) for k, v in clean.items()}}) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(clean, step=step)
+
+    def finish(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
