@@ -1,0 +1,65 @@
+"""Every config group option composes, builds its model, and the paper presets carry the paper's values."""
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import ROOT, compose
+from models import build_model
+from pretrain import train
+
+OPTIONS = {group: sorted(p.stem for p in (ROOT / "config" / group).glob("*.yaml"))
+           for group in ("arch", "dataset", "optimizer", "experiment")}
+PRESETS = [e for e in OPTIONS["experiment"] if e != "paper_base"]
+
+
+def model_from(cfg):
+    arch = OmegaConf.to_container(cfg.arch, resolve=True)
+    arch["forward_dtype"] = "float32"
+    return build_model(arch, seq_len=81, vocab_size=11, num_puzzle_identifiers=3)
+
+
+@pytest.mark.parametrize("arch", OPTIONS["arch"])
+@pytest.mark.parametrize("dataset", OPTIONS["dataset"])
+@pytest.mark.parametrize("optimizer", OPTIONS["optimizer"])
+def test_every_group_combination_composes(arch, dataset, optimizer):
+    cfg = compose(f"arch={arch}", f"dataset={dataset}", f"optimizer={optimizer}", "data_paths=[somewhere]")
+    assert cfg.arch.name == arch and cfg.optimizer.name == optimizer
+    assert cfg.data_paths == ["somewhere"]
+    model_from(cfg)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_presets_compose_with_paper_values(preset):
+    cfg = compose(f"+experiment={preset}")
+    assert cfg.global_batch_size == 768 and cfg.lr == 1e-4 and cfg.ema is True
+    assert cfg.arch.hidden_size == 512 and cfg.arch.H_cycles == 3 and cfg.arch.halt_max_steps == 16
+    assert cfg.arch.puzzle_emb_ndim == 512 and cfg.lr_warmup_steps == 2000
+    expected = {"sudoku_extreme_mlp": (6, True, "none", 1.0, 1e-4, 50000),
+                "sudoku_extreme_att": (6, False, "rope", 1.0, 1e-4, 50000),
+                "maze_hard": (4, False, "rope", 1.0, 1e-4, 50000),
+                "arc_agi_1": (4, False, "rope", 0.1, 1e-2, 100000),
+                "arc_agi_2": (4, False, "rope", 0.1, 1e-2, 100000)}[preset]
+    got = (cfg.arch.L_cycles, cfg.arch.mlp_t, cfg.arch.pos_encodings, cfg.weight_decay, cfg.puzzle_emb_lr, cfg.epochs)
+    assert got == expected
+    n = sum(p.numel() for p in model_from(cfg).parameters())
+    assert 4e6 < n < 8e6  # the paper's 5-7M parameters
+
+
+def test_command_line_overrides_reach_the_config():
+    cfg = compose("arch.H_cycles=5", "lr=3e-4", "arch=transformer", "arch.L_layers=3")
+    assert cfg.arch.H_cycles == 5 and cfg.lr == 3e-4 and cfg.arch.L_layers == 3 and cfg.arch.name == "transformer"
+
+
+def test_unknown_key_is_rejected():
+    with pytest.raises(Exception, match="learning_rate"):
+        compose("learning_rate=1")
+
+
+@pytest.mark.parametrize("preset", ["sudoku_extreme_att", "sudoku_extreme_mlp"])
+def test_paper_preset_starts_on_cpu_with_a_tiny_override(preset, sudoku_dir, tmp_path: Path):
+    cfg = compose(f"+experiment={preset}", f"data_paths=[{sudoku_dir}]", f"checkpoint_dir={tmp_path}", "epochs=1",
+                  "max_steps=2", "global_batch_size=8", "arch.hidden_size=32", "arch.num_heads=2",
+                  "arch.H_cycles=1", "arch.L_cycles=1", "arch.halt_max_steps=2", "logger.mode=disabled")
+    results = train(cfg)
+    assert results["test/count"] == 16

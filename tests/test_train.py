@@ -1,0 +1,79 @@
+"""End-to-end training: the loss falls, evaluation reports per-step accuracy, resume is exact, bad input fails clearly."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, compose
+from pretrain import train
+from utils.checkpoint import find_checkpoint, load_checkpoint
+
+TINY = ["arch.hidden_size=32", "arch.num_heads=2", "arch.puzzle_emb_len=1", "arch.H_cycles=2", "arch.L_cycles=1",
+        "arch.halt_max_steps=3", "global_batch_size=16", "lr=3e-3", "puzzle_emb_lr=3e-3", "lr_warmup_steps=5",
+        "logger.mode=disabled", "log_interval=1", "epochs=100", "eval_interval=100"]
+
+
+def tiny_cfg(data: str, tmp: Path, *extra: str):
+    return compose(f"data_paths=[{data}]", f"checkpoint_dir={tmp}", *TINY, *extra)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_training_run_lowers_loss_and_evaluates(sudoku_dir, tmp_path):
+    results = train(tiny_cfg(sudoku_dir, tmp_path, "max_steps=40", "run_name=lower"))
+    run_dir = tmp_path / "Sudoku-tiny-ACT-torch" / "lower"
+    losses = [m["train/lm_loss"] for m in metrics(run_dir) if "train/lm_loss" in m]
+    assert len(losses) == 40
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+    # evaluation: every sample runs halt_max_steps, accuracy after each step is reported
+    assert results["test/count"] == 16 and results["test/steps"] == 3
+    assert {f"test/exact_accuracy@step{k}" for k in (1, 2, 3)} <= set(results)
+    assert 0.0 <= results["test/accuracy"] <= 1.0
+    assert (run_dir / "config.yaml").exists() and (run_dir / "step_40.pt").exists()
+
+
+def final_state(run_dir: Path) -> dict:
+    return load_checkpoint(find_checkpoint(str(run_dir)))
+
+
+@pytest.mark.parametrize("optimizer", ["adam_atan2", "adamw"])
+def test_resume_is_exact(sudoku_dir, tmp_path, optimizer):
+    extra = [f"optimizer={optimizer}", "ema=true", "arch.halt_exploration_prob=0.5", "eval_at_end=false"]
+    train(tiny_cfg(sudoku_dir, tmp_path, "max_steps=12", "run_name=straight", *extra))
+    train(tiny_cfg(sudoku_dir, tmp_path, "max_steps=6", "run_name=split", *extra))
+    split_dir = tmp_path / "Sudoku-tiny-ACT-torch" / "split"
+    train(tiny_cfg(sudoku_dir, tmp_path, "max_steps=12", f"resume={split_dir}", *extra))
+
+    a, b = final_state(tmp_path / "Sudoku-tiny-ACT-torch" / "straight"), final_state(split_dir)
+    assert a["step"] == b["step"] == 12 and a["data"] == b["data"]
+    for key in ("model", "ema", "carry"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after resume"
+    # and training did continue after the resume
+    halfway = load_checkpoint(str(split_dir / "step_6.pt"))
+    assert not torch.equal(halfway["model"]["model.inner.lm_head.weight"], b["model"]["model.inner.lm_head.weight"])
+
+
+def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "pretrain.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_missing_dataset_directory_is_a_clear_error(tmp_path):
+    proc = run_cli("dataset=puzzle", f"data_paths=[{tmp_path / 'nowhere'}]", "logger.mode=disabled",
+                   f"checkpoint_dir={tmp_path}")
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and "nowhere" in last and "not found" in last
+
+
+def test_unknown_arch_is_a_hydra_error(tmp_path):
+    proc = run_cli("arch=nope", "logger.mode=disabled")
+    assert proc.returncode != 0
+    assert "arch" in proc.stderr and "nope" in proc.stderr
