@@ -1,0 +1,181 @@
+"""On-disk puzzle dataset format shared by all builders and the loader.
+
+Layout (one directory per split):
+    <output_dir>/identifiers.json             names of the puzzle identifiers
+    <output_dir>/<split>/dataset.json         PuzzleDatasetMetadata
+    <output_dir>/<split>/<set>__inputs.npy    [num_examples, seq_len]
+    <output_dir>/<split>/<set>__labels.npy    [num_examples, seq_len]
+    <output_dir>/<split>/<set>__puzzle_identifiers.npy  [num_puzzles] int32
+    <output_dir>/<split>/<set>__puzzle_indices.npy      [num_puzzles + 1] int32, examples of each puzzle
+    <output_dir>/<split>/<set>__group_indices.npy       [num_groups + 1] int32, puzzles of each group
+
+dataset.json is written last: its presence means the split is complete.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ARRAY_NAMES = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
+
+
+@dataclass
+class PuzzleDatasetMetadata:
+    pad_id: int
+    ignore_label_id: int | None
+    blank_identifier_id: int
+    vocab_size: int
+    seq_len: int
+    num_puzzle_identifiers: int
+    total_groups: int
+    mean_puzzle_examples: float
+    total_puzzles: int
+    sets: list[str]
+
+
+# Expected JSON types per field, for load_metadata's checks (bool is an int in Python, so it is excluded).
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "pad_id": (int,),
+    "ignore_label_id": (int, type(None)),
+    "blank_identifier_id": (int,),
+    "vocab_size": (int,),
+    "seq_len": (int,),
+    "num_puzzle_identifiers": (int,),
+    "total_groups": (int,),
+    "mean_puzzle_examples": (int, float),
+    "total_puzzles": (int,),
+    "sets": (list,),
+}
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file and rename, so readers never see a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _check_csr(name: str, offsets: np.ndarray, length: int, end: int) -> None:
+    if offsets.ndim != 1 or offsets.shape[0] != length + 1:
+        raise ValueError(f"{name} must have shape [{length + 1}], got {list(offsets.shape)}")
+    if offsets[0] != 0 or offsets[-1] != end:
+        raise ValueError(f"{name} must start at 0 and end at {end}, got {offsets[0]} .. {offsets[-1]}")
+    if length and np.any(np.diff(offsets) <= 0):
+        raise ValueError(f"{name} must be strictly increasing (every entry needs at least one member)")
+
+
+def _check_set(name: str, arrays: dict[str, np.ndarray], meta: PuzzleDatasetMetadata) -> tuple[int, int, int]:
+    """Validate one set's arrays against the metadata; returns (examples, puzzles, groups)."""
+    if set(arrays) != set(ARRAY_NAMES):
+        raise ValueError(f"set {name!r} needs exactly the arrays {list(ARRAY_NAMES)}, got {sorted(arrays)}")
+    a = {k: np.asarray(v) for k, v in arrays.items()}
+    inputs, labels = a["inputs"], a["labels"]
+    for key in ARRAY_NAMES:
+        if not np.issubdtype(a[key].dtype, np.integer):
+            raise ValueError(f"set {name!r}: {key} must be an integer array, got dtype {a[key].dtype}")
+    if inputs.ndim != 2 or inputs.shape[1] != meta.seq_len:
+        raise ValueError(f"set {name!r}: inputs must have shape [N, {meta.seq_len}], got {list(inputs.shape)}")
+    if labels.shape != inputs.shape:
+        raise ValueError(f"set {name!r}: labels shape {list(labels.shape)} differs from inputs {list(inputs.shape)}")
+    if inputs.size and (inputs.min() < 0 or inputs.max() >= meta.vocab_size):
+        raise ValueError(f"set {name!r}: inputs must lie in [0, {meta.vocab_size}), got {inputs.min()}..{inputs.max()}")
+    bad_labels = (labels < 0) | (labels >= meta.vocab_size)
+    if meta.ignore_label_id is not None:
+        bad_labels &= labels != meta.ignore_label_id
+    if np.any(bad_labels):
+        raise ValueError(f"set {name!r}: labels must lie in [0, {meta.vocab_size}) or equal ignore_label_id")
+
+    ids = a["puzzle_identifiers"]
+    if ids.ndim != 1:
+        raise ValueError(f"set {name!r}: puzzle_identifiers must be 1-D, got shape {list(ids.shape)}")
+    if ids.size and (ids.min() < 0 or ids.max() >= meta.num_puzzle_identifiers):
+        raise ValueError(f"set {name!r}: puzzle_identifiers must lie in [0, {meta.num_puzzle_identifiers})")
+    num_examples, num_puzzles = inputs.shape[0], ids.shape[0]
+    _check_csr(f"set {name!r}: puzzle_indices", a["puzzle_indices"], num_puzzles, num_examples)
+    num_groups = a["group_indices"].shape[0] - 1
+    _check_csr(f"set {name!r}: group_indices", a["group_indices"], num_groups, num_puzzles)
+    return num_examples, num_puzzles, num_groups
+
+
+def save_split(
+    output_dir: str | os.PathLike,
+    split: str,
+    metadata: PuzzleDatasetMetadata,
+    sets: dict[str, dict[str, np.ndarray]],
+) -> Path:
+    """Validate and write one split; returns the split directory."""
+    if not split or os.sep in split or split in (".", ".."):
+        raise ValueError(f"invalid split name {split!r}")
+    if list(sets) != list(metadata.sets):
+        raise ValueError(f"metadata.sets {metadata.sets} does not match the given sets {list(sets)}")
+    totals = np.zeros(3, dtype=np.int64)
+    for name, arrays in sets.items():
+        if not name or "__" in name or os.sep in name:
+            raise ValueError(f"invalid set name {name!r}")
+        totals += _check_set(name, arrays, metadata)
+    examples, puzzles, groups = (int(x) for x in totals)
+    if metadata.total_puzzles != puzzles or metadata.total_groups != groups:
+        raise ValueError(
+            f"metadata says {metadata.total_puzzles} puzzles in {metadata.total_groups} groups, "
+            f"the arrays hold {puzzles} puzzles in {groups} groups"
+        )
+    if puzzles and abs(metadata.mean_puzzle_examples - examples / puzzles) > 1e-6:
+        raise ValueError(f"mean_puzzle_examples is {metadata.mean_puzzle_examples}, arrays give {examples / puzzles}")
+
+    split_dir = Path(output_dir) / split
+    split_dir.mkdir(parents=True, exist_ok=True)
+    meta_path = split_dir / "dataset.json"
+    # Remove the completion marker first: a crash while rewriting must not leave old metadata over new arrays.
+    meta_path.unlink(missing_ok=True)
+    for name, arrays in sets.items():
+        for key in ARRAY_NAMES:
+            arr = np.asarray(arrays[key])
+            if key != "inputs" and key != "labels":
+                arr = arr.astype(np.int32)
+            _atomic_write(split_dir / f"{name}__{key}.npy", lambda f, arr=arr: np.save(f, arr))
+    text = json.dumps(dataclasses.asdict(metadata), indent=2) + "\n"
+    _atomic_write(meta_path, lambda f: f.write(text.encode()))
+    return split_dir
+
+
+def save_identifiers(output_dir: str | os.PathLike, names: list[str]) -> None:
+    """identifiers.json maps puzzle identifier ids to names (id 0 is the blank identifier)."""
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    text = json.dumps(list(names)) + "\n"
+    _atomic_write(Path(output_dir) / "identifiers.json", lambda f: f.write(text.encode()))
+
+
+def load_metadata(split_dir: str | os.PathLike) -> PuzzleDatasetMetadata:
+    split_dir = Path(split_dir)
+    path = split_dir / "dataset.json"
+    if not split_dir.is_dir():
+        raise FileNotFoundError(f"dataset split directory not found: {split_dir}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found (the split was never built or its build did not finish)")
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    missing = [k for k in _FIELD_TYPES if k not in raw]
+    unknown = [k for k in raw if k not in _FIELD_TYPES]
+    if missing:
+        raise ValueError(f"{path}: missing key(s) {missing}")
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {unknown}")
+    for key, types in _FIELD_TYPES.items():
+        value = raw[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise ValueError(f"{path}: {key} has the wrong type ({type(value).__name__}: {value!r})")
+    if not all(isinstance(s, str) for s in raw["sets"]):
+        raise ValueError(f"{path}: sets must be a list of strings, got {raw['sets']!r}")
+    return PuzzleDatasetMetadata(**raw)
