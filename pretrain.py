@@ -126,17 +126,15 @@ def train_step(state: TrainState, forward, batch: dict[str, torch.Tensor], cfg: 
         opt.zero_grad(set_to_none=True)
     if state.ema is not None:
         state.ema.update(state.model)
-    metrics["lr"] = torch.tensor(cfg.lr * factor)
     return metrics
 
 
-def summarize_train_metrics(metrics: dict[str, torch.Tensor], global_batch_size: int) -> dict[str, float]:
-    """Loss sums -> per sample of the batch; accuracy/steps sums -> per halted sample."""
-    values = {k: v.item() for k, v in metrics.items()}
+def summarize_train_metrics(sums: dict[str, torch.Tensor], num_steps: int, global_batch_size: int) -> dict[str, float]:
+    """Metric sums over the last `num_steps` steps -> loss per sample, accuracy and ACT steps per halted sample."""
+    values = {k: v.item() for k, v in sums.items()}
     count = max(values.pop("count"), 1)
-    lr = values.pop("lr")
-    out = {f"train/{k}": v / (global_batch_size if k.endswith("loss") else count) for k, v in values.items()}
-    return {**out, "train/lr": lr}
+    return {f"train/{k}": v / (global_batch_size * num_steps if k.endswith("loss") else count)
+            for k, v in values.items()}
 
 
 def evaluate(state: TrainState, forward, test_data: PuzzleDataset, device: torch.device) -> dict[str, float]:
@@ -199,6 +197,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             save_checkpoint(os.path.join(run_dir, f"step_{state.step}.pt"), checkpoint_state(state, train_data, cfg))
 
     results: dict[str, float] = {}
+    sums: dict[str, torch.Tensor] = {}
+    logged_at = state.step
     batches = iter(train_data)
     model.train()
     with tqdm(total=stop, initial=state.step, disable=rank != 0, dynamic_ncols=True) as bar:
@@ -206,9 +206,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
             _, batch, _ = next(batches)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             metrics = train_step(state, forward, batch, cfg, total_steps)
+            sums = {k: sums.get(k, 0) + v.detach().float() for k, v in metrics.items()}  # no device sync
             bar.update(1)
             if state.step % cfg.log_interval == 0 or state.step == stop:
-                logged = summarize_train_metrics(metrics, cfg.global_batch_size)
+                logged = summarize_train_metrics(sums, state.step - logged_at, cfg.global_batch_size)
+                logged["train/lr"] = cfg.lr * lr_factor(state.step, cfg.lr_warmup_steps, total_steps, cfg.lr_min_ratio)
+                sums, logged_at = {}, state.step
                 logger.log(logged, state.step)
                 bar.set_postfix(loss=f"{logged['train/lm_loss']:.3f}", acc=f"{logged['train/accuracy']:.3f}",
                                 exact=f"{logged['train/exact_accuracy']:.3f}", steps=f"{logged['train/steps']:.1f}")

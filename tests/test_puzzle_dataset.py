@@ -1,0 +1,105 @@
+"""The puzzle iterator: seeded, resumable, sharded by rank; test mode covers every example once."""
+import numpy as np
+import pytest
+import torch
+
+from dataset.common import PuzzleDatasetMetadata, save_split
+from dataset.puzzle_dataset import PuzzleDataset
+from models.losses import IGNORE_LABEL_ID
+
+
+@pytest.fixture
+def multi_example_dir(tmp_path):
+    """5 groups; group g has g+1 puzzles; puzzle p has (p % 3) + 1 examples; example e has inputs all e."""
+    group_sizes = [g + 1 for g in range(5)]
+    n_puzzles = sum(group_sizes)
+    ex_sizes = [(p % 3) + 1 for p in range(n_puzzles)]
+    n = sum(ex_sizes)
+    inputs = np.repeat(np.arange(n)[:, None], 4, axis=1).astype(np.int32) % 50 + 1
+    labels = inputs.copy()
+    labels[:, 0] = 0  # ignore_label_id 0 -> -100
+    arrays = {"inputs": inputs, "labels": labels,
+              "puzzle_identifiers": np.arange(1, n_puzzles + 1, dtype=np.int32),
+              "puzzle_indices": np.concatenate([[0], np.cumsum(ex_sizes)]).astype(np.int32),
+              "group_indices": np.concatenate([[0], np.cumsum(group_sizes)]).astype(np.int32)}
+    meta = PuzzleDatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=51, seq_len=4,
+                                 num_puzzle_identifiers=n_puzzles + 1, total_groups=5,
+                                 mean_puzzle_examples=n / n_puzzles, total_puzzles=n_puzzles, sets=["all"])
+    for split in ("train", "test"):
+        save_split(tmp_path, split, meta, {"all": arrays})
+    return str(tmp_path), arrays
+
+
+def take(ds, k):
+    it = iter(ds)
+    return [next(it)[1] for _ in range(k)]
+
+
+def test_training_stream_is_seeded(multi_example_dir):
+    path, _ = multi_example_dir
+    a = take(PuzzleDataset([path], "train", 4, seed=1), 6)
+    b = take(PuzzleDataset([path], "train", 4, seed=1), 6)
+    c = take(PuzzleDataset([path], "train", 4, seed=2), 6)
+    assert all(torch.equal(x["inputs"], y["inputs"]) for x, y in zip(a, b))
+    assert not all(torch.equal(x["inputs"], y["inputs"]) for x, y in zip(a, c))
+
+
+def test_batches_are_full_and_labels_ignored(multi_example_dir):
+    path, arrays = multi_example_dir
+    for batch in take(PuzzleDataset([path], "train", 4, seed=0), 8):
+        assert batch["inputs"].shape == (4, 4) and batch["inputs"].dtype == torch.int32
+        assert (batch["labels"][:, 0] == IGNORE_LABEL_ID).all()
+        # identifiers belong to the rows' puzzles
+        for row, pid in zip(batch["inputs"][:, 0].tolist(), batch["puzzle_identifiers"].tolist()):
+            example = row - 1
+            puzzle = np.searchsorted(arrays["puzzle_indices"], example, side="right") - 1
+            assert pid == arrays["puzzle_identifiers"][puzzle]
+
+
+def test_each_epoch_visits_every_group_once(multi_example_dir):
+    path, arrays = multi_example_dir
+    ds = PuzzleDataset([path], "train", 1, seed=0)  # batch 1: one row per group
+    group_of = np.searchsorted(arrays["group_indices"], np.searchsorted(arrays["puzzle_indices"],
+                               np.arange(len(arrays["inputs"])), side="right") - 1, side="right") - 1
+    rows = [b["inputs"][0, 0].item() - 1 for b in take(ds, 10)]
+    assert sorted(group_of[rows[:5]]) == [0, 1, 2, 3, 4] and sorted(group_of[rows[5:]]) == [0, 1, 2, 3, 4]
+    assert ds.state_dict() == {"epoch": 1, "position": 5}
+
+
+def test_resume_from_state_continues_the_stream(multi_example_dir):
+    path, _ = multi_example_dir
+    full = take(PuzzleDataset([path], "train", 4, seed=3), 9)
+    first = PuzzleDataset([path], "train", 4, seed=3)
+    take(first, 4)
+    resumed = PuzzleDataset([path], "train", 4, seed=3)
+    resumed.load_state_dict(first.state_dict())
+    rest = take(resumed, 5)
+    assert all(torch.equal(x["inputs"], y["inputs"]) for x, y in zip(full[4:], rest))
+
+
+def test_ranks_split_the_global_batch(multi_example_dir):
+    path, _ = multi_example_dir
+    whole = take(PuzzleDataset([path], "train", 4, seed=0), 5)
+    parts = [take(PuzzleDataset([path], "train", 4, seed=0, rank=r, world_size=2), 5) for r in range(2)]
+    for k in range(5):
+        torch.testing.assert_close(torch.cat([parts[0][k]["inputs"], parts[1][k]["inputs"]]), whole[k]["inputs"])
+    with pytest.raises(ValueError, match="divisible"):
+        PuzzleDataset([path], "train", 5, world_size=2)
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_test_mode_covers_every_example_once_with_padding(multi_example_dir, world_size):
+    path, arrays = multi_example_dir
+    seen = []
+    for rank in range(world_size):
+        for _, batch, effective in PuzzleDataset([path], "test", 4, rank=rank, world_size=world_size):
+            real = (batch["labels"] != IGNORE_LABEL_ID).any(-1)
+            assert batch["inputs"].shape[0] == 4 // world_size and effective <= 4
+            assert (batch["inputs"][~real] == 0).all() and (batch["puzzle_identifiers"][~real] == 0).all()
+            seen += (batch["inputs"][real, 0] - 1).tolist()
+    assert sorted(seen) == list(range(len(arrays["inputs"])))
+
+
+def test_missing_split_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        PuzzleDataset([str(tmp_path)], "train", 4)
