@@ -217,7 +217,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                                 exact=f"{logged['train/exact_accuracy']:.3f}", steps=f"{logged['train/steps']:.1f}")
             at_end = state.step == stop
             if state.step % eval_every == 0 or at_end:
-                if (state.step // eval_every >= cfg.min_eval_interval and not at_end) or (at_end and cfg.eval_at_end):
+                if cfg.eval_at_end if at_end else state.step // eval_every >= cfg.min_eval_interval:
                     results = {f"test/{k}": v for k, v in evaluate(state, forward, test_data, device).items()}
                     logger.log(results, state.step)
                     bar.write(f"step {state.step}: " + ", ".join(

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import uuid
 from typing import Any
 
 
@@ -38,7 +39,7 @@ class RunLogger:
 
             # the W&B run id is kept in the run directory so that a resumed run continues the same W&B run
             id_file = os.path.join(run_dir, "wandb_id")
-            run_id = open(id_file).read().strip() if os.path.exists(id_file) else wandb.util.generate_id()
+            run_id = open(id_file).read().strip() if os.path.exists(id_file) else uuid.uuid4().hex[:8]
             with open(id_file, "w") as f:
                 f.write(run_id)
             self.wandb = wandb.init(project=project, name=run_name, config=config, mode=mode, entity=entity,
