@@ -17,6 +17,7 @@ from typing import Any
 
 import hydra
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
@@ -70,6 +71,8 @@ def checkpoint_state(state: TrainState, train_data: PuzzleDataset, cfg: DictConf
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.backends.mps.is_available():
+        rng["mps"] = torch.mps.get_rng_state()
     return {
         "model": state.model.state_dict(),
         "ema": state.ema.state_dict() if state.ema else None,
@@ -97,6 +100,27 @@ def restore(state: TrainState, train_data: PuzzleDataset, ckpt: dict[str, Any], 
     torch.set_rng_state(ckpt["rng"]["torch"])
     if "cuda" in ckpt["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    if "mps" in ckpt["rng"] and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(ckpt["rng"]["mps"])
+
+
+CONFIG_GROUPS = ("arch", "dataset", "optimizer", "experiment")
+
+
+def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """A resumed run keeps the config it was started with; only this command line's `key=value`
+    overrides (e.g. max_steps, epochs, logger.mode) are applied on top of it."""
+    saved_path = os.path.join(os.path.dirname(find_checkpoint(cfg.resume)), "config.yaml")
+    if not os.path.exists(saved_path):
+        print(f"warning: {saved_path} not found; resuming with the config of this command line")
+        return cfg
+    saved = OmegaConf.load(saved_path)
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in CONFIG_GROUPS:
+            raise ValueError(f"resume: {override!r} would change the config group of the run being resumed")
+        OmegaConf.update(saved, key, OmegaConf.select(cfg, key), merge=False, force_add=True)
+    return saved
 
 
 def new_run_dir(cfg: DictConfig) -> str:
@@ -169,8 +193,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     steps_per_epoch = meta.total_groups * meta.mean_puzzle_examples / cfg.global_batch_size
     total_steps = max(1, int(cfg.epochs * steps_per_epoch))
-    eval_every = max(1, int(cfg.eval_interval * steps_per_epoch))
     stop = min(total_steps, cfg.max_steps or total_steps)
+    # evaluate after every eval_interval epochs (the last one at the end), skipping the first min_eval_interval
+    n_evals = max(1, int(cfg.epochs // cfg.eval_interval))
+    eval_steps = {max(1, round(k * total_steps / n_evals)) for k in range(cfg.min_eval_interval + 1, n_evals + 1)}
 
     if cfg.resume:
         ckpt_path = find_checkpoint(cfg.resume)
@@ -216,14 +242,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 bar.set_postfix(loss=f"{logged['train/lm_loss']:.3f}", acc=f"{logged['train/accuracy']:.3f}",
                                 exact=f"{logged['train/exact_accuracy']:.3f}", steps=f"{logged['train/steps']:.1f}")
             at_end = state.step == stop
-            if state.step % eval_every == 0 or at_end:
-                if cfg.eval_at_end if at_end else state.step // eval_every >= cfg.min_eval_interval:
-                    results = {f"test/{k}": v for k, v in evaluate(state, forward, test_data, device).items()}
-                    logger.log(results, state.step)
-                    bar.write(f"step {state.step}: " + ", ".join(
-                        f"{k.removeprefix('test/')} {v:.4f}" for k, v in results.items() if "@" not in k))
-                if cfg.checkpoint_every_eval or at_end:
-                    save()
+            evaluating = state.step in eval_steps or (at_end and cfg.eval_at_end)
+            if evaluating:
+                results = {f"test/{k}": v for k, v in evaluate(state, forward, test_data, device).items()}
+                logger.log(results, state.step)
+                bar.write(f"step {state.step}: " + ", ".join(
+                    f"{k.removeprefix('test/')} {v:.4f}" for k, v in results.items() if "@" not in k))
+            if at_end or (evaluating and cfg.checkpoint_every_eval):
+                save()
     logger.finish()
     if "test/exact_accuracy" in results:
         print(f"test exact accuracy: {results['test/exact_accuracy']:.4f} "
@@ -234,6 +260,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(config_path="config", config_name="cfg_pretrain", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
+        if cfg.resume:
+            cfg = resume_config(cfg, list(HydraConfig.get().overrides.task))
         train(cfg)
     except (FileNotFoundError, ValueError) as e:  # bad input: one clear line, non-zero exit
         sys.exit(f"error: {e}")

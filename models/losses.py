@@ -17,8 +17,8 @@ def log_stablemax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 
 def stablemax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-token loss in float64 (TRM's default); 0 where mask is False."""
-    logp = log_stablemax(logits.double())
+    """Per-token loss in float64 (TRM's default; float32 on Apple MPS, which has no float64); 0 where mask is False."""
+    logp = log_stablemax(logits.to(torch.float32 if logits.device.type == "mps" else torch.float64))
     picked = logp.gather(-1, torch.where(mask, labels, 0).long().unsqueeze(-1)).squeeze(-1)
     return -torch.where(mask, picked, 0)
 
