@@ -103,18 +103,20 @@ class Attention(nn.Module):
         self.qkv_proj = CastedLinear(hidden_size, (num_heads + 2 * self.num_kv_heads) * self.head_dim)
         self.o_proj = CastedLinear(num_heads * self.head_dim, hidden_size)
 
-    def forward(self, x: torch.Tensor, cos_sin: CosSin | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos_sin: CosSin | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """cos_sin: [S, D] tables, or [B, S, D] for per-sample positions; mask: bool [B, 1, S, S] (True = may
+        attend), which replaces the causal flag (packed rows give it causality and their boundaries)."""
         B, S, _ = x.shape
         qkv = self.qkv_proj(x).view(B, S, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
         q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=2)
         if cos_sin is not None:
-            cos, sin = (t[:S] for t in cos_sin)
+            cos, sin = cos_sin
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = (einops.rearrange(t, "b s h d -> b h s d") for t in (q, k, v))
         if self.num_kv_heads != self.num_heads:
             rep = self.num_heads // self.num_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal and mask is None)
         return self.o_proj(einops.rearrange(out, "b h s d -> b s (h d)"))
 
 
@@ -148,13 +150,13 @@ class Block(nn.Module):
             self.self_attn = Attention(hidden_size, num_heads, num_kv_heads, causal=causal)
         self.mlp = SwiGLU(hidden_size, expansion)
 
-    def forward(self, h: torch.Tensor, cos_sin: CosSin | None = None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, cos_sin: CosSin | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         if hasattr(self, "mlp_t"):
             # Mix along the sequence: [B, S, D] -> [B, D, S]; the norm then runs over the sequence axis, as in TRM.
             h = h.transpose(1, 2)
             h = rms_norm(h + self.mlp_t(h), self.norm_eps).transpose(1, 2)
         else:
-            h = rms_norm(h + self.self_attn(h, cos_sin), self.norm_eps)
+            h = rms_norm(h + self.self_attn(h, cos_sin, mask), self.norm_eps)
         return rms_norm(h + self.mlp(h), self.norm_eps)
 
 
@@ -165,8 +167,9 @@ class ReasoningModule(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(layers)
 
-    def forward(self, h: torch.Tensor, injection: torch.Tensor, cos_sin: CosSin | None = None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, injection: torch.Tensor, cos_sin: CosSin | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         h = h + injection
         for layer in self.layers:
-            h = layer(h, cos_sin)
+            h = layer(h, cos_sin, mask)
         return h

@@ -55,6 +55,8 @@ class TRMConfig:
         return cls(**values)
 
     def __post_init__(self) -> None:
+        if self.mlp_t and self.causal:
+            raise ValueError("mlp_t mixes the whole sequence and cannot be causal; use attention for causal models")
         if self.pos_encodings not in ("rope", "learned", "none"):
             raise ValueError(f"pos_encodings must be rope, learned or none, got {self.pos_encodings!r}")
         if self.forward_dtype not in DTYPES:
@@ -131,7 +133,28 @@ class TRMInner(nn.Module):
         self.register_buffer("H_init", trunc_normal_(torch.empty(self.config.hidden_size), std=1.0))
         self.register_buffer("L_init", trunc_normal_(torch.empty(self.config.hidden_size), std=1.0))
 
-    def input_embeddings(self, batch: Batch) -> torch.Tensor:
+    def positions(self, batch: Batch) -> torch.Tensor:
+        """Position of every state row: [S] shared, or [B, S] when the batch has `position_ids` (packed rows
+        restart at 0 for each conversation); the puzzle-embedding prefix comes first."""
+        inputs, P = batch["inputs"], self.prefix_len
+        if "position_ids" not in batch:
+            return torch.arange(P + inputs.shape[1], device=inputs.device)
+        prefix = torch.arange(P, device=inputs.device).expand(inputs.shape[0], P)
+        return torch.cat((prefix, batch["position_ids"].long() + P), dim=1)
+
+    def attention_mask(self, batch: Batch) -> torch.Tensor | None:
+        """Packed rows (`segment_ids`): attention stays inside each conversation (and is causal if the model is)."""
+        if "segment_ids" not in batch:
+            return None
+        if self.prefix_len:
+            raise ValueError("packed rows (segment_ids) are not supported with a puzzle embedding")
+        seg = batch["segment_ids"]
+        mask = seg[:, :, None] == seg[:, None, :]
+        if self.config.causal:
+            mask &= torch.ones(seg.shape[1], seg.shape[1], dtype=torch.bool, device=seg.device).tril()
+        return mask[:, None]
+
+    def input_embeddings(self, batch: Batch, positions: torch.Tensor) -> torch.Tensor:
         c = self.config
         x = self.embed_tokens(batch["inputs"].long())
         if c.puzzle_emb_ndim > 0:
@@ -139,11 +162,11 @@ class TRMInner(nn.Module):
             p = nn.functional.pad(p, (0, self.prefix_len * c.hidden_size - p.shape[-1]))
             x = torch.cat((p.view(-1, self.prefix_len, c.hidden_size), x), dim=-2)
         if c.pos_encodings == "learned":
-            x = 0.707106781 * (x + self.embed_pos.embedding_weight.to(self.forward_dtype))  # keeps the variance
+            x = 0.707106781 * (x + self.embed_pos(positions))  # keeps the variance
         return self.embed_scale * x
 
-    def empty_carry(self, batch_size: int, device: torch.device | str) -> InnerCarry:
-        shape = (batch_size, self.config.seq_len + self.prefix_len, self.config.hidden_size)
+    def empty_carry(self, batch_size: int, length: int, device: torch.device | str) -> InnerCarry:
+        shape = (batch_size, length + self.prefix_len, self.config.hidden_size)
         return InnerCarry(*(torch.zeros(shape, dtype=self.forward_dtype, device=device) for _ in range(2)))
 
     def reset_carry(self, reset: torch.Tensor, carry: InnerCarry) -> InnerCarry:
@@ -151,25 +174,30 @@ class TRMInner(nn.Module):
         return InnerCarry(torch.where(r, self.H_init.to(self.forward_dtype), carry.z_H),
                           torch.where(r, self.L_init.to(self.forward_dtype), carry.z_L))
 
-    def recurse(self, z_H: torch.Tensor, z_L: torch.Tensor, x: torch.Tensor, cos_sin) -> tuple[torch.Tensor, torch.Tensor]:
+    def recurse(self, z_H: torch.Tensor, z_L: torch.Tensor, x: torch.Tensor, cos_sin, mask) -> tuple[torch.Tensor, torch.Tensor]:
         """H_cycles x (L_cycles updates of z_L, then one of z_H); gradient only through the last H cycle."""
         c = self.config
         with torch.no_grad():
             for _ in range(c.H_cycles - 1):
                 for _ in range(c.L_cycles):
-                    z_L = self.L_level(z_L, z_H + x, cos_sin)
-                z_H = self.L_level(z_H, z_L, cos_sin)
+                    z_L = self.L_level(z_L, z_H + x, cos_sin, mask)
+                z_H = self.L_level(z_H, z_L, cos_sin, mask)
         for _ in range(c.L_cycles):
-            z_L = self.L_level(z_L, z_H + x, cos_sin)
-        z_H = self.L_level(z_H, z_L, cos_sin)
+            z_L = self.L_level(z_L, z_H + x, cos_sin, mask)
+        z_H = self.L_level(z_H, z_L, cos_sin, mask)
         return z_H, z_L
 
     def forward(self, carry: InnerCarry, batch: Batch) -> tuple[InnerCarry, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        cos_sin = self.rotary_emb() if hasattr(self, "rotary_emb") else None
-        x = self.input_embeddings(batch)
-        z_H, z_L = self.recurse(carry.z_H, carry.z_L, x, cos_sin)
+        positions = self.positions(batch)
+        cos_sin = None
+        if hasattr(self, "rotary_emb"):
+            cos_sin = tuple(t[positions] for t in self.rotary_emb())
+        x = self.input_embeddings(batch, positions)
+        z_H, z_L = self.recurse(carry.z_H, carry.z_L, x, cos_sin, self.attention_mask(batch))
         logits = self.lm_head(z_H)[:, self.prefix_len:]
-        q = self.q_head(z_H[:, 0]).float()
+        # The Q-head reads one state row. Non-causal: the first (a puzzle-embedding row, which sees everything).
+        # Causal: the last, the only row that has seen the whole sequence.
+        q = self.q_head(z_H[:, -1 if self.config.causal else 0]).float()
         return InnerCarry(z_H.detach(), z_L.detach()), logits, (q[..., 0], q[..., 1])
 
 
@@ -183,8 +211,8 @@ class ACTModel(nn.Module):
         self.config = inner.config
 
     def initial_carry(self, batch: Batch) -> Carry:
-        B, device = batch["inputs"].shape[0], batch["inputs"].device
-        return Carry(self.inner.empty_carry(B, device),
+        (B, S), device = batch["inputs"].shape, batch["inputs"].device
+        return Carry(self.inner.empty_carry(B, S, device),
                      steps=torch.zeros(B, dtype=torch.int32, device=device),
                      halted=torch.ones(B, dtype=torch.bool, device=device),  # all halted: the first call loads data
                      data={k: torch.empty_like(v) for k, v in batch.items()})

@@ -221,7 +221,7 @@ def test_transformer_is_one_pass_of_the_blocks():
     carry, _, _, out = model(model.initial_carry(b), b)
     assert len(calls) == 1 and carry.halted.all()
     with torch.no_grad():
-        h = inner.input_embeddings(b)
+        h = inner.input_embeddings(b, inner.positions(b))
         for layer in inner.L_level.layers:
             h = layer(h, inner.rotary_emb())
         torch.testing.assert_close(out["logits"], inner.lm_head(h)[:, inner.prefix_len:])
@@ -309,3 +309,49 @@ def test_ema_update_and_apply():
     with ema.applied(model):
         torch.testing.assert_close(model.weight, ema.shadow["weight"])
     torch.testing.assert_close(model.weight, start + 1)
+
+
+# ---- causal models and packed rows
+
+def causal(name, **overrides):
+    return tiny(name, **{"causal": True, "puzzle_emb_ndim": 0, "halt_max_steps": 3, **overrides})
+
+
+@pytest.mark.parametrize("name", ["trm", "transformer"])
+@pytest.mark.parametrize("pos", ["rope", "learned"])
+def test_causal_models_never_look_ahead(name, pos):
+    model = causal(name, pos_encodings=pos, H_cycles=2, L_cycles=3).eval()
+    b = batch()
+    changed = {k: v.clone() for k, v in b.items()}
+    t = 6
+    changed["inputs"][:, t + 1:] = (changed["inputs"][:, t + 1:] + 1) % VOCAB
+    carries = [model.initial_carry(b), model.initial_carry(changed)]
+    with torch.no_grad():
+        for step in range(3):  # every ACT step, with the carried latents
+            carries[0], _, _, out_a = model(carries[0], b)
+            carries[1], _, _, out_b = model(carries[1], changed)
+            torch.testing.assert_close(out_a["logits"][:, : t + 1], out_b["logits"][:, : t + 1])
+            assert not torch.allclose(out_a["logits"][:, t + 1:], out_b["logits"][:, t + 1:])
+
+
+def test_mlp_t_cannot_be_causal():
+    with pytest.raises(ValueError, match="causal"):
+        causal("trm", mlp_t=True)
+
+
+@pytest.mark.parametrize("name", ["trm", "transformer"])
+def test_packed_rows_match_separate_conversations(name):
+    """Two conversations packed in one row (segment ids, restarting positions) give the logits each gets alone."""
+    model = causal(name, halt_max_steps=1).eval()
+    g = torch.Generator().manual_seed(3)
+    a, c = torch.randint(1, VOCAB, (1, 5), generator=g), torch.randint(1, VOCAB, (1, 7), generator=g)
+
+    def run(inputs, **extra):
+        bt = {"inputs": inputs, "labels": inputs, **extra}
+        with torch.no_grad():
+            return model(model.initial_carry(bt), bt)[3]["logits"]
+
+    packed = run(torch.cat([a, c], 1), segment_ids=torch.tensor([[1] * 5 + [2] * 7]),
+                 position_ids=torch.tensor([list(range(5)) + list(range(7))]))
+    torch.testing.assert_close(packed[:, :5], run(a), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed[:, 5:], run(c), atol=1e-5, rtol=1e-5)
