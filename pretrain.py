@@ -21,7 +21,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from dataset.chat_dataset import ChatDataset
 from dataset.puzzle_dataset import PuzzleDataset
+from evaluators.chat import evaluate_chat, sample_replies
 from evaluators.puzzle import evaluate_puzzles
 from models import build_model
 from models.ema import EMA
@@ -65,9 +67,26 @@ def build_puzzle_data(cfg: DictConfig, rank: int, world_size: int) -> tuple[Puzz
             PuzzleDataset(list(cfg.data_paths_test or cfg.data_paths), "test", **kwargs))
 
 
+def build_chat_data(cfg: DictConfig, rank: int, world_size: int) -> tuple[ChatDataset, ChatDataset]:
+    if len(cfg.data_paths) != 1:
+        raise ValueError(f"dataset=chat trains on one built dataset, got data_paths={list(cfg.data_paths)}")
+    kwargs = dict(global_batch_size=cfg.global_batch_size, seed=cfg.seed, rank=rank, world_size=world_size,
+                  pack=cfg.dataset.pack)
+    test_path = cfg.data_paths_test[0] if cfg.data_paths_test else cfg.data_paths[0]
+    return ChatDataset(cfg.data_paths[0], "train", **kwargs), ChatDataset(test_path, "test", **kwargs)
+
+
+def build_data(cfg: DictConfig, rank: int, world_size: int):
+    """(train, test) iterators for cfg.dataset.name; both yield (set name, batch, global batch size)."""
+    builders = {"puzzle": build_puzzle_data, "chat": build_chat_data}
+    if cfg.dataset.name not in builders:
+        raise ValueError(f"dataset.name: unknown dataset kind {cfg.dataset.name!r}; choose one of {sorted(builders)}")
+    return builders[cfg.dataset.name](cfg, rank, world_size)
+
+
 # ---------------------------------------------------------------- checkpoints
 
-def checkpoint_state(state: TrainState, train_data: PuzzleDataset, cfg: DictConfig) -> dict[str, Any]:
+def checkpoint_state(state: TrainState, train_data, cfg: DictConfig) -> dict[str, Any]:
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -85,7 +104,7 @@ def checkpoint_state(state: TrainState, train_data: PuzzleDataset, cfg: DictConf
     }
 
 
-def restore(state: TrainState, train_data: PuzzleDataset, ckpt: dict[str, Any], device: torch.device) -> None:
+def restore(state: TrainState, train_data, ckpt: dict[str, Any], device: torch.device) -> None:
     state.model.load_state_dict(ckpt["model"])
     for opt, opt_state in zip(state.optimizers, ckpt["optimizers"], strict=True):
         opt.load_state_dict(opt_state)
@@ -161,9 +180,15 @@ def summarize_train_metrics(sums: dict[str, torch.Tensor], num_steps: int, globa
             for k, v in values.items()}
 
 
-def evaluate(state: TrainState, forward, test_data: PuzzleDataset, device: torch.device) -> dict[str, float]:
+def evaluate(state: TrainState, forward, test_data, device: torch.device, cfg: DictConfig,
+             tokenizer=None) -> tuple[dict[str, float], list[dict]]:
+    """Metrics on the test split, plus (chat) greedy replies to the configured prompts; with the EMA weights."""
     def run():
-        return evaluate_puzzles(forward, test_data, device)
+        if cfg.dataset.name == "puzzle":
+            return evaluate_puzzles(forward, test_data, device), []
+        replies = sample_replies(forward, tokenizer, list(cfg.dataset.eval_prompts), test_data.seq_len,
+                                 cfg.dataset.max_new_tokens)
+        return evaluate_chat(forward, test_data, device), replies
     if state.ema is None:
         return run()
     with state.ema.applied(state.model):
@@ -176,13 +201,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     device = select_device(cfg.device)
     torch.manual_seed(cfg.seed)  # weights and the ACT exploration draws
 
-    train_data, test_data = build_puzzle_data(cfg, rank, world_size)
-    meta = train_data.metadata
+    train_data, test_data = build_data(cfg, rank, world_size)
     arch = OmegaConf.to_container(cfg.arch, resolve=True)
     arch["forward_dtype"] = resolve_dtype(arch["forward_dtype"], device)
-    model = build_model(arch, seq_len=meta.seq_len, vocab_size=meta.vocab_size,
-                        num_puzzle_identifiers=meta.num_puzzle_identifiers,
-                        batch_size=train_data.local_batch_size).to(device)
+    model = build_model(arch, **train_data.model_fields(), batch_size=train_data.local_batch_size).to(device)
     if cfg.load_checkpoint:
         load_model_weights(model, cfg.load_checkpoint)
     optimizers, base_lrs = build_optimizers(
@@ -191,7 +213,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         world_size=world_size)
     state = TrainState(model, optimizers, base_lrs, EMA(model, cfg.ema_rate) if cfg.ema else None)
 
-    steps_per_epoch = meta.total_groups * meta.mean_puzzle_examples / cfg.global_batch_size
+    steps_per_epoch = train_data.examples_per_epoch / cfg.global_batch_size
     total_steps = max(1, int(cfg.epochs * steps_per_epoch))
     stop = min(total_steps, cfg.max_steps or total_steps)
     # evaluate after every eval_interval epochs (the last one at the end), skipping the first min_eval_interval
@@ -207,6 +229,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         run_dir = new_run_dir(cfg)
     os.makedirs(run_dir, exist_ok=True)
     OmegaConf.save(cfg, os.path.join(run_dir, "config.yaml"), resolve=True)
+    tokenizer = None
+    if cfg.dataset.name == "chat":  # the run keeps its tokenizer, so generation needs nothing else
+        tokenizer = train_data.tokenizer()
+        tokenizer.save(os.path.join(run_dir, "tokenizer"))
 
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{cfg.arch.name}: {n_params / 1e6:.2f}M parameters on {device} ({arch['forward_dtype']}); "
@@ -244,8 +270,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
             at_end = state.step == stop
             evaluating = state.step in eval_steps or (at_end and cfg.eval_at_end)
             if evaluating:
-                results = {f"test/{k}": v for k, v in evaluate(state, forward, test_data, device).items()}
+                metrics, replies = evaluate(state, forward, test_data, device, cfg, tokenizer)
+                results = {f"test/{k}": v for k, v in metrics.items()}
                 logger.log(results, state.step)
+                if replies:
+                    logger.log_table("samples", replies, state.step)
                 bar.write(f"step {state.step}: " + ", ".join(
                     f"{k.removeprefix('test/')} {v:.4f}" for k, v in results.items() if "@" not in k))
             if at_end or (evaluating and cfg.checkpoint_every_eval):
@@ -254,6 +283,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if "test/exact_accuracy" in results:
         print(f"test exact accuracy: {results['test/exact_accuracy']:.4f} "
               f"(token accuracy {results['test/accuracy']:.4f}) after {state.step} steps; run dir {run_dir}")
+    elif "test/perplexity" in results:
+        print(f"validation perplexity: {results['test/perplexity']:.3f} (assistant-token accuracy "
+              f"{results['test/accuracy']:.4f}) after {state.step} steps; run dir {run_dir}")
     return results
 
 

@@ -53,7 +53,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Write through a temporary file and rename, so readers never see a half-written file."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -140,9 +140,9 @@ def save_split(
             arr = np.asarray(arrays[key])
             if key != "inputs" and key != "labels":
                 arr = arr.astype(np.int32)
-            _atomic_write(split_dir / f"{name}__{key}.npy", lambda f, arr=arr: np.save(f, arr))
+            atomic_write(split_dir / f"{name}__{key}.npy", lambda f, arr=arr: np.save(f, arr))
     text = json.dumps(dataclasses.asdict(metadata), indent=2) + "\n"
-    _atomic_write(meta_path, lambda f: f.write(text.encode()))
+    atomic_write(meta_path, lambda f: f.write(text.encode()))
     return split_dir
 
 
@@ -150,7 +150,7 @@ def save_identifiers(output_dir: str | os.PathLike, names: list[str]) -> None:
     """identifiers.json maps puzzle identifier ids to names (id 0 is the blank identifier)."""
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     text = json.dumps(list(names)) + "\n"
-    _atomic_write(Path(output_dir) / "identifiers.json", lambda f: f.write(text.encode()))
+    atomic_write(Path(output_dir) / "identifiers.json", lambda f: f.write(text.encode()))
 
 
 def load_metadata(split_dir: str | os.PathLike) -> PuzzleDatasetMetadata:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from dataset.common import PuzzleDatasetMetadata, load_metadata
+from dataset.sampling import EpochStream, rank_rows
 from models.losses import IGNORE_LABEL_ID
 
 FIELDS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
@@ -50,7 +51,7 @@ class PuzzleDataset:
                  rank: int = 0, world_size: int = 1):
         if global_batch_size % world_size:
             raise ValueError(f"global_batch_size {global_batch_size} is not divisible by the world size {world_size}")
-        self.split, self.seed, self.rank = split, seed, rank
+        self.split, self.rank = split, rank
         self.global_batch_size = global_batch_size
         self.local_batch_size = global_batch_size // world_size
         metas = [load_metadata(os.path.join(p, split)) for p in data_paths]
@@ -59,7 +60,16 @@ class PuzzleDataset:
                      for p, m in zip(data_paths, metas) for s in m.sets]
         # global group id -> (set, local group) through cumulative offsets
         self._group_offsets = np.cumsum([0] + [len(s.arrays["group_indices"]) - 1 for s in self.sets])
-        self.epoch, self.position = 0, 0  # the training stream's state
+        self.stream = EpochStream(int(self._group_offsets[-1]), seed, self._epoch_plan) if split == "train" else None
+
+    @property
+    def examples_per_epoch(self) -> float:
+        return self.metadata.total_groups * self.metadata.mean_puzzle_examples
+
+    def model_fields(self) -> dict[str, int]:
+        """What the model needs to know of the data."""
+        m = self.metadata
+        return dict(seq_len=m.seq_len, vocab_size=m.vocab_size, num_puzzle_identifiers=m.num_puzzle_identifiers)
 
     @staticmethod
     def _load_set(split_dir: str, set_name: str, label: str) -> PuzzleSet:
@@ -74,10 +84,10 @@ class PuzzleDataset:
 
     # ---- state (exact resume) ----
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
+        return self.stream.state_dict()
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self.stream.load_state_dict(state)
 
     # ---- batches ----
     def _collate(self, inputs: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> dict[str, torch.Tensor]:
@@ -94,8 +104,7 @@ class PuzzleDataset:
         return {"inputs": torch.from_numpy(inputs.astype(np.int32)), "labels": torch.from_numpy(labels),
                 "puzzle_identifiers": torch.from_numpy(ids.astype(np.int32))}
 
-    def _epoch_plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-        rng = np.random.default_rng([self.seed, epoch])
+    def _epoch_plan(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
         order = rng.permutation(int(self._group_offsets[-1]))
         pick = rng.random(len(order))  # which puzzle of each group
         example_keys = [rng.random(len(s.arrays["inputs"])) for s in self.sets]  # example order inside a puzzle
@@ -113,22 +122,12 @@ class PuzzleDataset:
         return si, rows, puzzle
 
     def _iter_train(self) -> Iterator[tuple[str, dict[str, torch.Tensor], int]]:
-        num_groups = int(self._group_offsets[-1])
-        if num_groups == 0:
-            raise ValueError(f"{self.split} split has no puzzles")
-        plan_epoch, plan = -1, None
         while True:
             chunks: list[tuple[int, np.ndarray, int]] = []
             size = 0
             while size < self.global_batch_size:
-                if self.position == num_groups:
-                    self.epoch, self.position = self.epoch + 1, 0
-                if plan_epoch != self.epoch:
-                    plan_epoch, plan = self.epoch, self._epoch_plan(self.epoch)
-                order, pick, keys = plan
-                si, rows, puzzle = self._take_group(int(order[self.position]), pick[self.position], keys,
-                                                    self.global_batch_size - size)
-                self.position += 1
+                (order, pick, keys), pos = self.stream.advance()
+                si, rows, puzzle = self._take_group(int(order[pos]), pick[pos], keys, self.global_batch_size - size)
                 chunks.append((si, rows, puzzle))
                 size += len(rows)
             lo = self.rank * self.local_batch_size
@@ -152,9 +151,7 @@ class PuzzleDataset:
             example_puzzle = np.repeat(np.arange(len(a["puzzle_indices"]) - 1), np.diff(a["puzzle_indices"]))
             for start in range(0, len(a["inputs"]), self.global_batch_size):
                 end = min(start + self.global_batch_size, len(a["inputs"]))
-                lo = min(start + self.rank * self.local_batch_size, end)
-                hi = min(lo + self.local_batch_size, end)
-                rows = np.arange(lo, hi)
+                rows = np.array(rank_rows(start, end, self.rank, self.local_batch_size), dtype=np.int64)
                 ids = a["puzzle_identifiers"][example_puzzle[rows]]
                 yield s.name, self._collate(a["inputs"][rows], a["labels"][rows], ids), end - start
 

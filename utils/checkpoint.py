@@ -56,15 +56,29 @@ def model_state_from(checkpoint: dict[str, Any], use_ema: bool = False) -> dict[
     return {k.removeprefix("_orig_mod."): v for k, v in checkpoint.items()}
 
 
+VOCAB_KEYS = ("embed_tokens.embedding_weight", "lm_head.weight")  # one row per token
+
+
 def load_model_weights(model: nn.Module, path: str, use_ema: bool = False) -> None:
-    """Initialise `model` from a checkpoint file or run directory. A puzzle-embedding table of another
-    size (a new dataset) is replaced by the mean of the saved rows, as the official code does."""
+    """Initialise `model` from a checkpoint file or run directory.
+
+    A grown vocabulary (e.g. new special tokens) keeps every trained row of the token embedding and
+    output head; the new rows start at the mean of the trained ones. A puzzle-embedding table of another
+    size (a new dataset) is replaced by the mean of the saved rows, as the official code does.
+    """
     state = model_state_from(load_checkpoint(find_checkpoint(path)), use_ema)
     own = model.state_dict()
     for key, value in list(state.items()):
-        if key.endswith("puzzle_emb.weights") and key in own and own[key].shape != value.shape:
-            print(f"puzzle embedding {tuple(value.shape)} -> {tuple(own[key].shape)}: new rows set to the saved mean")
+        if key not in own or own[key].shape == value.shape:
+            continue
+        if key.endswith("puzzle_emb.weights"):
+            print(f"puzzle embedding {tuple(value.shape)} -> {tuple(own[key].shape)}: rows set to the saved mean")
             state[key] = value.mean(0, keepdim=True).expand_as(own[key]).clone()
+        elif key.endswith(VOCAB_KEYS) and value.shape[0] < own[key].shape[0] and value.shape[1:] == own[key].shape[1:]:
+            grown = value.mean(0, keepdim=True).repeat(own[key].shape[0], 1)
+            grown[: value.shape[0]] = value
+            print(f"{key}: vocabulary {value.shape[0]} -> {own[key].shape[0]}, new rows set to the mean row")
+            state[key] = grown
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{path}: checkpoint does not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")

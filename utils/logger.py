@@ -54,6 +54,20 @@ class RunLogger:
         if self.wandb is not None:
             self.wandb.log(clean, step=step)
 
+    def log_table(self, name: str, rows: list[dict], step: int) -> None:
+        """Rows of text (e.g. prompts and replies): to <run_dir>/<name>.jsonl and a W&B table."""
+        if not self.enabled or not rows:
+            return
+        with open(os.path.join(os.path.dirname(self.path), f"{name}.jsonl"), "a") as f:
+            for row in rows:
+                f.write(json.dumps({"step": step, **row}) + "\n")
+        if self.wandb is not None:
+            import wandb
+
+            columns = list(rows[0])
+            self.wandb.log({name: wandb.Table(columns=["step", *columns],
+                                              data=[[step, *(r[c] for c in columns)] for r in rows])}, step=step)
+
     def finish(self) -> None:
         if self.wandb is not None:
             self.wandb.finish()

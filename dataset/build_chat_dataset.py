@@ -1,0 +1,204 @@
+"""Build a chat dataset: ShareGPT / messages / Alpaca / OpenAssistant records -> tokenized conversations on disk.
+
+    python -m dataset.build_chat_dataset --input-file data.json --output-dir data/my-chat \\
+        --format sharegpt --tokenizer byte --max-length 512 --train-split 0.95
+
+Input: a .json/.jsonl file, a directory of them, or (with network) a hub dataset name, read with `datasets`.
+Every record that cannot be used is counted by reason and reported; `--strict` stops at the first.
+Tokenizer: `byte` (built in, the default), `bpe` (trained here on the training split, `--vocab-size`), or a
+Hugging Face tokenizer name or local path. It is saved in `<output-dir>/tokenizer/`, so training and
+generation always use the same one.
+
+Loss masking: only assistant text and each assistant end token are trained (`--train-on-all`: every token).
+Conversations longer than --max-length positions: `--long truncate` (default) keeps the longest run of whole
+turns from the start that fits; `--long split` cuts the conversation at turn boundaries into several samples,
+each starting with the system prompt. A single exchange longer than the limit is cut mid-turn. All counted.
+Output: dataset.json (metadata and statistics), tokenizer/, and per split (train/, valid/) the token arrays
+read by dataset/chat_dataset.py.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dataset.chat_formats import load_records, parse_records  # noqa: E402
+from dataset.common import atomic_write  # noqa: E402
+from utils.tokenizer import ChatTokenizer  # noqa: E402
+
+Turns = list[tuple[str, str]]
+Sample = tuple[list[int], list[bool]]
+
+
+@dataclass
+class ChatBuildConfig:
+    input_file: str
+    output_dir: str
+    format: str = "auto"  # auto | sharegpt | messages | alpaca | oasst
+    tokenizer: str = "byte"  # byte | bpe | a Hugging Face tokenizer name or path
+    vocab_size: int = 4096  # for bpe
+    max_length: int = 2048  # input positions of a sample (the model's seq_len)
+    train_split: float = 0.95
+    subsample_size: int | None = None
+    long: str = "truncate"  # truncate | split
+    train_on_all: bool = False
+    strict: bool = False
+    seed: int = 0
+    hub_split: str = "train"
+
+
+@dataclass
+class SplitStats:
+    conversations: int = 0
+    samples: int = 0
+    turns: int = 0
+    tokens: int = 0
+    trained_tokens: int = 0
+    truncated: int = 0  # conversations that lost turns (--long truncate)
+    split: int = 0  # conversations cut into several samples (--long split)
+    cut_mid_turn: int = 0  # samples whose one exchange alone was too long
+    dropped_untrained: int = 0  # samples left with nothing to train on
+
+
+def fit(tok: ChatTokenizer, turns: Turns, max_tokens: int, policy: str, stats: SplitStats) -> list[Sample]:
+    """Encode a conversation as samples of at most max_tokens tokens, cutting at turn boundaries."""
+    ids, mask = tok.encode_chat(turns)
+    if len(ids) <= max_tokens:
+        return [(ids, mask)]
+    system = turns[:1] if turns[0][0] == "system" else []
+    rest = turns[len(system):]
+    ends = [j + 1 for j, (role, _) in enumerate(rest) if role == "assistant"]  # a sample ends after an answer
+    samples, start = [], 0
+    while start < len(rest):
+        best = None
+        for end in (e for e in ends if e > start):
+            encoded = tok.encode_chat(system + rest[start:end])
+            if len(encoded[0]) > max_tokens:
+                break
+            best = (end, encoded)
+        if best is None:  # even the next exchange alone is too long: keep its first max_tokens tokens
+            end = next((e for e in ends if e > start), len(rest))
+            ids, mask = tok.encode_chat(system + rest[start:end])
+            best = (end, (ids[:max_tokens], mask[:max_tokens]))
+            stats.cut_mid_turn += 1
+        start = best[0]
+        samples.append(best[1])
+        if policy == "truncate":
+            break
+    if policy == "truncate":
+        stats.truncated += 1
+    elif len(samples) > 1:
+        stats.split += 1
+    return samples
+
+
+def encode_split(tok: ChatTokenizer, conversations: list[Turns], cfg: ChatBuildConfig) -> tuple[list[Sample], SplitStats]:
+    stats = SplitStats(conversations=len(conversations))
+    samples = []
+    for turns in conversations:
+        stats.turns += len(turns)
+        for ids, mask in fit(tok, turns, cfg.max_length + 1, cfg.long, stats):  # +1: inputs and labels are shifted
+            if cfg.train_on_all:
+                mask = [True] * len(ids)
+            if not any(mask[1:]):
+                stats.dropped_untrained += 1
+                continue
+            samples.append((ids, mask))
+            stats.tokens += len(ids)
+            stats.trained_tokens += sum(mask[1:])
+    stats.samples = len(samples)
+    return samples, stats
+
+
+def save_split(directory: Path, samples: list[Sample], vocab_size: int) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
+    arrays = {
+        "tokens": np.array([t for ids, _ in samples for t in ids], dtype=dtype),
+        "trained": np.array([m for _, mask in samples for m in mask], dtype=bool),
+        "offsets": np.cumsum([0] + [len(ids) for ids, _ in samples]).astype(np.int64),
+    }
+    for name, array in arrays.items():
+        atomic_write(directory / f"{name}.npy", lambda f, a=array: np.save(f, a))
+
+
+def make_tokenizer(cfg: ChatBuildConfig, train: list[Turns]) -> ChatTokenizer:
+    if cfg.tokenizer == "byte":
+        return ChatTokenizer.byte_level()
+    if cfg.tokenizer == "bpe":
+        return ChatTokenizer.train_bpe((text for turns in train for _, text in turns), cfg.vocab_size)
+    return ChatTokenizer.from_pretrained(cfg.tokenizer)
+
+
+def build(cfg: ChatBuildConfig) -> dict:
+    """Build the dataset; returns its metadata (also written to <output_dir>/dataset.json)."""
+    if cfg.long not in ("truncate", "split"):
+        raise ValueError(f"--long must be truncate or split, got {cfg.long!r}")
+    if not 0 < cfg.train_split <= 1:
+        raise ValueError(f"--train-split must be in (0, 1], got {cfg.train_split}")
+    records = load_records(cfg.input_file, cfg.hub_split)
+    fmt = "oasst" if cfg.format == "openassistant" else cfg.format
+    conversations, report = parse_records(records, fmt, strict=cfg.strict)
+    print(f"{cfg.input_file}: {len(records)} records -> {len(conversations)} conversations; {report.summary()}")
+    if not conversations:
+        raise ValueError(f"{cfg.input_file}: no usable conversation")
+
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(len(conversations))
+    if cfg.subsample_size:
+        order = order[: cfg.subsample_size]
+    n_train = len(order) if cfg.train_split == 1 else min(len(order) - 1, max(1, round(cfg.train_split * len(order))))
+    splits = {"train": [conversations[i].turns for i in order[:n_train]],
+              "valid": [conversations[i].turns for i in order[n_train:]]}
+
+    tok = make_tokenizer(cfg, splits["train"])
+    out = Path(cfg.output_dir)
+    tok.save(str(out / "tokenizer"))
+    meta = {"kind": "chat", "vocab_size": tok.vocab_size, "max_length": cfg.max_length, "pad_id": tok.pad_id,
+            "eot_id": tok.eot_id, "tokenizer_fingerprint": tok.fingerprint(), "build": asdict(cfg),
+            "bad_records": report.counts, "splits": {}}
+    for name, turns in splits.items():
+        samples, stats = encode_split(tok, turns, cfg)
+        save_split(out / name, samples, tok.vocab_size)
+        meta["splits"][name] = asdict(stats)
+        share = stats.trained_tokens / max(stats.tokens, 1)
+        print(f"{name}: {stats.conversations} conversations, {stats.samples} samples, {stats.turns} turns, "
+              f"{stats.tokens} tokens ({share:.1%} trained); {stats.truncated} truncated, {stats.split} split, "
+              f"{stats.cut_mid_turn} cut mid-turn, {stats.dropped_untrained} without trained tokens")
+    atomic_write(out / "dataset.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    print(f"wrote {out} (vocabulary {tok.vocab_size}, max length {cfg.max_length})")
+    return meta
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--input-file", "--input", required=True, help="file, directory or hub dataset name")
+    ap.add_argument("--output-dir", required=True)
+    ap.add_argument("--format", default="auto", choices=["auto", "sharegpt", "messages", "alpaca", "oasst", "openassistant"])
+    ap.add_argument("--tokenizer", default="byte", help="byte | bpe | Hugging Face name or path")
+    ap.add_argument("--vocab-size", type=int, default=4096, help="for --tokenizer bpe")
+    ap.add_argument("--max-length", type=int, default=2048)
+    ap.add_argument("--train-split", type=float, default=0.95)
+    ap.add_argument("--subsample-size", type=int)
+    ap.add_argument("--long", default="truncate", choices=["truncate", "split"])
+    ap.add_argument("--train-on-all", action="store_true", help="train on every token, not only the assistant's")
+    ap.add_argument("--strict", action="store_true", help="stop at the first bad record")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--hub-split", default="train")
+    args = ap.parse_args(argv)
+    try:
+        build(ChatBuildConfig(**{k.replace("-", "_"): v for k, v in vars(args).items()}))
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Sampling from a trained model (shared by the chat evaluator and generate.py)."""
+from __future__ import annotations
+
+import torch
+
+from models.losses import IGNORE_LABEL_ID, ACTLossHead
+
+
+@torch.no_grad()
+def final_outputs(model: ACTLossHead, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Run every ACT step (eval mode: all samples halt together at halt_max_steps); the last step's outputs."""
+    carry = model.initial_carry(batch)
+    while True:
+        carry, _, _, outputs = model(carry, batch)
+        if carry.halted.all():
+            return outputs
+
+
+def sample_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """logits [B, V] -> token ids [B]: greedy at temperature 0, else sampled after top-k / top-p filtering."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k > 0:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) > top_p  # keep the smallest set reaching top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate_reply(model: ACTLossHead, tokenizer, turns: list[tuple[str, str]], max_new_tokens: int = 64,
+                   context: int | None = None, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                   seed: int = 0) -> str:
+    """The assistant's reply to `turns`, token by token (no cache: the whole context is recomputed)."""
+    device = next(model.parameters()).device
+    ids, _ = tokenizer.encode_chat(turns, add_generation_prompt=True)
+    stop = {tokenizer.special_id("assistant_end"), tokenizer.eot_id}
+    generator = torch.Generator(device=device).manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    new: list[int] = []
+    for _ in range(max_new_tokens):
+        window = (ids + new)[-context:] if context else ids + new
+        inputs = torch.tensor([window], device=device)
+        batch = {"inputs": inputs, "labels": torch.full_like(inputs, IGNORE_LABEL_ID)}
+        token = int(sample_token(final_outputs(model, batch)["logits"][:, -1], temperature, top_k, top_p, generator))
+        if token in stop:
+            break
+        new.append(token)
+    model.train(was_training)
+    return tokenizer.decode(new)
