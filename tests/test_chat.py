@@ -1,0 +1,166 @@
+"""Chat path: builder (masks, long conversations, bad records), loader (shift, packing), a training run,
+vocabulary growth, sampling."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+from dataset.build_chat_dataset import ChatBuildConfig, build
+from dataset.chat_dataset import ChatDataset
+from models import build_model
+from models.losses import IGNORE_LABEL_ID
+from pretrain import train
+from utils.checkpoint import load_model_weights, save_checkpoint
+from utils.sampling import sample_token
+from utils.tokenizer import ChatTokenizer
+
+CONVERSATIONS = [
+    {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"},
+                       {"from": "gpt", "value": "Hello!"}, {"from": "human", "value": "Bye"},
+                       {"from": "gpt", "value": "See you."}]},
+    {"conversations": [{"from": "human", "value": "2+2?"}, {"from": "gpt", "value": "4"}]},
+    {"conversations": [{"from": "narrator", "value": "x"}, {"from": "gpt", "value": "y"}]},  # unknown role
+    {"conversations": [{"from": "human", "value": "  "}, {"from": "gpt", "value": "y"}]},  # empty turn
+]
+
+
+def write(tmp_path: Path, records) -> str:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "chat.json"
+    path.write_text(json.dumps(records))
+    return str(path)
+
+
+def build_tiny(tmp_path, records=CONVERSATIONS, **kw) -> tuple[Path, dict]:
+    out = tmp_path / "built"
+    cfg = dict(input_file=write(tmp_path, records), output_dir=str(out), max_length=64, train_split=1.0)
+    return out, build(ChatBuildConfig(**{**cfg, **kw}))
+
+
+def conversation(out: Path, split: str, i: int):
+    a = {n: np.load(out / split / f"{n}.npy") for n in ("tokens", "trained", "offsets")}
+    lo, hi = a["offsets"][i], a["offsets"][i + 1]
+    return a["tokens"][lo:hi].tolist(), a["trained"][lo:hi].tolist()
+
+
+def test_builder_masks_only_assistant_tokens_and_reports_bad_records(tmp_path):
+    out, meta = build_tiny(tmp_path)
+    assert meta["bad_records"] == {"unknown_role": 1, "empty_turn": 1}
+    tok = ChatTokenizer.load(str(out / "tokenizer"))
+    found = {}
+    for i in range(2):
+        ids, trained = conversation(out, "train", i)
+        found[len(ids)] = (ids, trained)
+    ids, trained = max(found.values(), key=lambda x: len(x[0]))  # the multi-turn one with a system prompt
+    text_trained = tok.decode([t for t, m in zip(ids, trained) if m], skip_special_tokens=False)
+    assert text_trained == "Hello!<|/assistant|>See you.<|/assistant|>"
+    assert ids[0] == tok.special_id("system_start") and ids[-1] == tok.eot_id
+
+
+def test_train_on_all_and_long_conversation_policies(tmp_path):
+    _, meta = build_tiny(tmp_path, train_on_all=True)
+    s = meta["splits"]["train"]
+    assert s["trained_tokens"] == s["tokens"] - s["samples"]  # every token but the first of each is a target
+    long = [{"conversations": [t for k in range(6) for t in ({"from": "human", "value": f"question {k}"},
+                                                              {"from": "gpt", "value": f"answer number {k}"})]}]
+    _, meta = build_tiny(tmp_path / "t", long, max_length=60, long="truncate")
+    assert meta["splits"]["train"]["truncated"] == 1 and meta["splits"]["train"]["samples"] == 1
+    out, meta = build_tiny(tmp_path / "s", long, max_length=60, long="split")
+    assert meta["splits"]["train"]["split"] == 1 and meta["splits"]["train"]["samples"] > 1
+    for i in range(meta["splits"]["train"]["samples"]):
+        assert len(conversation(out, "train", i)[0]) <= 61
+
+
+def test_strict_mode_stops_at_the_first_bad_record(tmp_path):
+    with pytest.raises(ValueError, match="record 2"):
+        build_tiny(tmp_path, strict=True)
+
+
+def test_label_at_t_is_the_token_at_t_plus_1(tmp_path):
+    out, _ = build_tiny(tmp_path)
+    ds = ChatDataset(str(out), "train", global_batch_size=2, seed=0)
+    _, batch, _ = next(iter(ds))
+    raw = {len(conversation(out, "train", i)[0]): conversation(out, "train", i) for i in range(2)}
+    for row in range(2):
+        labels, inputs = batch["labels"][row], batch["inputs"][row]
+        n = int((inputs != ds.pad_id).sum())
+        ids, trained = raw[n + 1]
+        assert inputs[:n].tolist() == ids[:-1]
+        for t in range(n):
+            assert labels[t] == (ids[t + 1] if trained[t + 1] else IGNORE_LABEL_ID)
+        assert (labels[n:] == IGNORE_LABEL_ID).all()
+
+
+def test_packed_rows_keep_conversations_apart(tmp_path):
+    out, _ = build_tiny(tmp_path)
+    ds = ChatDataset(str(out), "train", global_batch_size=1, seed=0, pack=True)
+    _, batch, _ = next(iter(ds))
+    seg, pos = batch["segment_ids"][0], batch["position_ids"][0]
+    assert set(seg.tolist()) == {0, 1, 2}  # both conversations in one row, then padding
+    for s in (1, 2):
+        assert pos[seg == s].tolist() == list(range(int((seg == s).sum())))  # positions restart
+    last_of_first = int((seg == 1).nonzero().max())
+    assert batch["labels"][0, last_of_first] == IGNORE_LABEL_ID  # no label crosses into the next conversation
+
+
+@pytest.fixture(scope="module")
+def synthetic_chat(tmp_path_factory) -> str:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("synth", ROOT / "examples" / "make_synthetic_chat.py")
+    synth = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(synth)
+    tmp = tmp_path_factory.mktemp("chat")
+    train_records, _, _ = synth.generate(600, seed=0)
+    (tmp / "train.json").write_text(json.dumps(train_records))
+    build(ChatBuildConfig(input_file=str(tmp / "train.json"), output_dir=str(tmp / "built"), max_length=128,
+                          train_split=0.9))
+    return str(tmp / "built")
+
+
+@pytest.mark.parametrize("arch", ["trm_chat", "transformer_chat"])
+def test_tiny_chat_training_lowers_validation_loss(synthetic_chat, tmp_path, arch):
+    common = [f"arch={arch}", f"data_paths=[{synthetic_chat}]", f"checkpoint_dir={tmp_path}", "arch.hidden_size=32",
+              "arch.num_heads=2", "global_batch_size=8", "lr=3e-3", "lr_warmup_steps=5", "logger.mode=disabled",
+              "dataset.max_new_tokens=4", "epochs=50", "eval_interval=50"]
+    before = train(_chat_cfg(*common, "max_steps=1", "run_name=a"))
+    after = train(_chat_cfg(*common, "max_steps=40", "run_name=b"))
+    assert after["test/loss"] < 0.85 * before["test/loss"]
+    assert after["test/perplexity"] < before["test/perplexity"]
+    run = next(Path(tmp_path).glob("*/b"))
+    assert (run / "tokenizer" / "chat_tokenizer.json").exists()
+    assert len((run / "samples.jsonl").read_text().splitlines()) == 3  # the configured prompts, answered
+
+
+def _chat_cfg(*overrides):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "config"), version_base="1.3"):
+        return hydra_compose("cfg_chat", overrides=list(overrides))
+
+
+def test_grown_vocabulary_keeps_trained_rows(tmp_path):
+    arch = dict(name="trm", causal=True, puzzle_emb_ndim=0, hidden_size=16, num_heads=2, L_layers=1, H_cycles=1,
+                L_cycles=1, halt_max_steps=1, seq_len=8, forward_dtype="float32")
+    old = build_model({**arch, "vocab_size": 10})
+    save_checkpoint(str(tmp_path / "step_1.pt"), {"model": old.state_dict()})
+    new = build_model({**arch, "vocab_size": 14})
+    load_model_weights(new, str(tmp_path))
+    for key in ("model.inner.embed_tokens.embedding_weight", "model.inner.lm_head.weight"):
+        o, n = old.state_dict()[key], new.state_dict()[key]
+        torch.testing.assert_close(n[:10], o)
+        torch.testing.assert_close(n[10:], o.mean(0, keepdim=True).expand(4, -1))
+    layer = "model.inner.L_level.layers.0.mlp.down_proj.weight"
+    torch.testing.assert_close(new.state_dict()[layer], old.state_dict()[layer])
+
+
+def test_sample_token_greedy_top_k_top_p():
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0]])
+    assert sample_token(logits).item() == 1
+    g = torch.Generator().manual_seed(0)
+    assert {sample_token(logits, 1.0, top_k=1, generator=g).item() for _ in range(20)} == {1}
+    assert {sample_token(logits, 1.0, top_p=0.1, generator=g).item() for _ in range(20)} == {1}
+    assert {sample_token(logits, 1.0, top_k=2, generator=g).item() for _ in range(200)} == {1, 3}
