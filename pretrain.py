@@ -33,6 +33,7 @@ from utils.checkpoint import find_checkpoint, load_checkpoint, load_model_weight
 from utils.device import resolve_dtype, select_device
 from utils.logger import RunLogger
 from utils.optim import build_optimizers, lr_factor
+from utils.tokenizer import ChatTokenizer
 
 
 @dataclass
@@ -86,7 +87,7 @@ def build_data(cfg: DictConfig, rank: int, world_size: int):
 
 # ---------------------------------------------------------------- checkpoints
 
-def checkpoint_state(state: TrainState, train_data, cfg: DictConfig) -> dict[str, Any]:
+def checkpoint_state(state: TrainState, train_data, cfg: DictConfig, model_config: dict[str, Any]) -> dict[str, Any]:
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -101,6 +102,7 @@ def checkpoint_state(state: TrainState, train_data, cfg: DictConfig) -> dict[str
         "data": train_data.state_dict(),
         "rng": rng,
         "config": OmegaConf.to_container(cfg, resolve=True),
+        "model_config": model_config,  # build_model(**model_config) rebuilds the network without the data
     }
 
 
@@ -204,7 +206,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     train_data, test_data = build_data(cfg, rank, world_size)
     arch = OmegaConf.to_container(cfg.arch, resolve=True)
     arch["forward_dtype"] = resolve_dtype(arch["forward_dtype"], device)
-    model = build_model(arch, **train_data.model_fields(), batch_size=train_data.local_batch_size).to(device)
+    model_config = {**arch, **train_data.model_fields()}
+    model = build_model(model_config, batch_size=train_data.local_batch_size).to(device)
     if cfg.load_checkpoint:
         load_model_weights(model, cfg.load_checkpoint)
     optimizers, base_lrs = build_optimizers(
@@ -232,7 +235,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     tokenizer = None
     if cfg.dataset.name == "chat":  # the run keeps its tokenizer, so generation needs nothing else
         tokenizer = train_data.tokenizer()
-        tokenizer.save(os.path.join(run_dir, "tokenizer"))
+        saved = os.path.join(run_dir, "tokenizer")
+        if cfg.resume and os.path.isdir(saved) and ChatTokenizer.load(saved).fingerprint() != tokenizer.fingerprint():
+            raise ValueError(f"{cfg.data_paths[0]}: its tokenizer differs from the one of the run being resumed ({saved})")
+        tokenizer.save(saved)
 
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{cfg.arch.name}: {n_params / 1e6:.2f}M parameters on {device} ({arch['forward_dtype']}); "
@@ -246,7 +252,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     def save() -> None:
         if rank == 0:
-            save_checkpoint(os.path.join(run_dir, f"step_{state.step}.pt"), checkpoint_state(state, train_data, cfg))
+            save_checkpoint(os.path.join(run_dir, f"step_{state.step}.pt"), checkpoint_state(state, train_data, cfg, model_config))
 
     results: dict[str, float] = {}
     sums: dict[str, torch.Tensor] = {}

@@ -2,7 +2,11 @@
 validation split, and greedy replies to a few fixed prompts."""
 from __future__ import annotations
 
+import argparse
+import json
 import math
+import os
+import re
 from typing import Iterable
 
 import torch
@@ -37,3 +41,38 @@ def sample_replies(model: ACTLossHead, tokenizer, prompts: list[str], context: i
     """Greedy replies to single-turn prompts, for a look at what the model says."""
     return [{"prompt": p, "reply": generate_reply(model, tokenizer, [("user", p)], max_new_tokens, context)}
             for p in prompts]
+
+
+def heldout_accuracy(model: ACTLossHead, tokenizer, path: str, context: int, max_new_tokens: int = 24) -> tuple[float, list[dict]]:
+    """Exact-answer accuracy on a JSONL of {"prompt", "answer"}: the last number of the greedy reply must be
+    the answer (e.g. held-out arithmetic from examples/make_synthetic_chat.py)."""
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    results = []
+    for row in rows:
+        reply = generate_reply(model, tokenizer, [("user", row["prompt"])], max_new_tokens, context)
+        numbers = re.findall(r"-?\d+", reply)
+        results.append({**row, "reply": reply, "correct": bool(numbers) and numbers[-1] == row["answer"]})
+    return sum(r["correct"] for r in results) / max(len(results), 1), results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Score a chat run on held-out prompts with known answers.")
+    ap.add_argument("run", help="run directory or checkpoint file")
+    ap.add_argument("--heldout", required=True, help="JSONL of {prompt, answer}")
+    ap.add_argument("--max-new-tokens", type=int, default=24)
+    args = ap.parse_args()
+    from utils.checkpoint import load_trained_model
+    from utils.tokenizer import ChatTokenizer
+
+    model, checkpoint = load_trained_model(args.run)
+    run_dir = args.run if os.path.isdir(args.run) else os.path.dirname(args.run)
+    tokenizer = ChatTokenizer.load(os.path.join(run_dir, "tokenizer"))
+    accuracy, results = heldout_accuracy(model, tokenizer, args.heldout, checkpoint["model_config"]["seq_len"],
+                                         args.max_new_tokens)
+    for r in results[:5]:
+        print(f"{r['prompt']!r} -> {r['reply']!r} ({'ok' if r['correct'] else 'expected ' + r['answer']})")
+    print(f"exact-answer accuracy: {accuracy:.4f} on {len(results)} prompts (step {checkpoint['step']})")
+
+
+if __name__ == "__main__":
+    main()

@@ -82,3 +82,16 @@ def load_model_weights(model: nn.Module, path: str, use_ema: bool = False) -> No
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{path}: checkpoint does not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+
+
+def load_trained_model(path: str, device: str | torch.device = "cpu", use_ema: bool = True):
+    """(model in eval mode, checkpoint) from one of our checkpoints or run directories, EMA weights if saved."""
+    from models import build_model
+
+    file = find_checkpoint(path)
+    checkpoint = load_checkpoint(file)
+    if "model_config" not in checkpoint:
+        raise ValueError(f"{file}: no model_config (not a checkpoint written by pretrain.py)")
+    model = build_model(dict(checkpoint["model_config"]))
+    model.load_state_dict(model_state_from(checkpoint, use_ema))
+    return model.to(device).eval(), checkpoint
