@@ -113,13 +113,17 @@ class ChatDataset:
             rows.append(self._row([]))
         return {k: torch.from_numpy(np.stack([r[k] for r in rows]).astype(np.int32)) for k in rows[0]}
 
+    def _starts_new_row(self, row: list[int], used: int, n: int) -> bool:
+        """Does a conversation of n positions go to the next row? Always, unless packing and it fits."""
+        return bool(row) and (not self.pack or used + n > self.seq_len)
+
     def _train_row(self) -> list[int]:
         conversations, used = [], 0
         while True:
             order, pos = self.stream.peek()
             n = int(self.lengths[order[pos]])
-            if conversations and (not self.pack or used + n > self.seq_len):
-                return conversations  # the next conversation starts the next row
+            if self._starts_new_row(conversations, used, n):
+                return conversations
             self.stream.advance()
             conversations.append(int(order[pos]))
             used += n
@@ -127,7 +131,7 @@ class ChatDataset:
     def _test_rows(self) -> list[list[int]]:
         rows, current, used = [], [], 0
         for i, n in enumerate(self.lengths):
-            if current and (not self.pack or used + n > self.seq_len):
+            if self._starts_new_row(current, used, n):
                 rows.append(current)
                 current, used = [], 0
             current.append(i)

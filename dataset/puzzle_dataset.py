@@ -130,8 +130,8 @@ class PuzzleDataset:
                 si, rows, puzzle = self._take_group(int(order[pos]), pick[pos], keys, self.global_batch_size - size)
                 chunks.append((si, rows, puzzle))
                 size += len(rows)
-            lo = self.rank * self.local_batch_size
-            yield "train", self._gather(chunks, lo, lo + self.local_batch_size), self.global_batch_size
+            mine = rank_rows(0, self.global_batch_size, self.rank, self.local_batch_size)
+            yield "train", self._gather(chunks, mine.start, mine.stop), self.global_batch_size
 
     def _gather(self, chunks: list[tuple[int, np.ndarray, int]], lo: int, hi: int) -> dict[str, torch.Tensor]:
         inputs, labels, ids, n = [], [], [], 0
