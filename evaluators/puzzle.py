@@ -8,6 +8,7 @@ from typing import Iterable
 import torch
 
 from models.losses import IGNORE_LABEL_ID, ACTLossHead
+from utils.sampling import act_steps
 
 Batches = Iterable[tuple[str, dict[str, torch.Tensor], int]]
 
@@ -21,16 +22,10 @@ def evaluate_puzzles(model: ACTLossHead, batches: Batches, device: torch.device,
     sums: dict[str, dict[str, torch.Tensor]] = defaultdict(lambda: defaultdict(lambda: torch.zeros((), device=device)))
     for set_name, batch, _ in batches:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        carry = model.initial_carry(batch)
         valid = (batch["labels"] != IGNORE_LABEL_ID).any(-1)
-        step = 0
-        while True:
-            carry, _, metrics, outputs = model(carry, batch)
-            step += 1
+        for step, (metrics, outputs) in enumerate(act_steps(model, batch), start=1):
             # accuracy had the model stopped after this step (every sample runs the same steps in eval)
             sums[set_name][f"exact_accuracy@step{step}"] += (outputs["seq_correct"] & valid).sum()
-            if carry.halted.all():
-                break
         for k, v in metrics.items():
             sums[set_name][k] += v.float()
     model.train(was_training)

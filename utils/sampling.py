@@ -1,19 +1,30 @@
 """Sampling from a trained model (shared by the chat evaluator and generate.py)."""
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 
 from models.losses import IGNORE_LABEL_ID, ACTLossHead
 
 
-@torch.no_grad()
-def final_outputs(model: ACTLossHead, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Run every ACT step (eval mode: all samples halt together at halt_max_steps); the last step's outputs."""
+def act_steps(model: ACTLossHead, batch: dict[str, torch.Tensor]) -> Iterator[tuple[dict, dict]]:
+    """(metrics, outputs) of each ACT step from a fresh carry until every sample halted (in eval mode all
+    samples halt together, at halt_max_steps)."""
     carry = model.initial_carry(batch)
     while True:
-        carry, _, _, outputs = model(carry, batch)
+        carry, _, metrics, outputs = model(carry, batch)
+        yield metrics, outputs
         if carry.halted.all():
-            return outputs
+            return
+
+
+@torch.no_grad()
+def final_outputs(model: ACTLossHead, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The outputs of the last ACT step."""
+    for _, outputs in act_steps(model, batch):
+        pass
+    return outputs
 
 
 def sample_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
