@@ -188,8 +188,7 @@ def evaluate(state: TrainState, forward, test_data, device: torch.device, cfg: D
     def run():
         if cfg.dataset.name == "puzzle":
             return evaluate_puzzles(forward, test_data, device), []
-        replies = sample_replies(forward, tokenizer, list(cfg.dataset.eval_prompts), test_data.seq_len,
-                                 cfg.dataset.max_new_tokens)
+        replies = sample_replies(state.model, tokenizer, list(cfg.dataset.eval_prompts), cfg.dataset.max_new_tokens)
         return evaluate_chat(forward, test_data, device), replies
     if state.ema is None:
         return run()

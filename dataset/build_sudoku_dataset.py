@@ -382,6 +382,13 @@ def _parse_puzzle(text: str) -> list[int]:
     return [0 if ch in _BLANK_CHARS else ord(ch) - 48 for ch in text]
 
 
+def parse_sudoku(text: str, where: str = "puzzle") -> list[int]:
+    """81 cells (1-9, '.' or '0' blank; whitespace ignored) -> digits with 0 for blanks; clear error otherwise."""
+    text = "".join(text.split())
+    _check_grid_string(text, where, "the grid", _PUZZLE_CHARS)
+    return _parse_puzzle(text)
+
+
 def _char_table(allowed: str) -> np.ndarray:
     table = np.zeros(256, dtype=bool)
     table[np.frombuffer(allowed.encode(), np.uint8)] = True

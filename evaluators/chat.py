@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from models.losses import IGNORE_LABEL_ID, ACTLossHead
-from utils.sampling import final_outputs, generate_reply
+from utils.sampling import SamplingParams, final_outputs, generate_replies
 
 
 @torch.no_grad()
@@ -37,19 +37,21 @@ def evaluate_chat(model: ACTLossHead, batches: Iterable, device: torch.device, r
             "tokens": tokens}
 
 
-def sample_replies(model: ACTLossHead, tokenizer, prompts: list[str], context: int, max_new_tokens: int) -> list[dict]:
+def greedy_replies(model: ACTLossHead, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
+    return generate_replies(model, tokenizer, [[("user", p)] for p in prompts], SamplingParams(max_new_tokens=max_new_tokens))
+
+
+def sample_replies(model: ACTLossHead, tokenizer, prompts: list[str], max_new_tokens: int) -> list[dict]:
     """Greedy replies to single-turn prompts, for a look at what the model says."""
-    return [{"prompt": p, "reply": generate_reply(model, tokenizer, [("user", p)], max_new_tokens, context)}
-            for p in prompts]
+    return [{"prompt": p, "reply": r} for p, r in zip(prompts, greedy_replies(model, tokenizer, prompts, max_new_tokens))]
 
 
-def heldout_accuracy(model: ACTLossHead, tokenizer, path: str, context: int, max_new_tokens: int = 24) -> tuple[float, list[dict]]:
+def heldout_accuracy(model: ACTLossHead, tokenizer, path: str, max_new_tokens: int = 24) -> tuple[float, list[dict]]:
     """Exact-answer accuracy on a JSONL of {"prompt", "answer"}: the last number of the greedy reply must be
     the answer (e.g. held-out arithmetic from examples/make_synthetic_chat.py)."""
     rows = [json.loads(line) for line in open(path) if line.strip()]
     results = []
-    for row in rows:
-        reply = generate_reply(model, tokenizer, [("user", row["prompt"])], max_new_tokens, context)
+    for row, reply in zip(rows, greedy_replies(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens)):
         numbers = re.findall(r"-?\d+", reply)
         results.append({**row, "reply": reply, "correct": bool(numbers) and numbers[-1] == row["answer"]})
     return sum(r["correct"] for r in results) / max(len(results), 1), results
@@ -67,8 +69,7 @@ def main() -> None:
     model, checkpoint = load_trained_model(args.run)
     run_dir = args.run if os.path.isdir(args.run) else os.path.dirname(args.run)
     tokenizer = ChatTokenizer.load(os.path.join(run_dir, "tokenizer"))
-    accuracy, results = heldout_accuracy(model, tokenizer, args.heldout, checkpoint["model_config"]["seq_len"],
-                                         args.max_new_tokens)
+    accuracy, results = heldout_accuracy(model, tokenizer, args.heldout, args.max_new_tokens)
     for r in results[:5]:
         print(f"{r['prompt']!r} -> {r['reply']!r} ({'ok' if r['correct'] else 'expected ' + r['answer']})")
     print(f"exact-answer accuracy: {accuracy:.4f} on {len(results)} prompts (step {checkpoint['step']})")

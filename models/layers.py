@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.kv_cache import KVCache
+
 CosSin = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -103,9 +105,11 @@ class Attention(nn.Module):
         self.qkv_proj = CastedLinear(hidden_size, (num_heads + 2 * self.num_kv_heads) * self.head_dim)
         self.o_proj = CastedLinear(num_heads * self.head_dim, hidden_size)
 
-    def forward(self, x: torch.Tensor, cos_sin: CosSin | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """cos_sin: [S, D] tables, or [B, S, D] for per-sample positions; mask: bool [B, 1, S, S] (True = may
-        attend), which replaces the causal flag (packed rows give it causality and their boundaries)."""
+    def forward(self, x: torch.Tensor, cos_sin: CosSin | None = None, mask: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        """cos_sin: [S, D] tables, or [B, S, D] for per-sample positions; mask: bool [B, 1, S, S_keys] (True = may
+        attend), which replaces the causal flag (packed rows give it causality and their boundaries); cache:
+        the keys/values of earlier positions (generation), extended with this call's."""
         B, S, _ = x.shape
         qkv = self.qkv_proj(x).view(B, S, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
         q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=2)
@@ -113,10 +117,14 @@ class Attention(nn.Module):
             cos, sin = cos_sin
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = (einops.rearrange(t, "b s h d -> b h s d") for t in (q, k, v))
+        if cache is not None:
+            k, v = cache.update(k, v)
         if self.num_kv_heads != self.num_heads:
             rep = self.num_heads // self.num_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal and mask is None)
+        # without a mask, a single new query (S=1 against cached keys) attends to every key
+        is_causal = self.causal and mask is None and q.shape[2] == k.shape[2]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
         return self.o_proj(einops.rearrange(out, "b h s d -> b s (h d)"))
 
 
@@ -150,13 +158,14 @@ class Block(nn.Module):
             self.self_attn = Attention(hidden_size, num_heads, num_kv_heads, causal=causal)
         self.mlp = SwiGLU(hidden_size, expansion)
 
-    def forward(self, h: torch.Tensor, cos_sin: CosSin | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, cos_sin: CosSin | None = None, mask: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
         if hasattr(self, "mlp_t"):
             # Mix along the sequence: [B, S, D] -> [B, D, S]; the norm then runs over the sequence axis, as in TRM.
             h = h.transpose(1, 2)
             h = rms_norm(h + self.mlp_t(h), self.norm_eps).transpose(1, 2)
         else:
-            h = rms_norm(h + self.self_attn(h, cos_sin, mask), self.norm_eps)
+            h = rms_norm(h + self.self_attn(h, cos_sin, mask, cache), self.norm_eps)
         return rms_norm(h + self.mlp(h), self.norm_eps)
 
 
@@ -168,8 +177,8 @@ class ReasoningModule(nn.Module):
         self.layers = nn.ModuleList(layers)
 
     def forward(self, h: torch.Tensor, injection: torch.Tensor, cos_sin: CosSin | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
         h = h + injection
         for layer in self.layers:
-            h = layer(h, cos_sin, mask)
+            h = layer(h, cos_sin, mask, cache)
         return h

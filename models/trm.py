@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
+from models.kv_cache import KVCache
 from models.layers import Block, CastedEmbedding, CastedLinear, ReasoningModule, RotaryEmbedding, trunc_normal_
 from models.sparse_embedding import SparseEmbedding
 
@@ -174,26 +175,30 @@ class TRMInner(nn.Module):
         return InnerCarry(torch.where(r, self.H_init.to(self.forward_dtype), carry.z_H),
                           torch.where(r, self.L_init.to(self.forward_dtype), carry.z_L))
 
-    def recurse(self, z_H: torch.Tensor, z_L: torch.Tensor, x: torch.Tensor, cos_sin, mask) -> tuple[torch.Tensor, torch.Tensor]:
+    def recurse(self, z_H: torch.Tensor, z_L: torch.Tensor, x: torch.Tensor, cos_sin, mask,
+                cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """H_cycles x (L_cycles updates of z_L, then one of z_H); gradient only through the last H cycle."""
         c = self.config
         with torch.no_grad():
             for _ in range(c.H_cycles - 1):
                 for _ in range(c.L_cycles):
-                    z_L = self.L_level(z_L, z_H + x, cos_sin, mask)
-                z_H = self.L_level(z_H, z_L, cos_sin, mask)
+                    z_L = self.L_level(z_L, z_H + x, cos_sin, mask, cache)
+                z_H = self.L_level(z_H, z_L, cos_sin, mask, cache)
         for _ in range(c.L_cycles):
-            z_L = self.L_level(z_L, z_H + x, cos_sin, mask)
-        z_H = self.L_level(z_H, z_L, cos_sin, mask)
+            z_L = self.L_level(z_L, z_H + x, cos_sin, mask, cache)
+        z_H = self.L_level(z_H, z_L, cos_sin, mask, cache)
         return z_H, z_L
 
-    def forward(self, carry: InnerCarry, batch: Batch) -> tuple[InnerCarry, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    def forward(self, carry: InnerCarry, batch: Batch,
+                cache: KVCache | None = None) -> tuple[InnerCarry, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """With a cache (generation), `batch` and `carry` hold only the new positions of the current chunk."""
         positions = self.positions(batch)
         cos_sin = None
         if hasattr(self, "rotary_emb"):
             cos_sin = tuple(t[positions] for t in self.rotary_emb())
         x = self.input_embeddings(batch, positions)
-        z_H, z_L = self.recurse(carry.z_H, carry.z_L, x, cos_sin, self.attention_mask(batch))
+        mask = cache.mask if cache is not None else self.attention_mask(batch)
+        z_H, z_L = self.recurse(carry.z_H, carry.z_L, x, cos_sin, mask, cache)
         logits = self.lm_head(z_H)[:, self.prefix_len:]
         # The Q-head reads one state row. Non-causal: the first (a puzzle-embedding row, which sees everything).
         # Causal: the last, the only row that has seen the whole sequence.
@@ -243,3 +248,31 @@ class ACTModel(nn.Module):
                     outputs["target_q_continue"] = torch.sigmoid(
                         torch.where(is_last, next_halt, torch.maximum(next_halt, next_continue)))
         return Carry(inner_carry, steps, halted, data), outputs
+
+    @torch.no_grad()
+    def predict(self, inputs: torch.Tensor, position_ids: torch.Tensor | None = None, valid: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        """Logits [B, S, V] after the whole ACT budget from fresh latents, as in evaluation (every step runs).
+
+        For generation (no puzzle embedding): `valid` [B, S] is False on left padding, `position_ids` count
+        real tokens only. With a cache, `inputs` are just the new positions; the earlier ones are cached.
+        """
+        if self.inner.prefix_len:
+            raise ValueError("generation needs a model without a puzzle embedding (puzzle_emb_ndim=0)")
+        B, S = inputs.shape
+        batch = {"inputs": inputs}
+        if position_ids is not None:
+            batch["position_ids"] = position_ids
+        if cache is not None:
+            if not self.config.causal:
+                raise ValueError("a KV cache needs a causal model")
+            cache.begin(valid if valid is not None else torch.ones_like(inputs, dtype=torch.bool))
+        elif valid is not None and not bool(valid.all()):
+            batch["segment_ids"] = valid.long()  # padding attends only to padding, tokens only to tokens
+        carry = self.inner.reset_carry(torch.ones(B, dtype=torch.bool, device=inputs.device),
+                                       self.inner.empty_carry(B, S, inputs.device))
+        for _ in range(self.config.halt_max_steps):
+            carry, logits, _ = self.inner(carry, batch, cache)
+        if cache is not None:
+            cache.end()
+        return logits

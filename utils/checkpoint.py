@@ -30,9 +30,11 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
 
 
 def find_checkpoint(path: str) -> str:
-    """A checkpoint file as given, or the highest step_<N>[.pt] inside a run directory."""
+    """A checkpoint file as given (`.pt` may be left off), or the highest step_<N>[.pt] inside a run directory."""
     if os.path.isfile(path):
         return path
+    if os.path.isfile(f"{path}.pt"):
+        return f"{path}.pt"
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: no such checkpoint file or run directory")
     steps = [(int(m.group(1)), f) for f in glob.glob(os.path.join(path, "step_*"))
@@ -84,14 +86,18 @@ def load_model_weights(model: nn.Module, path: str, use_ema: bool = False) -> No
         raise ValueError(f"{path}: checkpoint does not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
 
 
-def load_trained_model(path: str, device: str | torch.device = "cpu", use_ema: bool = True):
-    """(model in eval mode, checkpoint) from one of our checkpoints or run directories, EMA weights if saved."""
+def load_trained_model(path: str, device: str | torch.device = "cpu", use_ema: bool = True, dtype: str | None = None):
+    """(model in eval mode, checkpoint) from one of our checkpoints or run directories, EMA weights if saved;
+    `dtype` overrides the forward dtype it was trained with."""
     from models import build_model
 
     file = find_checkpoint(path)
     checkpoint = load_checkpoint(file)
     if "model_config" not in checkpoint:
         raise ValueError(f"{file}: no model_config (not a checkpoint written by pretrain.py)")
-    model = build_model(dict(checkpoint["model_config"]))
+    config = dict(checkpoint["model_config"])
+    if dtype is not None:
+        config["forward_dtype"] = dtype
+    model = build_model(config)
     model.load_state_dict(model_state_from(checkpoint, use_ema))
     return model.to(device).eval(), checkpoint

@@ -1,11 +1,14 @@
-"""Sampling from a trained model (shared by the chat evaluator and generate.py)."""
+"""Sampling from a trained model (shared by the evaluators and generate.py): ACT steps for puzzles, and
+token generation with a KV cache for causal models."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 
-from models.losses import IGNORE_LABEL_ID, ACTLossHead
+from models.kv_cache import KVCache
+from models.losses import ACTLossHead
 
 
 def act_steps(model: ACTLossHead, batch: dict[str, torch.Tensor]) -> Iterator[tuple[dict, dict]]:
@@ -27,6 +30,25 @@ def final_outputs(model: ACTLossHead, batch: dict[str, torch.Tensor]) -> dict[st
     return outputs
 
 
+@dataclass
+class SamplingParams:
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the context (1: off)
+    max_new_tokens: int = 128
+    seed: int = 0
+
+
+def penalize_repetition(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Scale down the logits of tokens already seen ([B, V] bool): divided by `penalty` when positive,
+    multiplied when negative, so the penalty always lowers them."""
+    if penalty == 1.0:
+        return logits
+    logits = logits.float()
+    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+
+
 def sample_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                  generator: torch.Generator | None = None) -> torch.Tensor:
     """logits [B, V] -> token ids [B]: greedy at temperature 0, else sampled after top-k / top-p filtering."""
@@ -44,25 +66,120 @@ def sample_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0,
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
 
 
+def context_length(model: ACTLossHead) -> int:
+    """Positions the model can attend over (its training row length)."""
+    return model.model.config.seq_len
+
+
 @torch.no_grad()
-def generate_reply(model: ACTLossHead, tokenizer, turns: list[tuple[str, str]], max_new_tokens: int = 64,
-                   context: int | None = None, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                   seed: int = 0) -> str:
-    """The assistant's reply to `turns`, token by token (no cache: the whole context is recomputed)."""
-    device = next(model.parameters()).device
-    ids, _ = tokenizer.encode_chat(turns, add_generation_prompt=True)
-    stop = {tokenizer.special_id("assistant_end"), tokenizer.eot_id}
-    generator = torch.Generator(device=device).manual_seed(seed)
+def stream_tokens(model: ACTLossHead, prompts: list[list[int]], params: SamplingParams, stop_ids: set[int],
+                  use_cache: bool = True) -> Iterator[list[int | None]]:
+    """Generate from a batch of token prompts, one position at a time; yields the new token of every prompt
+    (None once that prompt produced a stop token, which is not yielded). Prompts are left-padded, and each
+    one's positions count its own tokens only, so a prompt's tokens do not depend on the others in the batch.
+    With `use_cache` the prompt is processed once (prefill) and each new token costs one position in every
+    application of the network; without, the whole sequence is recomputed for every token."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("empty prompt: nothing to continue from")
+    act, device = model.model, next(model.parameters()).device
+    longest, context = max(len(p) for p in prompts), context_length(model)
+    if longest > context:
+        raise ValueError(f"the prompt is {longest} tokens; the model's context is {context} tokens")
+    vocab = act.config.vocab_size
+    if bad := [t for p in prompts for t in p if not 0 <= t < vocab][:1]:
+        raise ValueError(f"token id {bad[0]} is outside the model's vocabulary of {vocab} (a tokenizer mismatch?)")
+    max_new = min(params.max_new_tokens, context - longest)
+    if max_new <= 0:
+        return
+
+    inputs = torch.zeros(len(prompts), longest, dtype=torch.long, device=device)
+    valid = torch.zeros_like(inputs, dtype=torch.bool)
+    for row, prompt in enumerate(prompts):
+        inputs[row, longest - len(prompt):] = torch.tensor(prompt, device=device)
+        valid[row, longest - len(prompt):] = True
+    positions = (valid.long().cumsum(-1) - 1).clamp_min(0)
+    seen = torch.zeros(len(prompts), vocab, dtype=torch.long, device=device).scatter_add_(1, inputs, valid.long()) > 0
+    stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
+    generator = torch.Generator(device=device).manual_seed(params.seed)
+    cache = KVCache(len(prompts), longest + max_new, device) if use_cache else None
     was_training = model.training
     model.eval()
-    new: list[int] = []
-    for _ in range(max_new_tokens):
-        window = (ids + new)[-context:] if context else ids + new
-        inputs = torch.tensor([window], device=device)
-        batch = {"inputs": inputs, "labels": torch.full_like(inputs, IGNORE_LABEL_ID)}
-        token = int(sample_token(final_outputs(model, batch)["logits"][:, -1], temperature, top_k, top_p, generator))
-        if token in stop:
+    try:
+        logits = act.predict(inputs, positions, valid, cache)[:, -1]
+        done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+        for i in range(max_new):
+            logits = penalize_repetition(logits, seen, params.repetition_penalty)
+            token = sample_token(logits, params.temperature, params.top_k, params.top_p, generator)
+            done |= torch.isin(token, stop)
+            yield [None if d else t for t, d in zip(token.tolist(), done.tolist())]
+            if bool(done.all()) or i == max_new - 1:
+                return
+            seen[torch.arange(len(prompts), device=device), token] = True
+            last = positions[:, -1:] + 1
+            if cache is not None:  # only the new position
+                inputs, positions, valid = token[:, None], last, None
+            else:  # the whole sequence again
+                inputs = torch.cat((inputs, token[:, None]), 1)
+                positions = torch.cat((positions, last), 1)
+                valid = torch.cat((valid, torch.ones_like(done)[:, None]), 1)
+            logits = act.predict(inputs, positions, valid, cache)[:, -1]
+    finally:
+        model.train(was_training)
+
+
+def generate_tokens(model: ACTLossHead, prompts: list[list[int]], params: SamplingParams, stop_ids: set[int],
+                    use_cache: bool = True, batch_size: int | None = None, progress=None) -> list[list[int]]:
+    """The new tokens of every prompt (stop tokens excluded), `batch_size` prompts at a time, in order;
+    `progress(n)` is called after each batch."""
+    out: list[list[int]] = []
+    batch_size = batch_size or len(prompts)
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        new: list[list[int]] = [[] for _ in chunk]
+        for tokens in stream_tokens(model, chunk, params, stop_ids, use_cache):
+            for row, token in enumerate(tokens):
+                if token is not None:
+                    new[row].append(token)
+        out += new
+        if progress is not None:
+            progress(len(chunk))
+    return out
+
+
+def chat_stop_ids(tokenizer) -> set[int]:
+    return {tokenizer.special_id("assistant_end"), tokenizer.eot_id}
+
+
+def fit_conversation(tokenizer, turns: list[tuple[str, str]], context: int,
+                     max_new_tokens: int) -> tuple[list[int], int]:
+    """(prompt ids, number of turns dropped): the oldest whole turns go (the system prompt stays) until the
+    prompt leaves room for the answer, or only the last turn is left; raises if even that does not fit. The
+    room kept is max_new_tokens, at most half the context, so a generous limit does not erase the history."""
+    room = min(max_new_tokens, context // 2)
+    system = [t for t in turns[:1] if t[0] == "system"]
+    rest = turns[len(system):]
+    dropped = 0
+    while True:
+        ids, _ = tokenizer.encode_chat(system + rest, add_generation_prompt=True)
+        if len(ids) + room <= context or len(rest) <= 1:
             break
-        new.append(token)
-    model.train(was_training)
-    return tokenizer.decode(new)
+        rest, dropped = rest[1:], dropped + 1
+        while len(rest) > 1 and rest[0][0] != "user":  # a conversation restarts with a user turn
+            rest, dropped = rest[1:], dropped + 1
+    if len(ids) >= context:
+        raise ValueError(f"the prompt is {len(ids)} tokens; the model's context is {context} tokens")
+    return ids, dropped
+
+
+def generate_replies(model: ACTLossHead, tokenizer, conversations: list[list[tuple[str, str]]],
+                     params: SamplingParams, batch_size: int = 8) -> list[str]:
+    """The assistant's reply to each conversation, in order (oldest turns dropped where the context is short)."""
+    prompts = [fit_conversation(tokenizer, turns, context_length(model), params.max_new_tokens)[0]
+               for turns in conversations]
+    return [tokenizer.decode(t) for t in generate_tokens(model, prompts, params, chat_stop_ids(tokenizer),
+                                                        batch_size=batch_size)]
+
+
+def generate_reply(model: ACTLossHead, tokenizer, turns: list[tuple[str, str]], max_new_tokens: int = 64) -> str:
+    """The greedy reply to one conversation."""
+    return generate_replies(model, tokenizer, [turns], SamplingParams(max_new_tokens=max_new_tokens))[0]

@@ -1,0 +1,321 @@
+"""Talk to a trained model, or watch it solve a puzzle.
+
+    python generate.py --checkpoint checkpoints/<project>/<run> --prompt "What is 23 + 45?"
+    python generate.py --checkpoint <run> --interactive                  # multi-turn chat, /help for commands
+    python generate.py --checkpoint <run> --input-file prompts.jsonl --output-file answers.jsonl
+    python generate.py --checkpoint <sudoku run> --puzzle "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
+
+Everything needed comes from the run: the weights (EMA when saved), the model config and the tokenizer.
+Causal models generate with a KV cache (--no-cache recomputes the whole sequence for every token).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from dataset.build_sudoku_dataset import DatasetBuildError, is_valid_solution, parse_sudoku
+from dataset.common import atomic_write
+from models.losses import IGNORE_LABEL_ID
+from utils.checkpoint import find_checkpoint, load_trained_model
+from utils.device import resolve_dtype, select_device
+from utils.sampling import (SamplingParams, act_steps, chat_stop_ids, context_length, fit_conversation,
+                            generate_tokens, stream_tokens)
+from utils.tokenizer import ChatTokenizer
+
+HELP = """commands:
+  /temp X     sampling temperature (0 = greedy)      /topk N   keep the N most likely tokens (0 = off)
+  /topp X     nucleus sampling threshold (1 = off)   /max N    answer length limit in tokens
+  /system T   set the system prompt (empty clears)   /reset    forget the conversation
+  /params     show the settings                      /help     this text
+  /quit       leave (Ctrl-D too); Ctrl-C stops the current answer"""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", required=True, help="a run directory (latest step) or a step_<N>[.pt] file")
+    mode = ap.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--prompt", help="answer one message (chat runs) or continue the text (text runs)")
+    mode.add_argument("--interactive", action="store_true", help="multi-turn chat in the terminal")
+    mode.add_argument("--input-file", help="JSONL of {'prompt': ...} or {'messages': [...]}: one answer per line")
+    mode.add_argument("--puzzle", help="a puzzle (Sudoku: 81 characters, '.' or '0' blank) or a file holding one")
+    ap.add_argument("--output-file", help="with --input-file: where the answers go (JSONL, same order)")
+    ap.add_argument("--system", default="", help="system prompt")
+    ap.add_argument("--max-new-tokens", "--max-tokens", "--max", dest="max_new_tokens", type=int, default=256)
+    ap.add_argument("--temperature", "--temp", dest="temperature", type=float, default=0.0, help="0 = greedy")
+    ap.add_argument("--top-k", "--topk", dest="top_k", type=int, default=0)
+    ap.add_argument("--top-p", "--topp", dest="top_p", type=float, default=1.0)
+    ap.add_argument("--repetition-penalty", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=8, help="prompts generated together with --input-file")
+    ap.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                    help="forward dtype (auto: bfloat16 on CUDA, else float32)")
+    ap.add_argument("--tokenizer", help="tokenizer directory (default: the one saved with the run)")
+    ap.add_argument("--no-ema", action="store_true", help="use the raw weights even when EMA weights are saved")
+    ap.add_argument("--no-cache", action="store_true", help="recompute the whole sequence for every token")
+    args = ap.parse_args(argv)
+    if args.output_file and not args.input_file:
+        ap.error("--output-file goes with --input-file")
+    if args.input_file and not args.output_file:
+        ap.error("--input-file needs --output-file")
+    return args
+
+
+class Generator:
+    """A loaded run: model, tokenizer and the sampling settings, with the three text modes."""
+
+    def __init__(self, args: argparse.Namespace):
+        device = select_device(args.device)
+        self.model, self.checkpoint = load_trained_model(args.checkpoint, device, use_ema=not args.no_ema,
+                                                         dtype=resolve_dtype(args.dtype, device))
+        self.run_dir = os.path.dirname(find_checkpoint(args.checkpoint)) or "."
+        self.params = SamplingParams(args.temperature, args.top_k, args.top_p, args.repetition_penalty,
+                                     args.max_new_tokens, args.seed)
+        self.use_cache = not args.no_cache
+        self.system = args.system
+        self.batch_size = args.batch_size
+        self.text_mode = (self.checkpoint.get("config") or {}).get("dataset", {}).get("name") == "text"
+        self.tokenizer = self._load_tokenizer(args.tokenizer) if args.puzzle is None else None
+
+    def _load_tokenizer(self, path: str | None) -> ChatTokenizer:
+        path = path or os.path.join(self.run_dir, "tokenizer")
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"{path}: no tokenizer saved with this run (a puzzle run? use --puzzle)")
+        tokenizer = ChatTokenizer.load(path)
+        vocab = self.model.model.config.vocab_size
+        if len(tokenizer) > vocab:
+            raise ValueError(f"{path}: the tokenizer has {len(tokenizer)} tokens but the checkpoint's model has a "
+                             f"vocabulary of {vocab}")
+        return tokenizer
+
+    def stop_ids(self) -> set[int]:
+        return {self.tokenizer.eot_id} if self.text_mode else chat_stop_ids(self.tokenizer)
+
+    def prompt_ids(self, turns: list[tuple[str, str]]) -> list[int]:
+        """Token prompt for a conversation (text runs: the last message as raw text), trimmed to the context."""
+        if not turns[-1][1].strip():
+            raise ValueError("empty prompt")
+        context = context_length(self.model)
+        if self.text_mode:
+            ids = self.tokenizer.encode(turns[-1][1])
+            if len(ids) >= context:
+                raise ValueError(f"the prompt is {len(ids)} tokens; the model's context is {context} tokens")
+            return ids
+        ids, dropped = fit_conversation(self.tokenizer, turns, context, self.params.max_new_tokens)
+        if dropped:
+            print(f"[dropped the {dropped} oldest turn(s) to fit the {context}-token context]", file=sys.stderr)
+        return ids
+
+    def stream(self, turns: list[tuple[str, str]], seed_offset: int = 0) -> str:
+        """Print the answer as it is generated; return it. Ctrl-C stops it early."""
+        ids = self.prompt_ids(turns)
+        params = SamplingParams(**{**vars(self.params), "seed": self.params.seed + seed_offset})
+        tokens: list[int] = []
+        shown = ""
+        stopped = False
+        try:
+            for (token,) in stream_tokens(self.model, [ids], params, self.stop_ids(), self.use_cache):
+                if token is None:
+                    stopped = True
+                    break
+                tokens.append(token)
+                text = self.tokenizer.decode(tokens)
+                if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                    print(text[len(shown):], end="", flush=True)
+                    shown = text
+        except KeyboardInterrupt:
+            print(" [stopped]", end="")
+        print(self.tokenizer.decode(tokens)[len(shown):], flush=True)  # anything held back
+        context = context_length(self.model)
+        if not stopped and len(ids) + len(tokens) == context:
+            print(f"[the answer reached the end of the {context}-token context]", file=sys.stderr)
+        return self.tokenizer.decode(tokens)
+
+    def conversation(self, *turns: tuple[str, str]) -> list[tuple[str, str]]:
+        return ([("system", self.system)] if self.system and not self.text_mode else []) + list(turns)
+
+    def interactive(self, read=input) -> None:
+        history: list[tuple[str, str]] = []
+        print(f"chat with {self.run_dir} ({'text completion' if self.text_mode else 'chat'}); /help for commands")
+        while True:
+            try:
+                line = read("you> ").strip()
+            except EOFError:
+                print()
+                return
+            except KeyboardInterrupt:
+                print("\n(/quit to leave)")
+                continue
+            if not line:
+                continue
+            if line.startswith("/"):
+                if self.command(line, history) == "quit":
+                    return
+                continue
+            print("model> ", end="", flush=True)
+            turns = self.conversation(*history, ("user", line))
+            try:
+                reply = self.stream(turns, seed_offset=len(history))
+            except ValueError as e:  # the message alone does not fit: say so and keep the conversation
+                print(f"error: {e}")
+                continue
+            history += [("user", line), ("assistant", reply)]
+
+    def command(self, line: str, history: list) -> str | None:
+        name, _, value = line.partition(" ")
+        value = value.strip()
+        settings = {"/temp": ("temperature", float), "/topk": ("top_k", int), "/topp": ("top_p", float),
+                    "/max": ("max_new_tokens", int)}
+        if name in ("/quit", "/exit"):
+            return "quit"
+        if name in settings:
+            field, kind = settings[name]
+            try:
+                setattr(self.params, field, kind(value))
+            except ValueError:
+                print(f"{name} needs a number, e.g. {name} {kind(1)}")
+                return None
+            print(f"{field} = {getattr(self.params, field)}")
+        elif name == "/system":
+            self.system = value
+            print(f"system prompt: {value!r}" if value else "system prompt cleared")
+        elif name == "/reset":
+            history.clear()
+            print("conversation cleared")
+        elif name == "/params":
+            print(", ".join(f"{k} = {v}" for k, v in vars(self.params).items()) + f", system = {self.system!r}")
+        elif name == "/help":
+            print(HELP)
+        else:
+            print(f"unknown command {name}; /help lists them")
+        return None
+
+    def answer_file(self, input_file: str, output_file: str) -> None:
+        """One answer per input line, in order, generated in batches; written atomically."""
+        records = read_prompts(input_file)
+        prompts = []
+        for where, record, turns in records:
+            try:
+                prompts.append(self.prompt_ids(self.conversation(*turns)))
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
+        with tqdm(total=len(prompts), desc="generating", file=sys.stderr) as bar:
+            answers = generate_tokens(self.model, prompts, self.params, self.stop_ids(), self.use_cache,
+                                      self.batch_size, progress=bar.update)
+        lines = [json.dumps({**record, "response": self.tokenizer.decode(answer)}, ensure_ascii=False)
+                 for (_, record, _), answer in zip(records, answers)]
+        atomic_write(Path(output_file), lambda f: f.write("".join(f"{line}\n" for line in lines).encode()))
+        print(f"{len(lines)} answers written to {output_file}")
+
+
+def read_prompts(path: str) -> list[tuple[str, dict, list[tuple[str, str]]]]:
+    """(file:line, record, turns) for each line: {"prompt": str, "system"?: str} or {"messages": [{role, content}]}."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such prompts file")
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+            if isinstance(record, dict) and isinstance(record.get("prompt"), str):
+                turns = ([("system", record["system"])] if record.get("system") else []) + [("user", record["prompt"])]
+            elif isinstance(record, dict) and isinstance(record.get("messages"), list) and record["messages"]:
+                try:
+                    turns = [(m["role"], m["content"]) for m in record["messages"]]
+                except (KeyError, TypeError):
+                    raise ValueError(f"{where}: every message needs 'role' and 'content'") from None
+            else:
+                raise ValueError(f"{where}: expected an object with a 'prompt' string or a 'messages' list")
+            records.append((where, record, turns))
+    if not records:
+        raise ValueError(f"{path}: no prompts")
+    return records
+
+
+# ---------------------------------------------------------------- puzzles
+
+def read_sudoku(text: str) -> list[int]:
+    if os.path.isfile(text):
+        with open(text) as f:
+            return parse_sudoku(f.read(), where=text)
+    return parse_sudoku(text)
+
+
+def show_grid(cells: list[int]) -> str:
+    rows = []
+    for r in range(9):
+        row = " ".join(str(d) if d else "." for d in cells[r * 9:r * 9 + 9])
+        rows.append(" | ".join(row[i:i + 5] for i in (0, 6, 12)))
+        if r in (2, 5):
+            rows.append("------+-------+------")
+    return "\n".join(rows)
+
+
+def solve_puzzle(model, puzzle: list[int], device: torch.device) -> bool:
+    """Run every ACT step on one Sudoku, printing the predicted grid, the halting confidence and the cells that
+    changed; return whether the last grid is a valid solution that keeps the clues."""
+    config = model.model.config
+    if config.seq_len != 81 or config.vocab_size < 11:
+        raise ValueError(f"this checkpoint's model reads {config.seq_len} tokens over a {config.vocab_size}-token "
+                         "vocabulary, not a Sudoku (81 cells, 11 tokens)")
+    inputs = torch.tensor([[d + 1 for d in puzzle]], device=device)  # on disk: 0 PAD, 1 blank, 2..10 digits
+    batch = {"inputs": inputs, "labels": torch.full_like(inputs, IGNORE_LABEL_ID),
+             "puzzle_identifiers": torch.zeros(1, dtype=torch.long, device=device)}
+    print(f"puzzle ({sum(d > 0 for d in puzzle)} clues):\n{show_grid(puzzle)}\n")
+    previous, halted_at = puzzle, None
+    with torch.no_grad():
+        for step, (_, outputs) in enumerate(act_steps(model, batch), start=1):
+            grid = [max(int(t) - 1, 0) for t in outputs["preds"][0].tolist()]
+            confidence = torch.sigmoid(outputs["q_halt_logits"][0].float()).item()
+            changed = sum(a != b for a, b in zip(grid, previous))
+            if halted_at is None and confidence > 0.5:
+                halted_at = step
+            note = " (the model would stop here)" if halted_at == step else ""
+            print(f"ACT step {step}: halting confidence {confidence:.3f}, {changed} cells changed{note}\n"
+                  f"{show_grid(grid)}\n")
+            previous = grid
+    solved = is_valid_solution(previous, puzzle)
+    print("valid solution" if solved else "not a valid solution")
+    return solved
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.puzzle is not None:
+            puzzle = read_sudoku(args.puzzle)
+            device = select_device(args.device)
+            model, _ = load_trained_model(args.checkpoint, device, use_ema=not args.no_ema,
+                                          dtype=resolve_dtype(args.dtype, device))
+            solve_puzzle(model, puzzle, device)
+            return 0
+        generator = Generator(args)
+        if args.prompt is not None:
+            generator.stream(generator.conversation(("user", args.prompt)))
+        elif args.interactive:
+            generator.interactive()
+        else:
+            generator.answer_file(args.input_file, args.output_file)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except DatasetBuildError as e:  # a malformed puzzle; already "error: ..."
+        print(e, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Key/value cache for causal generation, for the plain transformer and the recursive TRM alike.
+
+A TRM forward pass applies the same network many times: every L and H update of every H cycle, in every
+ACT step. With causal attention, the state of position t after any application depends only on positions
+<= t, so each *application* (and each layer in it) keeps its own keys and values. The cache stores them in
+call order: the i-th attention call of a forward pass always belongs to the same (ACT step, cycle, update,
+layer), because the recursion is fixed. A new chunk of tokens then costs only its own positions in every
+application.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    def __init__(self, batch_size: int, capacity: int, device: torch.device | str):
+        self.capacity = capacity
+        self.length = 0  # positions already cached
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.valid = torch.zeros(batch_size, capacity, dtype=torch.bool, device=device)  # False: padding
+        self.mask: torch.Tensor | None = None  # attention mask of the current chunk (see begin)
+        self._index = 0  # attention calls made in the current chunk
+        self._new = 0  # positions in the current chunk
+
+    def begin(self, valid: torch.Tensor) -> torch.Tensor | None:
+        """Start a chunk of new positions (`valid` [B, S]: False for left padding). Returns the attention mask
+        [B, 1, S, length + S] for the chunk, or None when plain causal attention is exact."""
+        S, L = valid.shape[1], self.length
+        if L + S > self.capacity:
+            raise ValueError(f"the sequence would reach {L + S} positions; this model's context is {self.capacity}")
+        self.valid[:, L:L + S] = valid
+        self._index, self._new = 0, S
+        self.mask = self._chunk_mask(L, S)
+        return self.mask
+
+    def _chunk_mask(self, L: int, S: int) -> torch.Tensor | None:
+        keys_valid = self.valid[:, :L + S]
+        if bool(keys_valid.all()) and (S == 1 or L == 0):
+            return None  # one new position sees everything before it; a first chunk is plain causal
+        rows, cols = torch.arange(L, L + S, device=keys_valid.device), torch.arange(L + S, device=keys_valid.device)
+        mask = keys_valid[:, None, :] & (cols[None, :] <= rows[:, None])
+        # a padding row attends to itself, so no row is fully masked (that would give NaN states)
+        mask |= cols[None, :] == rows[:, None]
+        return mask[:, None]
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the chunk's k, v [B, H, S, D] for the next attention call; return all keys/values so far."""
+        i, L, S = self._index, self.length, k.shape[2]
+        if i == len(self.keys):  # first chunk: allocate this call's buffers
+            shape = (k.shape[0], k.shape[1], self.capacity, k.shape[3])
+            self.keys.append(k.new_zeros(shape))
+            self.values.append(v.new_zeros(shape))
+        self.keys[i][:, :, L:L + S] = k
+        self.values[i][:, :, L:L + S] = v
+        self._index += 1
+        return self.keys[i][:, :, :L + S], self.values[i][:, :, :L + S]
+
+    def end(self) -> None:
+        """The chunk is complete: its positions become part of the cached prefix."""
+        if self.keys and self._index != len(self.keys):
+            raise RuntimeError(f"a forward pass made {self._index} attention calls; the cache holds {len(self.keys)}")
+        self.length += self._new
+        self._new = 0

@@ -1,0 +1,231 @@
+"""Generation: the KV cache is exact for the transformer and the recursive TRM, sampling is seeded, stop tokens
+and the context window are honoured, and generate.py's modes and error messages work as a user runs them."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT
+from models import build_model
+from models.kv_cache import KVCache
+from utils.sampling import SamplingParams, fit_conversation, generate_tokens, penalize_repetition, stream_tokens
+from utils.tokenizer import ChatTokenizer
+
+VOCAB, CONTEXT = 40, 48
+ARCHS = {  # several H/L cycles and ACT steps > 1 for the TRM; GQA and learned positions covered too
+    "trm": dict(name="trm", H_cycles=2, L_cycles=2, halt_max_steps=2),
+    "trm_gqa_learned": dict(name="trm", H_cycles=3, L_cycles=2, halt_max_steps=2, num_key_value_heads=2,
+                            pos_encodings="learned"),
+    "transformer": dict(name="transformer", halt_max_steps=1),
+}
+
+
+def causal_model(kind: str):
+    torch.manual_seed(0)
+    arch = dict(hidden_size=32, num_heads=4, expansion=2, L_layers=2, causal=True, puzzle_emb_ndim=0,
+                forward_dtype="float32", seq_len=CONTEXT, vocab_size=VOCAB, **ARCHS[kind])
+    return build_model(arch).eval()
+
+
+@pytest.mark.parametrize("kind", ARCHS)
+def test_cached_logits_match_full_recompute(kind):
+    act = causal_model(kind).model
+    x = torch.randint(0, VOCAB, (2, 30), generator=torch.Generator().manual_seed(1))
+    full = act.predict(x)
+    cache = KVCache(2, CONTEXT, "cpu")
+    parts = [act.predict(x[:, :12], torch.arange(12).expand(2, -1), None, cache)]  # prefill, then one at a time
+    parts += [act.predict(x[:, t:t + 1], torch.full((2, 1), t), None, cache) for t in range(12, 30)]
+    torch.testing.assert_close(torch.cat(parts, 1), full, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ARCHS)
+def test_greedy_generation_is_the_same_with_and_without_cache(kind):
+    model = causal_model(kind)
+    prompts = [[1, 2, 3, 4, 5], [6, 7]]
+    params = SamplingParams(max_new_tokens=25)
+    cached = generate_tokens(model, prompts, params, stop_ids=set(), use_cache=True)
+    assert cached == generate_tokens(model, prompts, params, stop_ids=set(), use_cache=False)
+    assert [len(t) for t in cached] == [25, 25]
+
+
+def test_a_padded_batch_generates_what_each_prompt_generates_alone():
+    model = causal_model("trm")
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [8], [9, 10, 11]]
+    params = SamplingParams(max_new_tokens=12)
+    batched = generate_tokens(model, prompts, params, stop_ids=set())
+    assert batched == [generate_tokens(model, [p], params, stop_ids=set())[0] for p in prompts]
+
+
+def test_sampling_is_reproducible_for_a_seed():
+    model = causal_model("trm")
+    sample = lambda seed: generate_tokens(model, [[1, 2, 3]], SamplingParams(1.0, 20, 0.95, 1.2, 30, seed), set())[0]  # noqa: E731
+    assert sample(3) == sample(3)
+    assert sample(3) != sample(4)
+
+
+def test_generation_stops_at_a_stop_token():
+    model = causal_model("transformer")
+    free = generate_tokens(model, [[1, 2, 3]], SamplingParams(max_new_tokens=20), stop_ids=set())[0]
+    stop = next(t for i, t in enumerate(free) if i > 0 and t not in free[:i])  # a token first produced later
+    stopped = generate_tokens(model, [[1, 2, 3]], SamplingParams(max_new_tokens=20), stop_ids={stop})[0]
+    assert stopped == free[:free.index(stop)]
+
+
+def test_generation_ends_at_the_context_window():
+    model = causal_model("transformer")
+    out = generate_tokens(model, [[1 + i % 30 for i in range(40)]], SamplingParams(max_new_tokens=100), set())[0]
+    assert len(out) == CONTEXT - 40
+
+
+def test_bad_prompts_are_refused():
+    model = causal_model("transformer")
+    with pytest.raises(ValueError, match="empty prompt"):
+        list(stream_tokens(model, [[]], SamplingParams(), set()))
+    with pytest.raises(ValueError, match="context is 48 tokens"):
+        list(stream_tokens(model, [[1] * 49], SamplingParams(), set()))
+    with pytest.raises(ValueError, match="token id 40 is outside the model's vocabulary of 40"):
+        list(stream_tokens(model, [[1, 40]], SamplingParams(), set()))
+
+
+def test_repetition_penalty_lowers_seen_tokens_only():
+    logits = torch.tensor([[2.0, -2.0, 1.0]])
+    seen = torch.tensor([[True, True, False]])
+    assert penalize_repetition(logits, seen, 2.0).tolist() == [[1.0, -4.0, 1.0]]
+
+
+def test_context_trimming_drops_oldest_turns_and_keeps_the_system_prompt():
+    tok = ChatTokenizer.byte_level()
+    turns = [("system", "Be brief."), ("user", "a" * 30), ("assistant", "b" * 30), ("user", "c" * 30),
+             ("assistant", "d" * 30), ("user", "What now?")]
+    ids, dropped = fit_conversation(tok, turns, context=120, max_new_tokens=20)
+    assert dropped == 2
+    assert ids == tok.encode_chat([turns[0]] + turns[3:], add_generation_prompt=True)[0]
+    assert len(ids) + 20 <= 120
+    with pytest.raises(ValueError, match="context is 30 tokens"):
+        fit_conversation(tok, [("user", "x" * 40)], context=30, max_new_tokens=5)
+
+
+# ---------------------------------------------------------------- generate.py as users run it
+
+@pytest.fixture(scope="module")
+def chat_run(tmp_path_factory) -> Path:
+    """A causal TRM trained for a few steps on a tiny chat dataset, as pretrain.py writes it."""
+    from hydra import compose, initialize_config_dir
+
+    from dataset.build_chat_dataset import ChatBuildConfig, build
+    from pretrain import train
+
+    tmp = tmp_path_factory.mktemp("gen")
+    records = [{"conversations": [{"from": "human", "value": f"What is {a} + {b}?"},
+                                  {"from": "gpt", "value": f"{a} + {b} = {a + b}."}]}
+               for a in range(8) for b in range(8)]
+    (tmp / "chat.json").write_text(json.dumps(records))
+    build(ChatBuildConfig(input_file=str(tmp / "chat.json"), output_dir=str(tmp / "data"), max_length=64))
+    overrides = [f"data_paths=[{tmp / 'data'}]", f"checkpoint_dir={tmp}", "run_name=run", "arch.hidden_size=32",
+                 "arch.num_heads=2", "arch.halt_max_steps=2", "global_batch_size=8", "max_steps=3",
+                 "logger.mode=disabled", "dataset.max_new_tokens=2"]
+    with initialize_config_dir(config_dir=str(ROOT / "config"), version_base="1.3"):
+        train(compose("cfg_chat", overrides=overrides))
+    return next(tmp.glob("*/run"))
+
+
+def generate(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "generate.py", *args], cwd=ROOT, input=stdin, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_prompt_mode_is_seeded_and_matches_file_mode(chat_run, tmp_path):
+    sampling = ["--temperature", "1.0", "--top-k", "50", "--seed", "3", "--max-new-tokens", "8"]
+    runs = [generate("--checkpoint", str(chat_run), "--prompt", "What is 2 + 3?", *sampling) for _ in range(2)]
+    assert runs[0].returncode == 0, runs[0].stderr
+    assert runs[0].stdout == runs[1].stdout and len(runs[0].stdout) > 1
+    (tmp_path / "in.jsonl").write_text(json.dumps({"prompt": "What is 2 + 3?"}) + "\n")
+    result = generate("--checkpoint", str(chat_run), "--input-file", str(tmp_path / "in.jsonl"), "--output-file",
+                      str(tmp_path / "out.jsonl"), *sampling)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "out.jsonl").read_text())["response"] == runs[0].stdout[:-1]
+
+
+def test_file_mode_answers_in_order_and_batching_changes_nothing(chat_run, tmp_path):
+    prompts = [{"prompt": f"What is {i} + 1?"} for i in range(5)] + [{"messages": [{"role": "user", "content": "Hi"}]}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    outputs = []
+    for batch in ("4", "1"):
+        out = tmp_path / f"out{batch}.jsonl"
+        result = generate("--checkpoint", str(chat_run), "--input-file", str(tmp_path / "in.jsonl"), "--output-file",
+                          str(out), "--batch-size", batch, "--max-new-tokens", "10", "--repetition-penalty", "1.3")
+        assert result.returncode == 0, result.stderr
+        outputs.append([json.loads(line) for line in out.read_text().splitlines()])
+    assert [{k: v for k, v in o.items() if k != "response"} for o in outputs[0]] == prompts  # same order
+    assert outputs[0] == outputs[1]
+
+
+def test_interactive_session_through_stdin(chat_run):
+    session = "/temp 0.7\n/topk 5\n/params\nWhat is 1 + 1?\n/system Answer briefly.\nAnd 2 + 2?\n/reset\n/bogus\n/quit\n"
+    result = generate("--checkpoint", str(chat_run), "--interactive", "--max-new-tokens", "6", stdin=session)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "temperature = 0.7" in out and "top_k = 5" in out
+    assert "temperature = 0.7, top_k = 5, top_p = 1.0" in out  # /params
+    assert out.count("model> ") == 2
+    assert "system prompt: 'Answer briefly.'" in out and "conversation cleared" in out
+    assert "unknown command /bogus" in out
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt", "tokenizer", "empty", "too_long"])
+def test_bad_input_is_a_one_line_error(chat_run, tmp_path, case):
+    args = ["--checkpoint", str(chat_run), "--prompt", "hello"]
+    if case == "missing":
+        args[1] = str(tmp_path / "nope")
+    elif case == "corrupt":
+        (tmp_path / "step_1.pt").write_bytes(b"not a checkpoint")
+        args[1] = str(tmp_path / "step_1.pt")
+    elif case == "tokenizer":
+        big = ChatTokenizer.train_bpe(["the quick brown fox jumps over the lazy dog"] * 50, vocab_size=300)
+        big.save(str(tmp_path / "tok"))
+        args += ["--tokenizer", str(tmp_path / "tok")]
+    elif case == "empty":
+        args[3] = "   "
+    else:
+        args[3] = "x" * 100
+    result = generate(*args)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    expected = {"missing": "no such checkpoint", "corrupt": "cannot load", "tokenizer": "vocabulary of",
+                "empty": "empty prompt", "too_long": "context is 64 tokens"}[case]
+    assert expected in result.stderr
+
+
+@pytest.fixture(scope="module")
+def sudoku_run(sudoku_dir, tmp_path_factory) -> Path:
+    from conftest import compose
+    from pretrain import train
+
+    tmp = tmp_path_factory.mktemp("sudoku-run")
+    train(compose(f"data_paths=[{sudoku_dir}]", f"checkpoint_dir={tmp}", "run_name=run", "arch.hidden_size=32",
+                  "arch.halt_max_steps=3", "global_batch_size=16", "max_steps=2", "logger.mode=disabled"))
+    return next(tmp.glob("*/run"))
+
+
+PUZZLE = "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
+
+
+def test_puzzle_mode_prints_every_act_step(sudoku_run, tmp_path):
+    (tmp_path / "puzzle.txt").write_text("\n".join(PUZZLE[i:i + 9] for i in range(0, 81, 9)) + "\n")
+    result = generate("--checkpoint", str(sudoku_run), "--puzzle", str(tmp_path / "puzzle.txt"))
+    assert result.returncode == 0, result.stderr
+    for step in (1, 2, 3):
+        assert f"ACT step {step}: halting confidence " in result.stdout
+    assert "ACT step 4" not in result.stdout
+    assert result.stdout.rstrip().endswith(("valid solution", "not a valid solution"))
+
+
+@pytest.mark.parametrize("puzzle, message", [(PUZZLE[:80], "80 characters, expected 81"),
+                                             (PUZZLE[:80] + "x", "invalid character 'x' at position 81")])
+def test_malformed_puzzle_is_a_one_line_error(sudoku_run, puzzle, message):
+    result = generate("--checkpoint", str(sudoku_run), "--puzzle", puzzle)
+    assert result.returncode == 1
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
