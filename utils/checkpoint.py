@@ -26,7 +26,8 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle with code in it, or a damaged file
-        raise ValueError(f"{path}: cannot load as a safe (weights-only) checkpoint: {e}") from e
+        reason = (str(e).strip() or type(e).__name__).splitlines()[0]
+        raise ValueError(f"{path}: cannot load as a safe (weights-only) checkpoint: {reason}") from e
 
 
 def find_checkpoint(path: str) -> str:
