@@ -43,7 +43,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dataset.common import (NUM_DIHEDRAL, PuzzleDatasetMetadata, atomic_write, dihedral, inverse_dihedral,
-                            save_identifiers, save_split)
+                            run_build_cli, save_identifiers, save_split)
 
 GRID_SIZE = 30
 PAD, EOS, COLOUR_OFFSET = 0, 1, 2  # token = colour + COLOUR_OFFSET
@@ -408,7 +408,7 @@ def load_arc_metadata(dataset_dir: str | os.PathLike) -> ArcMetadata:
 # ----------------------------------------------------------------------------- CLI
 
 
-def _parse_args(argv: Sequence[str] | None) -> ArcBuildConfig:
+def main(argv: Sequence[str] | None = None) -> None:
     d = ArcBuildConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output-dir", required=True)
@@ -423,14 +423,7 @@ def _parse_args(argv: Sequence[str] | None) -> ArcBuildConfig:
     p.add_argument("--translate-test", action="store_true", help="also move the test inputs on the canvas")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--quiet", action="store_true")
-    return ArcBuildConfig(**{k.replace("-", "_"): v for k, v in vars(p.parse_args(argv)).items()})
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    try:
-        build(_parse_args(argv))
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    run_build_cli(build, ArcBuildConfig, p.parse_args(argv))
 
 
 if __name__ == "__main__":

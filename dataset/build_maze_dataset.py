@@ -32,7 +32,8 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dataset.common import NUM_DIHEDRAL, PuzzleDatasetMetadata, dihedral, save_identifiers, save_split
+from dataset.common import (NUM_DIHEDRAL, PuzzleDatasetMetadata, dihedral, run_build_cli, save_identifiers,
+                            save_split)
 
 SIZE = 30
 CHARSET = "# SGo"  # token = index + 1; 0 = PAD
@@ -297,7 +298,7 @@ def build(config: MazeBuildConfig) -> None:
         f"{len(test[0]) if test else 0} test mazes, in {time.perf_counter() - start:.1f} s")
 
 
-def _parse_args(argv: Sequence[str] | None) -> MazeBuildConfig:
+def main(argv: Sequence[str] | None = None) -> None:
     d = MazeBuildConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", choices=["generate", "csv"], default=d.source)
@@ -313,14 +314,7 @@ def _parse_args(argv: Sequence[str] | None) -> MazeBuildConfig:
     p.add_argument("--openings", type=int, default=d.openings, help="generate: extra walls removed (loops)")
     p.add_argument("--save-csv", default=None, help="generate: also write DIR/train.csv and DIR/test.csv")
     p.add_argument("--quiet", action="store_true")
-    return MazeBuildConfig(**{k.replace("-", "_"): v for k, v in vars(p.parse_args(argv)).items()})
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    try:
-        build(_parse_args(argv))
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    run_build_cli(build, MazeBuildConfig, p.parse_args(argv))
 
 
 if __name__ == "__main__":

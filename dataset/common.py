@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import argparse
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -61,6 +64,15 @@ def atomic_write(path: Path, write) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def run_build_cli(build: Callable[[Any], None], config_class: type, args: argparse.Namespace) -> None:
+    """The end of a builder's CLI: its options (named like the config fields) -> config -> build; bad input
+    exits with one line `error: ...` and status 1."""
+    try:
+        build(config_class(**{k.replace("-", "_"): v for k, v in vars(args).items()}))
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
 
 
 def _check_csr(name: str, offsets: np.ndarray, length: int, end: int) -> None:
