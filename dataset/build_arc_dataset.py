@@ -214,23 +214,24 @@ def grid_offset(tokens: np.ndarray) -> tuple[int, int] | None:
     return int(colour.any(1).argmax()), int(colour.any(0).argmax())
 
 
+def _run_length(mask: np.ndarray) -> int:
+    """How many leading entries of a 1-D bool array are True."""
+    return len(mask) if mask.all() else int(mask.argmin())
+
+
 def decode_grid(tokens: np.ndarray, offset: tuple[int, int] | None = None) -> np.ndarray | None:
     """[900] tokens -> [h, w] colours, cropped at the end markers from `offset` (default: the canvas's own top
     left colour). None when there is no rectangle of colours there (a malformed prediction)."""
-    canvas = np.asarray(tokens).reshape(GRID_SIZE, GRID_SIZE).astype(np.int64)
+    canvas = np.asarray(tokens).reshape(GRID_SIZE, GRID_SIZE)
     offset = grid_offset(canvas) if offset is None else offset
     if offset is None:
         return None
     r, c = offset
     colour = (canvas >= COLOUR_OFFSET) & (canvas < COLOUR_OFFSET + 10)
-    h = int(np.argmin(np.append(colour[r:, c], False)))  # length of the run of colours down from (r, c)
-    w = int(np.argmin(np.append(colour[r, c:], False)))
+    h, w = _run_length(colour[r:, c]), _run_length(colour[r, c:])  # the runs of colours down and right of (r, c)
     if h == 0 or w == 0 or not colour[r:r + h, c:c + w].all():
         return None
     return (canvas[r:r + h, c:c + w] - COLOUR_OFFSET).astype(np.uint8)
-
-
-# ----------------------------------------------------------------------------- build
 
 
 @dataclass

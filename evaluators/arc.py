@@ -33,7 +33,7 @@ PASS_KS = (1, 2, 5, 10)
 
 
 def as_grid(grid: np.ndarray | Sequence[Sequence[int]]) -> Grid:
-    return tuple(tuple(int(v) for v in row) for row in np.asarray(grid).tolist())
+    return tuple(map(tuple, np.asarray(grid, dtype=np.int64).tolist()))
 
 
 @dataclass(frozen=True)
