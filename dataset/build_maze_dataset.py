@@ -2,14 +2,13 @@
 
 Sources:
   generate  built-in seeded generator (default, offline): the label is the shortest path, which is unique
-  csv       the official Maze-Hard CSV files (source,question,answer,rating), e.g. the train.csv/test.csv of
-            the hub dataset sapientinc/maze-30x30-hard-1k downloaded to a local folder
+  csv       the official Maze-Hard CSV files (source,question,answer,rating): local train/test files, or
+            without them train.csv/test.csv of the hub dataset sapientinc/maze-30x30-hard-1k (downloaded)
 
 Examples:
   python -m dataset.build_maze_dataset --output-dir data/maze-30x30-gen-1k --num-train 1000 --num-test 1000 \\
       --min-path-length 110
-  python -m dataset.build_maze_dataset --source csv --train-file maze-csv/train.csv --test-file maze-csv/test.csv \\
-      --output-dir data/maze-30x30-hard-1k
+  python -m dataset.build_maze_dataset --source csv --output-dir data/maze-30x30-hard-1k
 
 A maze is a 900-character string, row by row: '#' wall, ' ' open, 'S' start, 'G' goal; in the answer the
 cells of the path between S and G are 'o'. Tokens: 0 = PAD, then '#', ' ', 'S', 'G', 'o' = 1..5 (the
@@ -216,6 +215,16 @@ def read_csv_file(path: str) -> tuple[list[str], list[str]]:
     return questions, answers
 
 
+def download_csv(repo: str, split: str) -> str:
+    """Local path of `<split>.csv` of a hub dataset repository (downloaded once into the hub cache)."""
+    try:
+        from huggingface_hub import hf_hub_download  # imported lazily: only this path needs it (and the network)
+        return hf_hub_download(repo, f"{split}.csv", repo_type="dataset")
+    except Exception as e:  # missing package, network, authentication, missing file: all end the same way
+        raise ValueError(f"cannot download {split}.csv from {repo} ({type(e).__name__}: {e}); "
+                         "pass train_file/test_file instead") from None
+
+
 def write_csv(path: Path, questions: list[str], answers: list[str], source: str = "generated") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
@@ -235,8 +244,9 @@ class MazeBuildConfig:
     seed: int = 0
     augment: bool = True  # the 8 dihedral transforms of every train maze (test: never)
     subsample_size: int | None = None  # random subset of the train mazes
-    train_file: str | None = None  # csv source
+    train_file: str | None = None  # csv source: local files, or both None to download them from source_repo
     test_file: str | None = None
+    source_repo: str = "sapientinc/maze-30x30-hard-1k"
     num_train: int = 1000  # generate source
     num_test: int = 1000
     min_path_length: int = 110  # difficulty: shortest path steps from S to G
@@ -262,8 +272,8 @@ def build(config: MazeBuildConfig) -> None:
     cfg = config
     if cfg.source not in ("generate", "csv"):
         raise ValueError(f"unknown source {cfg.source!r} (generate or csv)")
-    if cfg.source == "csv" and (cfg.train_file is None or cfg.test_file is None):
-        raise ValueError("the csv source needs train_file and test_file")
+    if cfg.source == "csv" and (cfg.train_file is None) != (cfg.test_file is None):
+        raise ValueError("the csv source needs both train_file and test_file (or neither, to download source_repo)")
     if cfg.min_path_length < 1 or cfg.openings < 0 or cfg.seed < 0:
         raise ValueError("min_path_length must be >= 1, openings and seed >= 0")
     say = (lambda *_: None) if cfg.quiet else print
@@ -277,8 +287,10 @@ def build(config: MazeBuildConfig) -> None:
         if cfg.save_csv:
             for split, (qs, ans) in splits.items():
                 write_csv(Path(cfg.save_csv) / f"{split}.csv", list(qs), list(ans))
-    else:
+    elif cfg.train_file is not None:
         train, test = read_csv_file(cfg.train_file), read_csv_file(cfg.test_file)
+    else:
+        train, test = (read_csv_file(download_csv(cfg.source_repo, split)) for split in ("train", "test"))
     if not train or not train[0]:
         raise ValueError("no train mazes")
     if cfg.subsample_size is not None and cfg.subsample_size < len(train[0]):
@@ -308,6 +320,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--subsample-size", type=int, default=None)
     p.add_argument("--train-file", default=None)
     p.add_argument("--test-file", default=None)
+    p.add_argument("--source-repo", default=d.source_repo, help="csv without files: hub dataset to download")
     p.add_argument("--num-train", type=int, default=d.num_train)
     p.add_argument("--num-test", type=int, default=d.num_test)
     p.add_argument("--min-path-length", type=int, default=d.min_path_length, help="generate: difficulty")
