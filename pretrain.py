@@ -9,6 +9,7 @@ The composed config is config/cfg_pretrain.yaml with the groups arch/, dataset/,
 """
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import time
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from dataset.chat_dataset import ChatDataset
 from dataset.puzzle_dataset import PuzzleDataset
+from evaluators.arc import evaluate_arc
 from evaluators.chat import evaluate_chat, sample_replies
 from evaluators.puzzle import evaluate_puzzles
 from models import build_model
@@ -48,17 +50,23 @@ class TrainState:
 
 # ---------------------------------------------------------------- data
 
+# dataset.build.builder -> (module, its build config class); the module's build(config) writes the dataset
+PUZZLE_BUILDERS = {"sudoku": ("dataset.build_sudoku_dataset", "SudokuBuildConfig"),
+                   "arc": ("dataset.build_arc_dataset", "ArcBuildConfig"),
+                   "maze": ("dataset.build_maze_dataset", "MazeBuildConfig")}
+
+
 def build_puzzle_data(cfg: DictConfig, rank: int, world_size: int) -> tuple[PuzzleDataset, PuzzleDataset]:
     build = cfg.dataset.get("build")
     train_dir = os.path.join(cfg.data_paths[0], "train")
     if build and not os.path.exists(os.path.join(train_dir, "dataset.json")):
         build = dict(OmegaConf.to_container(build, resolve=True))
         builder = build.pop("builder")
+        if builder not in PUZZLE_BUILDERS:
+            raise ValueError(f"dataset.build.builder: unknown builder {builder!r}; choose one of {sorted(PUZZLE_BUILDERS)}")
         print(f"{cfg.data_paths[0]} not found: building it with the {builder} builder")
-        if builder != "sudoku":
-            raise ValueError(f"dataset.build.builder: unknown builder {builder!r}")
-        from dataset.build_sudoku_dataset import SudokuBuildConfig, build as build_sudoku
-        build_sudoku(SudokuBuildConfig(output_dir=cfg.data_paths[0], **build))
+        module = importlib.import_module(PUZZLE_BUILDERS[builder][0])
+        module.build(getattr(module, PUZZLE_BUILDERS[builder][1])(output_dir=cfg.data_paths[0], **build))
     for path in list(cfg.data_paths) + list(cfg.data_paths_test):
         if not os.path.isdir(path):
             raise FileNotFoundError(f"dataset directory {path} not found (build it with dataset/build_*_dataset.py "
@@ -183,9 +191,13 @@ def summarize_train_metrics(sums: dict[str, torch.Tensor], num_steps: int, globa
 
 
 def evaluate(state: TrainState, forward, test_data, device: torch.device, cfg: DictConfig,
-             tokenizer=None) -> tuple[dict[str, float], list[dict]]:
-    """Metrics on the test split, plus (chat) greedy replies to the configured prompts; with the EMA weights."""
+             tokenizer=None, run_dir: str | None = None) -> tuple[dict[str, float], list[dict]]:
+    """Metrics on the test split, plus (chat) greedy replies to the configured prompts; with the EMA weights.
+    ARC (dataset.evaluator=arc) adds pass@k and writes <run_dir>/submission_step_<N>.json."""
     def run():
+        if cfg.dataset.get("evaluator") == "arc":
+            submission = os.path.join(run_dir, f"submission_step_{state.step}.json") if run_dir else None
+            return evaluate_arc(forward, test_data, device, (cfg.data_paths_test or cfg.data_paths)[0], submission), []
         if cfg.dataset.name == "puzzle":
             return evaluate_puzzles(forward, test_data, device), []
         replies = sample_replies(state.model, tokenizer, list(cfg.dataset.eval_prompts), cfg.dataset.max_new_tokens)
@@ -275,13 +287,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
             at_end = state.step == stop
             evaluating = state.step in eval_steps or (at_end and cfg.eval_at_end)
             if evaluating:
-                metrics, replies = evaluate(state, forward, test_data, device, cfg, tokenizer)
+                metrics, replies = evaluate(state, forward, test_data, device, cfg, tokenizer, run_dir)
                 results = {f"test/{k}": v for k, v in metrics.items()}
                 logger.log(results, state.step)
                 if replies:
                     logger.log_table("samples", replies, state.step)
                 bar.write(f"step {state.step}: " + ", ".join(
-                    f"{k.removeprefix('test/')} {v:.4f}" for k, v in results.items() if "@" not in k))
+                    f"{k.removeprefix('test/')} {v:.4f}" for k, v in results.items() if "@step" not in k))
             if at_end or (evaluating and cfg.checkpoint_every_eval):
                 save()
     logger.finish()

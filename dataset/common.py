@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import argparse
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -61,6 +64,15 @@ def atomic_write(path: Path, write) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def run_build_cli(build: Callable[[Any], None], config_class: type, args: argparse.Namespace) -> None:
+    """The end of a builder's CLI: its options (named like the config fields) -> config -> build; bad input
+    exits with one line `error: ...` and status 1."""
+    try:
+        build(config_class(**{k.replace("-", "_"): v for k, v in vars(args).items()}))
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
 
 
 def _check_csr(name: str, offsets: np.ndarray, length: int, end: int) -> None:
@@ -179,3 +191,25 @@ def load_metadata(split_dir: str | os.PathLike) -> PuzzleDatasetMetadata:
     if not all(isinstance(s, str) for s in raw["sets"]):
         raise ValueError(f"{path}: sets must be a list of strings, got {raw['sets']!r}")
     return PuzzleDatasetMetadata(**raw)
+
+
+# ----------------------------------------------------------------------------- grid augmentation (ARC, Maze)
+# The 8 symmetries of a square: t = 0..3 rotate by t * 90 degrees counter-clockwise, t = 4..7 do the same
+# then transpose. Shared by the builders and the evaluators that undo them.
+NUM_DIHEDRAL = 8
+
+
+def dihedral(grid: np.ndarray, t: int) -> np.ndarray:
+    """Apply symmetry t (0..7) to the last two axes of `grid`."""
+    if not 0 <= t < NUM_DIHEDRAL:
+        raise ValueError(f"dihedral transform must be in 0..7, got {t}")
+    out = np.rot90(grid, t % 4, axes=(-2, -1))
+    return np.ascontiguousarray(np.swapaxes(out, -2, -1) if t >= 4 else out)
+
+
+def inverse_dihedral(grid: np.ndarray, t: int) -> np.ndarray:
+    """Undo dihedral(., t)."""
+    if not 0 <= t < NUM_DIHEDRAL:
+        raise ValueError(f"dihedral transform must be in 0..7, got {t}")
+    out = np.swapaxes(grid, -2, -1) if t >= 4 else grid
+    return np.ascontiguousarray(np.rot90(out, -(t % 4), axes=(-2, -1)))

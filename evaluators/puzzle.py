@@ -3,7 +3,7 @@ q-halt accuracy, and the exact accuracy reached after each ACT step."""
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 
@@ -14,9 +14,11 @@ Batches = Iterable[tuple[str, dict[str, torch.Tensor], int]]
 
 
 @torch.no_grad()
-def evaluate_puzzles(model: ACTLossHead, batches: Batches, device: torch.device,
-                     reduce=None) -> dict[str, float]:
-    """`reduce(tensor)` sums a tensor over ranks (None: single process). Returns metrics per set."""
+def evaluate_puzzles(model: ACTLossHead, batches: Batches, device: torch.device, reduce=None,
+                     on_outputs: Callable[[str, dict, dict], None] | None = None) -> dict[str, float]:
+    """`reduce(tensor)` sums a tensor over ranks (None: single process); `on_outputs(set name, batch, outputs)`
+    sees the outputs of the last ACT step of every batch (the ARC evaluator collects predictions). Returns
+    metrics per set."""
     was_training = model.training
     model.eval()
     sums: dict[str, dict[str, torch.Tensor]] = defaultdict(lambda: defaultdict(lambda: torch.zeros((), device=device)))
@@ -28,6 +30,8 @@ def evaluate_puzzles(model: ACTLossHead, batches: Batches, device: torch.device,
             sums[set_name][f"exact_accuracy@step{step}"] += (outputs["seq_correct"] & valid).sum()
         for k, v in metrics.items():
             sums[set_name][k] += v.float()
+        if on_outputs is not None:
+            on_outputs(set_name, batch, outputs)
     model.train(was_training)
 
     results: dict[str, float] = {}

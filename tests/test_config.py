@@ -39,6 +39,8 @@ def test_presets_compose_with_paper_values(preset):
     expected = {"sudoku_extreme_mlp": (6, True, "none", 1.0, 1e-4, 50000),
                 "sudoku_extreme_att": (6, False, "rope", 1.0, 1e-4, 50000),
                 "maze_hard": (4, False, "rope", 1.0, 1e-4, 50000),
+                "arc1": (4, False, "rope", 0.1, 1e-2, 100000),
+                "arc2": (4, False, "rope", 0.1, 1e-2, 100000),
                 "arc_agi_1": (4, False, "rope", 0.1, 1e-2, 100000),
                 "arc_agi_2": (4, False, "rope", 0.1, 1e-2, 100000)}[preset]
     got = (cfg.arch.L_cycles, cfg.arch.mlp_t, cfg.arch.pos_encodings, cfg.weight_decay, cfg.puzzle_emb_lr, cfg.epochs)

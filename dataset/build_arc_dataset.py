@@ -1,0 +1,431 @@
+"""Build the ARC-AGI puzzle dataset in the on-disk format of dataset/common.py.
+
+Input, either layout:
+  combined  --input-prefix DIR/arc-agi reads DIR/arc-agi_<subset>_challenges.json and, when present,
+            DIR/arc-agi_<subset>_solutions.json (the Kaggle layout)
+  directory --input-dir DIR reads DIR/<subset>/<task id>.json, one task per file (the ARC GitHub layout)
+
+Examples:
+  python -m dataset.build_arc_dataset --input-prefix ../shared/data/arc-agi/arc-agi \\
+      --subsets training evaluation concept --test-set evaluation --num-aug 1000 --output-dir data/arc1concept-aug-1000
+  python -m dataset.build_arc_dataset --input-prefix ../shared/data/arc-agi/arc-agi \\
+      --subsets training2 evaluation2 concept --test-set evaluation2 --num-aug 1000 --output-dir data/arc2concept-aug-1000
+
+Every task of every subset becomes one group: the task itself and up to `num_aug` distinct augmentations
+(one of the 8 dihedral transforms, a permutation of the colours 1..9 with black kept, and a random
+translation of each example on the canvas), each with its own puzzle identifier. Tasks of the test set
+give their demonstration pairs to the train split and their test inputs to the test split (under the same
+identifiers); the other tasks give all their pairs (with known outputs) to the train split.
+
+Encoding (the official TRM one): a grid of h x w colours sits at (r, c) on a 30x30 canvas, flattened row
+by row; 0 = PAD, 1 = end marker, 2..11 = colours 0..9. The end markers fill row r + h under the grid and
+column c + w right of it (where they fit on the canvas). Labels use the same encoding and PAD is ignored.
+
+Besides the splits, the build writes what the ARC evaluator needs to undo every augmentation:
+  arc_augmentations.npz  per identifier: task index (-1 for the blank), transform, colour map
+  arc_tasks.json         task ids and subsets, the test set, and the original test inputs / outputs
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dataset.common import (NUM_DIHEDRAL, PuzzleDatasetMetadata, atomic_write, dihedral, inverse_dihedral,
+                            run_build_cli, save_identifiers, save_split)
+
+GRID_SIZE = 30
+PAD, EOS, COLOUR_OFFSET = 0, 1, 2  # token = colour + COLOUR_OFFSET
+VOCAB_SIZE = 12
+SEQ_LEN = GRID_SIZE * GRID_SIZE
+AUGMENTATIONS_FILE = "arc_augmentations.npz"
+TASKS_FILE = "arc_tasks.json"
+
+
+# ----------------------------------------------------------------------------- tasks
+
+
+@dataclass
+class Pair:
+    input: np.ndarray  # [h, w] uint8 colours 0..9
+    output: np.ndarray | None  # None when the solution is unknown
+
+
+@dataclass
+class Task:
+    id: str
+    subset: str
+    train: list[Pair]
+    test: list[Pair]
+
+
+def parse_grid(value: Any, where: str) -> np.ndarray:
+    """A JSON grid (list of equal-length rows of colours 0..9, 1..30 each way) -> uint8 array."""
+    if not isinstance(value, list) or not value or not all(isinstance(row, list) for row in value):
+        raise ValueError(f"{where}: a grid must be a non-empty list of rows")
+    width = len(value[0])
+    if any(len(row) != width for row in value):
+        raise ValueError(f"{where}: rows have different lengths ({sorted({len(r) for r in value})})")
+    if not 1 <= width <= GRID_SIZE or len(value) > GRID_SIZE:
+        raise ValueError(f"{where}: grid is {len(value)}x{width}; ARC grids are 1..30 in each direction")
+    if not all(type(v) is int and 0 <= v <= 9 for row in value for v in row):
+        raise ValueError(f"{where}: cells must be integers 0..9")
+    return np.array(value, dtype=np.uint8)
+
+
+def parse_task(task_id: str, subset: str, raw: Any, solutions: Any = None, source: str = "") -> Task:
+    """One task from its JSON object; `solutions` (a list of output grids) fills unknown test outputs."""
+    where = f"task {task_id} ({source})" if source else f"task {task_id}"
+    if not isinstance(raw, dict) or not isinstance(raw.get("train"), list) or not isinstance(raw.get("test"), list):
+        raise ValueError(f"{where}: expected an object with 'train' and 'test' lists")
+    if not raw["train"] or not raw["test"]:
+        raise ValueError(f"{where}: needs at least one train pair and one test input")
+    if solutions is not None and (not isinstance(solutions, list) or len(solutions) != len(raw["test"])):
+        raise ValueError(f"{where}: the solutions must be a list of {len(raw['test'])} grid(s)")
+
+    def pair(p: Any, name: str, need_output: bool, solution: Any = None) -> Pair:
+        if not isinstance(p, dict) or "input" not in p:
+            raise ValueError(f"{where}: {name} must be an object with an 'input' grid")
+        out = p.get("output", solution)
+        if out is None and need_output:
+            raise ValueError(f"{where}: {name} has no 'output' grid")
+        return Pair(parse_grid(p["input"], f"{where}: {name}.input"),
+                    None if out is None else parse_grid(out, f"{where}: {name}.output"))
+
+    train = [pair(p, f"train[{i}]", True) for i, p in enumerate(raw["train"])]
+    test = [pair(p, f"test[{i}]", False, solutions[i] if solutions else None) for i, p in enumerate(raw["test"])]
+    return Task(task_id, subset, train, test)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def load_combined(prefix: str, subset: str) -> list[Task]:
+    """Tasks of `<prefix>_<subset>_challenges.json`, outputs from `_solutions.json` when it exists."""
+    challenges_path = Path(f"{prefix}_{subset}_challenges.json")
+    solutions_path = Path(f"{prefix}_{subset}_solutions.json")
+    challenges = _read_json(challenges_path)
+    solutions = _read_json(solutions_path) if solutions_path.exists() else {}
+    if not isinstance(challenges, dict) or not isinstance(solutions, dict):
+        raise ValueError(f"{challenges_path}: expected an object mapping task ids to tasks")
+    return [parse_task(tid, subset, raw, solutions.get(tid), challenges_path.name)
+            for tid, raw in sorted(challenges.items())]
+
+
+def load_directory(root: str, subset: str) -> list[Task]:
+    """Tasks of `<root>/<subset>/*.json`, one task per file, named by the file."""
+    folder = Path(root) / subset
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: subset directory not found")
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise ValueError(f"{folder}: no task files (*.json)")
+    return [parse_task(f.stem, subset, _read_json(f), source=str(f)) for f in files]
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    transform: int  # dihedral transform 0..7 (0 = identity)
+    colours: tuple[int, ...]  # colours[c] = new colour of c; colours[0] == 0
+
+    def apply(self, grid: np.ndarray) -> np.ndarray:
+        return np.asarray(self.colours, np.uint8)[dihedral(grid, self.transform)]
+
+    def invert(self, grid: np.ndarray) -> np.ndarray:
+        inverse = np.argsort(np.asarray(self.colours)).astype(np.uint8)
+        return inverse_dihedral(inverse[grid], self.transform)
+
+
+IDENTITY = Augmentation(0, tuple(range(10)))
+
+
+def task_grids(task: Task) -> list[np.ndarray]:
+    return [g for p in task.train + task.test for g in (p.input, p.output) if g is not None]
+
+
+def _content_key(grids: list[np.ndarray]) -> bytes:
+    h = hashlib.sha256()
+    for g in grids:
+        h.update(np.asarray(g.shape, np.int32).tobytes())
+        h.update(g.tobytes())
+    return h.digest()
+
+
+def draw_augmentations(task: Task, count: int, rng: np.random.Generator) -> list[Augmentation]:
+    """The identity, then up to `count` random augmentations whose augmented tasks all differ (a symmetric
+    task or one with few colours can have fewer distinct copies than asked for)."""
+    grids = task_grids(task)
+    seen = {_content_key(grids)}
+    augs = [IDENTITY]
+    for _ in range(10 * count):
+        if len(augs) > count:
+            break
+        aug = Augmentation(int(rng.integers(NUM_DIHEDRAL)), (0, *(int(c) for c in rng.permutation(9) + 1)))
+        key = _content_key([aug.apply(g) for g in grids])
+        if key not in seen:
+            seen.add(key)
+            augs.append(aug)
+    return augs
+
+
+# ----------------------------------------------------------------------------- encoding
+
+
+def encode_grid(grid: np.ndarray, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """[h, w] colours -> [900] tokens: the grid at `offset` on the canvas with its end markers."""
+    h, w = grid.shape
+    r, c = offset
+    if not (0 <= r and r + h <= GRID_SIZE and 0 <= c and c + w <= GRID_SIZE):
+        raise ValueError(f"a {h}x{w} grid at {offset} does not fit the {GRID_SIZE}x{GRID_SIZE} canvas")
+    canvas = np.full((GRID_SIZE, GRID_SIZE), PAD, np.uint8)
+    canvas[r:r + h, c:c + w] = grid + COLOUR_OFFSET
+    if r + h < GRID_SIZE:
+        canvas[r + h, c:c + w] = EOS
+    if c + w < GRID_SIZE:
+        canvas[r:r + h, c + w] = EOS
+    return canvas.reshape(-1)
+
+
+def grid_offset(tokens: np.ndarray) -> tuple[int, int] | None:
+    """Top-left corner of the grid on an encoded canvas (the first row and column holding a colour)."""
+    colour = np.asarray(tokens).reshape(GRID_SIZE, GRID_SIZE) >= COLOUR_OFFSET
+    if not colour.any():
+        return None
+    return int(colour.any(1).argmax()), int(colour.any(0).argmax())
+
+
+def _run_length(mask: np.ndarray) -> int:
+    """How many leading entries of a 1-D bool array are True."""
+    return len(mask) if mask.all() else int(mask.argmin())
+
+
+def decode_grid(tokens: np.ndarray, offset: tuple[int, int] | None = None) -> np.ndarray | None:
+    """[900] tokens -> [h, w] colours, cropped at the end markers from `offset` (default: the canvas's own top
+    left colour). None when there is no rectangle of colours there (a malformed prediction)."""
+    canvas = np.asarray(tokens).reshape(GRID_SIZE, GRID_SIZE)
+    offset = grid_offset(canvas) if offset is None else offset
+    if offset is None:
+        return None
+    r, c = offset
+    colour = (canvas >= COLOUR_OFFSET) & (canvas < COLOUR_OFFSET + 10)
+    h, w = _run_length(colour[r:, c]), _run_length(colour[r, c:])  # the runs of colours down and right of (r, c)
+    if h == 0 or w == 0 or not colour[r:r + h, c:c + w].all():
+        return None
+    return (canvas[r:r + h, c:c + w] - COLOUR_OFFSET).astype(np.uint8)
+
+
+@dataclass
+class ArcBuildConfig:
+    output_dir: str = "data/arc1concept-aug-1000"
+    input_prefix: str | None = None  # combined layout: <prefix>_<subset>_challenges.json
+    input_dir: str | None = None  # directory layout: <dir>/<subset>/<task>.json
+    subsets: list[str] = field(default_factory=lambda: ["training", "evaluation", "concept"])
+    test_set: str = "evaluation"  # its demonstrations train, its test inputs are the test split
+    num_aug: int = 1000  # augmented copies per task besides the original (fewer when duplicates arise)
+    translate: bool = True  # random placement of each train example on the canvas
+    translate_test: bool = False  # also of the test inputs (the official code places them top left)
+    seed: int = 0
+    quiet: bool = False
+
+
+def _check_config(cfg: ArcBuildConfig) -> None:
+    if (cfg.input_prefix is None) == (cfg.input_dir is None):
+        raise ValueError("give exactly one of input_prefix (combined layout) or input_dir (one file per task)")
+    if not cfg.subsets or len(set(cfg.subsets)) != len(cfg.subsets):
+        raise ValueError(f"subsets must be a non-empty list without repeats, got {list(cfg.subsets)}")
+    if cfg.test_set not in cfg.subsets:
+        raise ValueError(f"test_set {cfg.test_set!r} must be one of the subsets {list(cfg.subsets)}")
+    if cfg.num_aug < 0 or cfg.seed < 0:
+        raise ValueError(f"num_aug and seed must be >= 0, got {cfg.num_aug} and {cfg.seed}")
+
+
+def load_tasks(cfg: ArcBuildConfig) -> list[Task]:
+    tasks, where = [], {}
+    for subset in cfg.subsets:
+        loaded = load_combined(cfg.input_prefix, subset) if cfg.input_prefix else load_directory(cfg.input_dir, subset)
+        for t in loaded:
+            if t.id in where:  # a test task also trained on would leak its answers; two copies confuse scoring
+                raise ValueError(f"task {t.id} appears in subsets {where[t.id]} and {subset}; choose subsets that "
+                                 "do not overlap")
+            where[t.id] = subset
+        tasks += loaded
+    return tasks
+
+
+@dataclass
+class _SplitRows:
+    """Examples of one split, filled puzzle by puzzle."""
+    inputs: np.ndarray
+    labels: np.ndarray
+    puzzle_identifiers: list[int] = field(default_factory=list)
+    puzzle_indices: list[int] = field(default_factory=lambda: [0])
+    group_indices: list[int] = field(default_factory=lambda: [0])
+
+    def add_puzzle(self, identifier: int, examples: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        n = self.puzzle_indices[-1]
+        for i, (x, y) in enumerate(examples):
+            self.inputs[n + i], self.labels[n + i] = x, y
+        self.puzzle_identifiers.append(identifier)
+        self.puzzle_indices.append(n + len(examples))
+
+    def end_group(self) -> None:
+        if self.group_indices[-1] != len(self.puzzle_identifiers):
+            self.group_indices.append(len(self.puzzle_identifiers))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        n = self.puzzle_indices[-1]
+        return {"inputs": self.inputs[:n], "labels": self.labels[:n],
+                "puzzle_identifiers": np.asarray(self.puzzle_identifiers, np.int32),
+                "puzzle_indices": np.asarray(self.puzzle_indices, np.int32),
+                "group_indices": np.asarray(self.group_indices, np.int32)}
+
+
+def _encode_pair(pair: Pair, aug: Augmentation, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+    """Augment a pair and encode it, at a random offset shared by input and output when `rng` is given."""
+    x = aug.apply(pair.input)
+    y = aug.apply(pair.output) if pair.output is not None else None
+    offset = (0, 0)
+    if rng is not None:
+        h, w = (max(g.shape[d] for g in (x, y) if g is not None) for d in (0, 1))
+        offset = (int(rng.integers(GRID_SIZE - h + 1)), int(rng.integers(GRID_SIZE - w + 1)))
+    return encode_grid(x, offset), encode_grid(y, offset) if y is not None else np.full(SEQ_LEN, PAD, np.uint8)
+
+
+def build(config: ArcBuildConfig) -> None:
+    """Write `<output_dir>/{train,test}`, identifiers.json, arc_augmentations.npz and arc_tasks.json."""
+    cfg = config
+    _check_config(cfg)
+    say = (lambda *_: None) if cfg.quiet else print
+    start = time.perf_counter()
+    tasks = load_tasks(cfg)
+    is_test = [t.subset == cfg.test_set for t in tasks]
+    train_pairs = [t.train if test else t.train + [p for p in t.test if p.output is not None]
+                   for t, test in zip(tasks, is_test)]
+    unsolved = sum(p.output is None for t, test in zip(tasks, is_test) if not test for p in t.test)
+    if unsolved:
+        say(f"{unsolved} test input(s) of training subsets have no known output: only their demonstrations train")
+
+    # one generator per task and purpose: the same seed gives the same data, task by task
+    augs = [draw_augmentations(t, cfg.num_aug, np.random.default_rng([cfg.seed, 0, i])) for i, t in enumerate(tasks)]
+    n_train = sum(len(a) * len(p) for a, p in zip(augs, train_pairs))
+    n_test = sum(len(a) * len(t.test) for a, t, test in zip(augs, tasks, is_test) if test)
+    train = _SplitRows(np.empty((n_train, SEQ_LEN), np.uint8), np.empty((n_train, SEQ_LEN), np.uint8))
+    test = _SplitRows(np.empty((n_test, SEQ_LEN), np.uint8), np.empty((n_test, SEQ_LEN), np.uint8))
+    names, task_index, transforms, colours = ["<blank>"], [-1], [0], [IDENTITY.colours]
+    for i, (task, task_augs) in enumerate(zip(tasks, augs)):
+        rng = np.random.default_rng([cfg.seed, 1, i])
+        for k, aug in enumerate(task_augs):
+            identifier = len(names)
+            names.append(f"{task.id}/{k}")
+            task_index.append(i)
+            transforms.append(aug.transform)
+            colours.append(aug.colours)
+            train.add_puzzle(identifier, [_encode_pair(p, aug, rng if cfg.translate else None) for p in train_pairs[i]])
+            if is_test[i]:
+                test.add_puzzle(identifier, [_encode_pair(p, aug, rng if cfg.translate_test else None) for p in task.test])
+        train.end_group()
+        if is_test[i]:
+            test.end_group()
+
+    out = Path(cfg.output_dir)
+    for split, rows in (("train", train), ("test", test)):
+        arrays = rows.arrays()
+        num_puzzles = len(arrays["puzzle_identifiers"])
+        metadata = PuzzleDatasetMetadata(
+            pad_id=PAD, ignore_label_id=PAD, blank_identifier_id=0, vocab_size=VOCAB_SIZE, seq_len=SEQ_LEN,
+            num_puzzle_identifiers=len(names), total_groups=len(arrays["group_indices"]) - 1,
+            mean_puzzle_examples=len(arrays["inputs"]) / max(num_puzzles, 1), total_puzzles=num_puzzles,
+            sets=["all"])
+        save_split(out, split, metadata, {"all": arrays})
+    save_identifiers(out, names)
+    atomic_write(out / AUGMENTATIONS_FILE, lambda f: np.savez(
+        f, task_index=np.asarray(task_index, np.int32), transform=np.asarray(transforms, np.int8),
+        colours=np.asarray(colours, np.uint8)))
+    test_tasks = {t.id: {"test_inputs": [p.input.tolist() for p in t.test],
+                         "test_outputs": [None if p.output is None else p.output.tolist() for p in t.test]}
+                  for t, test in zip(tasks, is_test) if test}
+    text = json.dumps({"tasks": [t.id for t in tasks], "subsets": [t.subset for t in tasks],
+                       "test_set": cfg.test_set, "test_tasks": test_tasks}) + "\n"
+    atomic_write(out / TASKS_FILE, lambda f: f.write(text.encode()))
+    say(f"wrote {out}: {len(tasks)} tasks ({sum(is_test)} in the test set {cfg.test_set!r}), {len(names) - 1} "
+        f"puzzles with augmentations, train {n_train} examples, test {n_test} examples, "
+        f"in {time.perf_counter() - start:.1f} s")
+
+
+# ----------------------------------------------------------------------------- metadata for the evaluator
+
+
+@dataclass
+class ArcMetadata:
+    """What it takes to undo the augmentation of any puzzle identifier and score the test set."""
+    tasks: list[str]
+    task_index: np.ndarray  # [num identifiers] (-1: blank)
+    transform: np.ndarray  # [num identifiers]
+    colours: np.ndarray  # [num identifiers, 10]
+    test_inputs: dict[str, list[np.ndarray]]
+    test_outputs: dict[str, list[np.ndarray | None]]
+
+    def augmentation(self, identifier: int) -> Augmentation:
+        return Augmentation(int(self.transform[identifier]), tuple(int(c) for c in self.colours[identifier]))
+
+
+def load_arc_metadata(dataset_dir: str | os.PathLike) -> ArcMetadata:
+    root = Path(dataset_dir)
+    aug_path, tasks_path = root / AUGMENTATIONS_FILE, root / TASKS_FILE
+    if not aug_path.is_file() or not tasks_path.is_file():
+        raise FileNotFoundError(f"{root}: {AUGMENTATIONS_FILE} / {TASKS_FILE} not found; the ARC evaluator needs "
+                                "a dataset built by dataset/build_arc_dataset.py")
+    with np.load(aug_path) as z:
+        arrays = {k: z[k] for k in ("task_index", "transform", "colours")}
+    info = _read_json(tasks_path)
+    tests = info["test_tasks"]
+    return ArcMetadata(
+        tasks=info["tasks"], **arrays,
+        test_inputs={t: [np.array(g, np.uint8) for g in v["test_inputs"]] for t, v in tests.items()},
+        test_outputs={t: [None if g is None else np.array(g, np.uint8) for g in v["test_outputs"]]
+                      for t, v in tests.items()})
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    d = ArcBuildConfig()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output-dir", required=True)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input-prefix", help="combined layout: PREFIX_<subset>_challenges.json (+ _solutions.json)")
+    src.add_argument("--input-dir", help="directory layout: DIR/<subset>/<task id>.json")
+    p.add_argument("--subsets", nargs="+", default=d.subsets,
+                   help="e.g. training evaluation concept (ARC-AGI-1), training2 evaluation2 concept (ARC-AGI-2)")
+    p.add_argument("--test-set", default=d.test_set, help="the subset whose test inputs form the test split")
+    p.add_argument("--num-aug", type=int, default=d.num_aug, help="augmented copies per task")
+    p.add_argument("--no-translate", dest="translate", action="store_false", help="keep grids at the top left")
+    p.add_argument("--translate-test", action="store_true", help="also move the test inputs on the canvas")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--quiet", action="store_true")
+    run_build_cli(build, ArcBuildConfig, p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,334 @@
+"""Build the 30x30 Maze dataset in the on-disk format of dataset/common.py.
+
+Sources:
+  generate  built-in seeded generator (default, offline): the label is the shortest path, which is unique
+  csv       the official Maze-Hard CSV files (source,question,answer,rating): local train/test files, or
+            without them train.csv/test.csv of the hub dataset sapientinc/maze-30x30-hard-1k (downloaded)
+
+Examples:
+  python -m dataset.build_maze_dataset --output-dir data/maze-30x30-gen-1k --num-train 1000 --num-test 1000 \\
+      --min-path-length 110
+  python -m dataset.build_maze_dataset --source csv --output-dir data/maze-30x30-hard-1k
+
+A maze is a 900-character string, row by row: '#' wall, ' ' open, 'S' start, 'G' goal; in the answer the
+cells of the path between S and G are 'o'. Tokens: 0 = PAD, then '#', ' ', 'S', 'G', 'o' = 1..5 (the
+official TRM encoding). Each train maze and its 7 other dihedral transforms form one group; the test split
+is not augmented.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dataset.common import (NUM_DIHEDRAL, PuzzleDatasetMetadata, dihedral, run_build_cli, save_identifiers,
+                            save_split)
+
+SIZE = 30
+CHARSET = "# SGo"  # token = index + 1; 0 = PAD
+WALL, OPEN, START, GOAL, PATH = CHARSET
+CSV_HEADER = ["source", "question", "answer", "rating"]
+_TOKEN = np.zeros(256, np.uint8)
+_TOKEN[[ord(ch) for ch in CHARSET]] = np.arange(1, len(CHARSET) + 1)
+
+
+# ----------------------------------------------------------------------------- encoding
+
+
+def encode_maze(text: str) -> np.ndarray:
+    """900-character maze -> [900] uint8 tokens (1..5)."""
+    if len(text) != SIZE * SIZE:
+        raise ValueError(f"a maze has {SIZE * SIZE} characters, got {len(text)}")
+    bad = set(text) - set(CHARSET)
+    if bad:
+        raise ValueError(f"maze characters must be in {CHARSET!r}, got {''.join(sorted(bad))!r}")
+    return _TOKEN[np.frombuffer(text.encode(), np.uint8)]
+
+
+def decode_maze(tokens: np.ndarray | Sequence[int]) -> str:
+    """[900] tokens -> maze string; tokens outside 1..5 (PAD) become '?'."""
+    chars = np.array(["?", *CHARSET])
+    t = np.asarray(tokens).reshape(-1).astype(np.int64)
+    return "".join(chars[np.where((t >= 1) & (t <= len(CHARSET)), t, 0)])
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+def _neighbours(i: int):
+    r, c = divmod(i, SIZE)
+    if r > 0:
+        yield i - SIZE
+    if r < SIZE - 1:
+        yield i + SIZE
+    if c > 0:
+        yield i - 1
+    if c < SIZE - 1:
+        yield i + 1
+
+
+def _endpoints(maze: str) -> tuple[int, int]:
+    if maze.count(START) != 1 or maze.count(GOAL) != 1:
+        raise ValueError(f"a maze needs exactly one {START!r} and one {GOAL!r}")
+    return maze.index(START), maze.index(GOAL)
+
+
+def bfs(maze: str, source: int) -> tuple[list[int], list[int], list[int]]:
+    """Distances (-1: unreachable), a BFS parent and the number of shortest paths (capped at 2) from `source`
+    through every non-wall cell."""
+    dist, parent, count = [-1] * len(maze), [-1] * len(maze), [0] * len(maze)
+    dist[source], count[source] = 0, 1
+    queue = deque([source])
+    while queue:
+        i = queue.popleft()
+        for j in _neighbours(i):
+            if maze[j] == WALL:
+                continue
+            if dist[j] < 0:
+                dist[j], parent[j] = dist[i] + 1, i
+                queue.append(j)
+            if dist[j] == dist[i] + 1:
+                count[j] = min(count[j] + count[i], 2)
+    return dist, parent, count
+
+
+def solve_maze(question: str) -> str | None:
+    """The answer: `question` with a shortest S-G path marked 'o' (None when G cannot be reached)."""
+    s, g = _endpoints(question)
+    dist, parent, _ = bfs(question, s)
+    if dist[g] < 0:
+        return None
+    cells = list(question)
+    i = parent[g]
+    while i != s:
+        cells[i] = PATH
+        i = parent[i]
+    return "".join(cells)
+
+
+def is_shortest_path(question: str, answer: str) -> bool:
+    """`answer` is `question` with open cells marked 'o' that form a shortest path from S to G. (Any path
+    through all the marked cells with as many cells as the shortest distance is a shortest path.)"""
+    if len(answer) != len(question) or set(answer) - set(CHARSET):
+        return False
+    for q, a in zip(question, answer):
+        if q != a and not (q == OPEN and a == PATH):
+            return False
+    s, g = _endpoints(question)
+    dist = bfs(question, s)[0][g]
+    marked = answer.count(PATH)
+    if dist < 0 or marked != dist - 1:
+        return False
+    walls_except_path = "".join(ch if ch in (START, GOAL, PATH) else WALL for ch in answer)
+    return bfs(walls_except_path, s)[0][g] == dist
+
+
+# ----------------------------------------------------------------------------- generator
+
+
+def generate_maze(rng: np.random.Generator, min_path_length: int, openings: int = 0,
+                  max_tries: int = 100) -> tuple[str, str]:
+    """A random maze with a unique shortest S-G path of >= `min_path_length` steps, and its answer.
+
+    A perfect maze (depth-first backtracker) on the 15x15 cells at even coordinates (row and column 29 stay
+    walls), then `openings` extra walls knocked down to make loops (more routes, only one of them shortest)."""
+    cells = SIZE // 2
+    for _ in range(max_tries):
+        grid = np.full((SIZE, SIZE), WALL)
+        seen = np.zeros((cells, cells), bool)
+        stack = [(int(rng.integers(cells)), int(rng.integers(cells)))]
+        seen[stack[0]] = True
+        grid[stack[0][0] * 2, stack[0][1] * 2] = OPEN
+        while stack:
+            r, c = stack[-1]
+            options = [(r + dr, c + dc) for dr, dc in ((1, 0), (-1, 0), (0, 1), (0, -1))
+                       if 0 <= r + dr < cells and 0 <= c + dc < cells and not seen[r + dr, c + dc]]
+            if not options:
+                stack.pop()
+                continue
+            nr, nc = options[int(rng.integers(len(options)))]
+            seen[nr, nc] = True
+            grid[r + nr, c + nc] = OPEN  # the wall between the two cells
+            grid[nr * 2, nc * 2] = OPEN
+            stack.append((nr, nc))
+        # walls between two cells (one odd coordinate, the other even) that can be knocked down
+        walls = [(r, c) for r in range(SIZE - 1) for c in range(SIZE - 1) if (r + c) % 2 and grid[r, c] == WALL]
+        for k in rng.permutation(len(walls))[:openings]:
+            grid[walls[k]] = OPEN
+        maze = grid.reshape(-1)
+        open_cells = np.flatnonzero(maze == OPEN)
+        start = int(open_cells[rng.integers(len(open_cells))])
+        dist, _, count = bfs("".join(maze), start)
+        far = [i for i in open_cells.tolist() if dist[i] >= min_path_length and count[i] == 1]
+        if not far:
+            continue
+        maze[start], maze[far[int(rng.integers(len(far)))]] = START, GOAL
+        question = "".join(maze)
+        return question, solve_maze(question)
+    raise ValueError(f"no maze with a unique shortest path of >= {min_path_length} steps in {max_tries} tries; "
+                     "lower min_path_length or openings")
+
+
+# ----------------------------------------------------------------------------- CSV
+
+
+def read_csv_file(path: str) -> tuple[list[str], list[str]]:
+    """Questions and answers of an official maze CSV, each row checked."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None or [h.strip() for h in header] != CSV_HEADER:
+                raise ValueError(f"{path}:1: expected the header {','.join(CSV_HEADER)}, got {','.join(header or [])!r}")
+            questions, answers = [], []
+            for row in reader:
+                if not row:
+                    continue
+                where = f"{path}:{reader.line_num}"
+                if len(row) != 4:
+                    raise ValueError(f"{where}: expected 4 columns, got {len(row)}")
+                _, question, answer, _ = row
+                for name, text in (("question", question), ("answer", answer)):
+                    try:
+                        encode_maze(text)
+                        _endpoints(text)
+                    except ValueError as e:
+                        raise ValueError(f"{where}: {name}: {e}") from None
+                if PATH in question or any(q != a and not (q == OPEN and a == PATH) for q, a in zip(question, answer)):
+                    raise ValueError(f"{where}: the answer must be the question with open cells marked {PATH!r}")
+                questions.append(question)
+                answers.append(answer)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: file not found") from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{path}: cannot read the CSV ({e})") from None
+    return questions, answers
+
+
+def download_csv(repo: str, split: str) -> str:
+    """Local path of `<split>.csv` of a hub dataset repository (downloaded once into the hub cache)."""
+    try:
+        from huggingface_hub import hf_hub_download  # imported lazily: only this path needs it (and the network)
+        return hf_hub_download(repo, f"{split}.csv", repo_type="dataset")
+    except Exception as e:  # missing package, network, authentication, missing file: all end the same way
+        raise ValueError(f"cannot download {split}.csv from {repo} ({type(e).__name__}: {e}); "
+                         "pass train_file/test_file instead") from None
+
+
+def write_csv(path: Path, questions: list[str], answers: list[str], source: str = "generated") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(CSV_HEADER)
+        for q, a in zip(questions, answers):
+            writer.writerow([source, q, a, a.count(PATH) + 1])  # rating: the path length
+
+
+# ----------------------------------------------------------------------------- build
+
+
+@dataclass
+class MazeBuildConfig:
+    output_dir: str = "data/maze-30x30-gen-1k"
+    source: str = "generate"  # generate | csv
+    seed: int = 0
+    augment: bool = True  # the 8 dihedral transforms of every train maze (test: never)
+    subsample_size: int | None = None  # random subset of the train mazes
+    train_file: str | None = None  # csv source: local files, or both None to download them from source_repo
+    test_file: str | None = None
+    source_repo: str = "sapientinc/maze-30x30-hard-1k"
+    num_train: int = 1000  # generate source
+    num_test: int = 1000
+    min_path_length: int = 110  # difficulty: shortest path steps from S to G
+    openings: int = 0  # extra walls removed from the perfect maze (loops)
+    save_csv: str | None = None  # generate: also write DIR/train.csv and DIR/test.csv
+    quiet: bool = False
+
+
+def _split_arrays(questions: list[str], answers: list[str], augment: bool) -> dict[str, np.ndarray]:
+    copies = NUM_DIHEDRAL if augment else 1
+    q = np.stack([encode_maze(x) for x in questions]).reshape(-1, SIZE, SIZE)
+    a = np.stack([encode_maze(x) for x in answers]).reshape(-1, SIZE, SIZE)
+    inputs = np.stack([dihedral(q, t) for t in range(copies)], 1).reshape(-1, SIZE * SIZE)  # maze-major order
+    labels = np.stack([dihedral(a, t) for t in range(copies)], 1).reshape(-1, SIZE * SIZE)
+    total = len(inputs)
+    return {"inputs": inputs, "labels": labels, "puzzle_identifiers": np.zeros(total, np.int32),
+            "puzzle_indices": np.arange(total + 1, dtype=np.int32),
+            "group_indices": np.arange(0, total + 1, copies, dtype=np.int32)}
+
+
+def build(config: MazeBuildConfig) -> None:
+    """Write `<output_dir>/{train,test}` and identifiers.json."""
+    cfg = config
+    if cfg.source not in ("generate", "csv"):
+        raise ValueError(f"unknown source {cfg.source!r} (generate or csv)")
+    if cfg.source == "csv" and (cfg.train_file is None) != (cfg.test_file is None):
+        raise ValueError("the csv source needs both train_file and test_file (or neither, to download source_repo)")
+    if cfg.min_path_length < 1 or cfg.openings < 0 or cfg.seed < 0:
+        raise ValueError("min_path_length must be >= 1, openings and seed >= 0")
+    say = (lambda *_: None) if cfg.quiet else print
+    start = time.perf_counter()
+    if cfg.source == "generate":
+        splits = {}
+        for k, (split, count) in enumerate((("train", cfg.num_train), ("test", cfg.num_test))):
+            rng = np.random.default_rng([cfg.seed, k])
+            splits[split] = list(zip(*[generate_maze(rng, cfg.min_path_length, cfg.openings) for _ in range(count)]))
+        train, test = splits["train"], splits["test"]
+        if cfg.save_csv:
+            for split, (qs, ans) in splits.items():
+                write_csv(Path(cfg.save_csv) / f"{split}.csv", list(qs), list(ans))
+    elif cfg.train_file is not None:
+        train, test = read_csv_file(cfg.train_file), read_csv_file(cfg.test_file)
+    else:
+        train, test = (read_csv_file(download_csv(cfg.source_repo, split)) for split in ("train", "test"))
+    if not train or not train[0]:
+        raise ValueError("no train mazes")
+    if cfg.subsample_size is not None and cfg.subsample_size < len(train[0]):
+        pick = np.sort(np.random.default_rng([cfg.seed, 2]).choice(len(train[0]), cfg.subsample_size, replace=False))
+        train = [[xs[i] for i in pick] for xs in train]
+
+    out = Path(cfg.output_dir)
+    for split, (questions, answers), augment in (("train", train, cfg.augment), ("test", test, False)):
+        arrays = _split_arrays(list(questions), list(answers), augment)
+        metadata = PuzzleDatasetMetadata(
+            pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=len(CHARSET) + 1, seq_len=SIZE * SIZE,
+            num_puzzle_identifiers=1, total_groups=len(questions), mean_puzzle_examples=1,
+            total_puzzles=len(arrays["inputs"]), sets=["all"])
+        save_split(out, split, metadata, {"all": arrays})
+    save_identifiers(out, ["<blank>"])
+    say(f"wrote {out}: {len(train[0])} train mazes ({NUM_DIHEDRAL if cfg.augment else 1} copies each), "
+        f"{len(test[0]) if test else 0} test mazes, in {time.perf_counter() - start:.1f} s")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    d = MazeBuildConfig()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--source", choices=["generate", "csv"], default=d.source)
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="no dihedral copies of train mazes")
+    p.add_argument("--subsample-size", type=int, default=None)
+    p.add_argument("--train-file", default=None)
+    p.add_argument("--test-file", default=None)
+    p.add_argument("--source-repo", default=d.source_repo, help="csv without files: hub dataset to download")
+    p.add_argument("--num-train", type=int, default=d.num_train)
+    p.add_argument("--num-test", type=int, default=d.num_test)
+    p.add_argument("--min-path-length", type=int, default=d.min_path_length, help="generate: difficulty")
+    p.add_argument("--openings", type=int, default=d.openings, help="generate: extra walls removed (loops)")
+    p.add_argument("--save-csv", default=None, help="generate: also write DIR/train.csv and DIR/test.csv")
+    p.add_argument("--quiet", action="store_true")
+    run_build_cli(build, MazeBuildConfig, p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
