@@ -14,12 +14,14 @@ import argparse
 import json
 import os
 import sys
-
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm import tqdm
 
+from dataset.build_maze_dataset import decode_maze, encode_maze, is_shortest_path
 from dataset.build_sudoku_dataset import DatasetBuildError, is_valid_solution, parse_sudoku
 from dataset.common import atomic_write
 from models.losses import IGNORE_LABEL_ID
@@ -44,7 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode.add_argument("--prompt", help="answer one message (chat runs) or continue the text (text runs)")
     mode.add_argument("--interactive", action="store_true", help="multi-turn chat in the terminal")
     mode.add_argument("--input-file", help="JSONL of {'prompt': ...} or {'messages': [...]}: one answer per line")
-    mode.add_argument("--puzzle", help="a puzzle (Sudoku: 81 characters, '.' or '0' blank) or a file holding one")
+    mode.add_argument("--puzzle", help="a puzzle or a file holding one: Sudoku, 81 characters ('.' or '0' blank); "
+                      "maze, 30 lines of 30 ('#' wall, ' ' open, 'S' start, 'G' goal)")
     ap.add_argument("--output-file", help="with --input-file: where the answers go (JSONL, same order)")
     ap.add_argument("--system", default="", help="system prompt")
     ap.add_argument("--max-new-tokens", "--max-tokens", "--max", dest="max_new_tokens", type=int, default=256)
@@ -246,47 +249,75 @@ def read_prompts(path: str) -> list[tuple[str, dict, list[tuple[str, str]]]]:
 
 # ---------------------------------------------------------------- puzzles
 
-def read_sudoku(text: str) -> list[int]:
+@dataclass
+class PuzzleKind:
+    """How one puzzle type reads from text, maps to and from the model's tokens, prints and is checked."""
+    name: str
+    seq_len: int
+    parse: Callable[[str, str], list[int]]  # (text, where) -> tokens
+    cells: Callable[[list[int]], list[str]]  # tokens -> one character per cell
+    width: int
+    check: Callable[[list[int], list[int]], bool]  # (puzzle tokens, predicted tokens) -> solved
+
+
+def _sudoku_tokens(text: str, where: str) -> list[int]:
+    return [d + 1 for d in parse_sudoku(text, where)]  # on disk: 0 PAD, 1 blank, 2..10 digits
+
+
+def _maze_tokens(text: str, where: str) -> list[int]:
+    rows = text.splitlines() if "\n" in text else [text]  # spaces are open cells: keep them
+    try:
+        return encode_maze("".join(rows)).tolist()
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+PUZZLES = [
+    PuzzleKind("Sudoku", 81, _sudoku_tokens, lambda t: [str(v - 1) if v > 1 else "." for v in t], 9,
+               lambda p, y: is_valid_solution([max(v - 1, 0) for v in y], [max(v - 1, 0) for v in p])),
+    PuzzleKind("maze", 900, _maze_tokens, lambda t: list(decode_maze(t)), 30,
+               lambda p, y: is_shortest_path(decode_maze(p), decode_maze(y))),
+]
+
+
+def read_puzzle(kind: PuzzleKind, text: str) -> list[int]:
+    """The puzzle in `text`, or in the file named by it."""
     if os.path.isfile(text):
         with open(text) as f:
-            return parse_sudoku(f.read(), where=text)
-    return parse_sudoku(text)
+            return kind.parse(f.read().strip("\n"), text)
+    return kind.parse(text, "puzzle")
 
 
-def show_grid(cells: list[int]) -> str:
-    rows = []
-    for r in range(9):
-        row = " ".join(str(d) if d else "." for d in cells[r * 9:r * 9 + 9])
-        rows.append(" | ".join(row[i:i + 5] for i in (0, 6, 12)))
-        if r in (2, 5):
-            rows.append("------+-------+------")
-    return "\n".join(rows)
+def show_grid(kind: PuzzleKind, tokens: list[int]) -> str:
+    cells = kind.cells(tokens)
+    return "\n".join("".join(cells[i:i + kind.width]) for i in range(0, len(cells), kind.width))
 
 
-def solve_puzzle(model, puzzle: list[int], device: torch.device) -> bool:
-    """Run every ACT step on one Sudoku, printing the predicted grid, the halting confidence and the cells that
-    changed; return whether the last grid is a valid solution that keeps the clues."""
+def solve_puzzle(model, text: str, device: torch.device) -> bool:
+    """Run every ACT step on one puzzle, printing the predicted grid, the halting confidence and the cells that
+    changed; return whether the last grid is a valid solution."""
     config = model.model.config
-    if config.seq_len != 81 or config.vocab_size < 11:
-        raise ValueError(f"this checkpoint's model reads {config.seq_len} tokens over a {config.vocab_size}-token "
-                         "vocabulary, not a Sudoku (81 cells, 11 tokens)")
-    inputs = torch.tensor([[d + 1 for d in puzzle]], device=device)  # on disk: 0 PAD, 1 blank, 2..10 digits
+    kind = next((k for k in PUZZLES if k.seq_len == config.seq_len), None)
+    if kind is None:
+        raise ValueError(f"this checkpoint's model reads {config.seq_len} tokens: not a Sudoku (81) or maze (900) model")
+    puzzle = read_puzzle(kind, text)
+    inputs = torch.tensor([puzzle], device=device)
     batch = {"inputs": inputs, "labels": torch.full_like(inputs, IGNORE_LABEL_ID),
              "puzzle_identifiers": torch.zeros(1, dtype=torch.long, device=device)}
-    print(f"puzzle ({sum(d > 0 for d in puzzle)} clues):\n{show_grid(puzzle)}\n")
+    print(f"{kind.name}:\n{show_grid(kind, puzzle)}\n")
     previous, halted_at = puzzle, None
     with torch.no_grad():
         for step, (_, outputs) in enumerate(act_steps(model, batch), start=1):
-            grid = [max(int(t) - 1, 0) for t in outputs["preds"][0].tolist()]
+            tokens = outputs["preds"][0].tolist()
             confidence = torch.sigmoid(outputs["q_halt_logits"][0].float()).item()
-            changed = sum(a != b for a, b in zip(grid, previous))
+            changed = sum(a != b for a, b in zip(kind.cells(tokens), kind.cells(previous)))
             if halted_at is None and confidence > 0.5:
                 halted_at = step
             note = " (the model would stop here)" if halted_at == step else ""
             print(f"ACT step {step}: halting confidence {confidence:.3f}, {changed} cells changed{note}\n"
-                  f"{show_grid(grid)}\n")
-            previous = grid
-    solved = is_valid_solution(previous, puzzle)
+                  f"{show_grid(kind, tokens)}\n")
+            previous = tokens
+    solved = kind.check(puzzle, previous)
     print("valid solution" if solved else "not a valid solution")
     return solved
 
@@ -295,11 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if args.puzzle is not None:
-            puzzle = read_sudoku(args.puzzle)
             device = select_device(args.device)
             model, _ = load_trained_model(args.checkpoint, device, use_ema=not args.no_ema,
                                           dtype=resolve_dtype(args.dtype, device))
-            solve_puzzle(model, puzzle, device)
+            solve_puzzle(model, args.puzzle, device)
             return 0
         generator = Generator(args)
         if args.prompt is not None:

@@ -229,3 +229,23 @@ def test_malformed_puzzle_is_a_one_line_error(sudoku_run, puzzle, message):
     result = generate("--checkpoint", str(sudoku_run), "--puzzle", puzzle)
     assert result.returncode == 1
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_puzzle_mode_reads_a_maze_file(tmp_path):
+    import numpy as np
+
+    from conftest import compose
+    from dataset.build_maze_dataset import MazeBuildConfig, build, decode_maze
+    from pretrain import train
+
+    build(MazeBuildConfig(output_dir=str(tmp_path / "maze"), num_train=4, num_test=2, min_path_length=30, seed=0,
+                          augment=False, quiet=True))
+    train(compose("dataset=puzzle", f"data_paths=[{tmp_path / 'maze'}]", f"checkpoint_dir={tmp_path}", "run_name=run",
+                  "arch.hidden_size=16", "arch.halt_max_steps=2", "global_batch_size=2", "max_steps=1",
+                  "logger.mode=disabled"))
+    maze = decode_maze(np.load(tmp_path / "maze" / "test" / "all__inputs.npy")[0])
+    (tmp_path / "maze.txt").write_text("\n".join(maze[i:i + 30] for i in range(0, 900, 30)) + "\n")
+    result = generate("--checkpoint", str(next(tmp_path.glob("*/run"))), "--puzzle", str(tmp_path / "maze.txt"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("maze:\n" + "\n".join(maze[i:i + 30] for i in range(0, 900, 30)))
+    assert "ACT step 2: halting confidence " in result.stdout and "ACT step 3" not in result.stdout
