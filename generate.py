@@ -145,6 +145,11 @@ class Generator:
         return ([("system", self.system)] if self.system and not self.text_mode else []) + list(turns)
 
     def interactive(self, read=input) -> None:
+        if sys.stdin.isatty():
+            try:
+                import readline  # noqa: F401  (line editing and history for input())
+            except ImportError:
+                pass
         history: list[tuple[str, str]] = []
         print(f"chat with {self.run_dir} ({'text completion' if self.text_mode else 'chat'}); /help for commands")
         while True:
