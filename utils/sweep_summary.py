@@ -146,7 +146,8 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
-    header = list(rows[0])
+    """The table without the run directories (in the CSV): the swept columns name the runs."""
+    header = [k for k in rows[0] if k != "run"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(r[k]) for k in header) + " |" for r in rows]
     return "\n".join(lines) + "\n"
