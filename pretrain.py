@@ -4,6 +4,8 @@
     python pretrain.py arch=transformer lr=3e-4          # any config value can be overridden
     python pretrain.py +experiment=sudoku_extreme_mlp    # a paper recipe
     python pretrain.py resume=checkpoints/<project>/<run> # continue exactly where a run stopped
+    torchrun --nproc-per-node 8 pretrain.py ...          # one process per GPU (utils/distributed.py)
+    python pretrain.py -m arch.H_cycles=1,2,3 arch.L_cycles=2,4  # a sweep; python -m utils.sweep_summary <dir>
 
 The composed config is config/cfg_pretrain.yaml with the groups arch/, dataset/, optimizer/.
 """
@@ -19,6 +21,7 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
@@ -32,9 +35,12 @@ from models.ema import EMA
 from models.losses import ACTLossHead
 from models.trm import Carry
 from utils.checkpoint import find_checkpoint, load_checkpoint, load_model_weights, save_checkpoint
-from utils.device import resolve_dtype, select_device
+from utils.device import resolve_dtype
+from utils.distributed import (Dist, all_reduce_sum, barrier, broadcast_object, gather_rows, init_distributed,
+                               reduce_sums, shutdown, sum_gradients)
 from utils.logger import RunLogger
 from utils.optim import build_optimizers, lr_factor
+from utils.sweep_summary import network_passes_per_act_step, write_run_summary
 from utils.tokenizer import ChatTokenizer
 
 
@@ -59,7 +65,7 @@ PUZZLE_BUILDERS = {"sudoku": ("dataset.build_sudoku_dataset", "SudokuBuildConfig
 def build_puzzle_data(cfg: DictConfig, rank: int, world_size: int) -> tuple[PuzzleDataset, PuzzleDataset]:
     build = cfg.dataset.get("build")
     train_dir = os.path.join(cfg.data_paths[0], "train")
-    if build and not os.path.exists(os.path.join(train_dir, "dataset.json")):
+    if build and rank == 0 and not os.path.exists(os.path.join(train_dir, "dataset.json")):
         build = dict(OmegaConf.to_container(build, resolve=True))
         builder = build.pop("builder")
         if builder not in PUZZLE_BUILDERS:
@@ -67,6 +73,7 @@ def build_puzzle_data(cfg: DictConfig, rank: int, world_size: int) -> tuple[Puzz
         print(f"{cfg.data_paths[0]} not found: building it with the {builder} builder")
         module = importlib.import_module(PUZZLE_BUILDERS[builder][0])
         module.build(getattr(module, PUZZLE_BUILDERS[builder][1])(output_dir=cfg.data_paths[0], **build))
+    barrier()  # the other ranks wait for rank 0's build
     for path in list(cfg.data_paths) + list(cfg.data_paths_test):
         if not os.path.isdir(path):
             raise FileNotFoundError(f"dataset directory {path} not found (build it with dataset/build_*_dataset.py "
@@ -95,10 +102,20 @@ def build_data(cfg: DictConfig, rank: int, world_size: int):
 
 # ---------------------------------------------------------------- checkpoints
 
-def checkpoint_state(state: TrainState, train_data, cfg: DictConfig, model_config: dict[str, Any]) -> dict[str, Any]:
+def global_carry(carry: Carry | None) -> dict[str, torch.Tensor] | None:
+    """The ACT carry of the whole global batch (every rank's rows, in rank order) on rank 0: a checkpoint
+    holds the same carry whatever the number of processes that trained it. Called on every rank."""
+    if carry is None:
+        return None
+    return {k: gather_rows(v) for k, v in carry.state_dict().items()}
+
+
+def checkpoint_state(state: TrainState, train_data, cfg: DictConfig, model_config: dict[str, Any],
+                     carry: dict[str, torch.Tensor] | None, device: torch.device) -> dict[str, Any]:
+    # the RNG state is the same on every rank (the exploration draws cover the global batch), so rank 0's is kept
     rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
     if torch.backends.mps.is_available():
         rng["mps"] = torch.mps.get_rng_state()
     return {
@@ -106,7 +123,7 @@ def checkpoint_state(state: TrainState, train_data, cfg: DictConfig, model_confi
         "ema": state.ema.state_dict() if state.ema else None,
         "optimizers": [o.state_dict() for o in state.optimizers],
         "step": state.step,
-        "carry": state.carry.state_dict() if state.carry is not None else None,
+        "carry": carry,
         "data": train_data.state_dict(),
         "rng": rng,
         "config": OmegaConf.to_container(cfg, resolve=True),
@@ -114,7 +131,9 @@ def checkpoint_state(state: TrainState, train_data, cfg: DictConfig, model_confi
     }
 
 
-def restore(state: TrainState, train_data, ckpt: dict[str, Any], device: torch.device) -> None:
+def restore(state: TrainState, train_data, ckpt: dict[str, Any], device: torch.device, rows: slice,
+            global_batch_size: int) -> None:
+    """Load a checkpoint into this rank's state; `rows` are the rank's rows of the saved global-batch carry."""
     state.model.load_state_dict(ckpt["model"])
     for opt, opt_state in zip(state.optimizers, ckpt["optimizers"], strict=True):
         opt.load_state_dict(opt_state)
@@ -124,11 +143,19 @@ def restore(state: TrainState, train_data, ckpt: dict[str, Any], device: torch.d
         state.ema.load_state_dict(ckpt["ema"])
     state.step = int(ckpt["step"])
     if ckpt["carry"] is not None:
-        state.carry = Carry.from_state_dict({k: v.to(device) for k, v in ckpt["carry"].items()})
+        saved_rows = len(ckpt["carry"]["steps"])
+        if saved_rows != global_batch_size:
+            raise ValueError(f"resume: the checkpoint's ACT carry holds {saved_rows} rows but global_batch_size is "
+                             f"{global_batch_size}; resume with the run's global_batch_size")
+        state.carry = Carry.from_state_dict({k: v[rows].to(device) for k, v in ckpt["carry"].items()})
     train_data.load_state_dict(ckpt["data"])
     torch.set_rng_state(ckpt["rng"]["torch"])
-    if "cuda" in ckpt["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    if "cuda" in ckpt["rng"] and device.type == "cuda":
+        cuda_rng = ckpt["rng"]["cuda"]  # this device's state (a list of every device's in older checkpoints)
+        if isinstance(cuda_rng, list):
+            torch.cuda.set_rng_state_all(cuda_rng)
+        else:
+            torch.cuda.set_rng_state(cuda_rng, device)
     if "mps" in ckpt["rng"] and torch.backends.mps.is_available():
         torch.mps.set_rng_state(ckpt["rng"]["mps"])
 
@@ -152,8 +179,12 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     return saved
 
 
+def project_name(cfg: DictConfig) -> str:
+    return cfg.project_name or f"{os.path.basename(os.path.normpath(cfg.data_paths[0])).capitalize()}-ACT-torch"
+
+
 def new_run_dir(cfg: DictConfig) -> str:
-    project = cfg.project_name or f"{os.path.basename(os.path.normpath(cfg.data_paths[0])).capitalize()}-ACT-torch"
+    project = project_name(cfg)
     name = cfg.run_name or f"{cfg.arch.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = os.path.join(cfg.checkpoint_dir, project, name)
     suffix = 1
@@ -170,6 +201,7 @@ def train_step(state: TrainState, forward, batch: dict[str, torch.Tensor], cfg: 
         state.carry = state.model.initial_carry(batch)
     state.carry, loss, metrics, _ = forward(state.carry, batch)
     (loss / cfg.global_batch_size).backward()
+    sum_gradients(list(state.model.parameters()))  # torchrun: the ranks' parts add up to the global batch's gradient
     state.step += 1
     factor = lr_factor(state.step, cfg.lr_warmup_steps, total_steps, cfg.lr_min_ratio)
     for opt, base_lr in zip(state.optimizers, state.base_lrs):
@@ -191,34 +223,48 @@ def summarize_train_metrics(sums: dict[str, torch.Tensor], num_steps: int, globa
 
 
 def evaluate(state: TrainState, forward, test_data, device: torch.device, cfg: DictConfig,
-             tokenizer=None, run_dir: str | None = None) -> tuple[dict[str, float], list[dict]]:
-    """Metrics on the test split, plus (chat) greedy replies to the configured prompts; with the EMA weights.
-    ARC (dataset.evaluator=arc) adds pass@k and writes <run_dir>/submission_step_<N>.json."""
+             tokenizer=None, run_dir: str | None = None, d: Dist = Dist()) -> tuple[dict[str, float], list[dict]]:
+    """Metrics on the test split (summed over ranks), plus (chat, rank 0) greedy replies to the configured
+    prompts; with the EMA weights. ARC (dataset.evaluator=arc) adds pass@k and writes
+    <run_dir>/submission_step_<N>.json."""
+    reduce = all_reduce_sum if d.enabled else None
     def run():
         if cfg.dataset.get("evaluator") == "arc":
             submission = os.path.join(run_dir, f"submission_step_{state.step}.json") if run_dir else None
-            return evaluate_arc(forward, test_data, device, (cfg.data_paths_test or cfg.data_paths)[0], submission), []
+            return evaluate_arc(forward, test_data, device, (cfg.data_paths_test or cfg.data_paths)[0], submission,
+                                reduce=reduce), []
         if cfg.dataset.name == "puzzle":
-            return evaluate_puzzles(forward, test_data, device), []
-        replies = sample_replies(state.model, tokenizer, list(cfg.dataset.eval_prompts), cfg.dataset.max_new_tokens)
-        return evaluate_chat(forward, test_data, device), replies
+            return evaluate_puzzles(forward, test_data, device, reduce), []
+        replies = sample_replies(state.model, tokenizer, list(cfg.dataset.eval_prompts),
+                                 cfg.dataset.max_new_tokens) if d.is_main else []
+        return evaluate_chat(forward, test_data, device, reduce), replies
     if state.ema is None:
         return run()
     with state.ema.applied(state.model):
         return run()
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Run one training job; returns the last evaluation's metrics (prefixed test/)."""
-    rank, world_size = 0, 1
-    device = select_device(cfg.device)
-    torch.manual_seed(cfg.seed)  # weights and the ACT exploration draws
+def train(cfg: DictConfig, run_dir: str | None = None) -> dict[str, float]:
+    """Run one training job (one of torchrun's processes: every rank calls this) into `run_dir` (default: a new
+    directory under checkpoint_dir); returns the last evaluation's metrics (prefixed test/)."""
+    d, device = init_distributed(cfg.device)
+    try:
+        return run_training(cfg, d, device, run_dir)
+    finally:
+        shutdown(d)
+
+
+def run_training(cfg: DictConfig, d: Dist, device: torch.device, run_dir: str | None) -> dict[str, float]:
+    started = time.time()
+    rank, world_size = d.rank, d.world_size
+    torch.manual_seed(cfg.seed)  # weights and the ACT exploration draws: the same on every rank
 
     train_data, test_data = build_data(cfg, rank, world_size)
     arch = OmegaConf.to_container(cfg.arch, resolve=True)
     arch["forward_dtype"] = resolve_dtype(arch["forward_dtype"], device)
     model_config = {**arch, **train_data.model_fields()}
     model = build_model(model_config, batch_size=train_data.local_batch_size).to(device)
+    model.model.batch_rows = (rank * train_data.local_batch_size, cfg.global_batch_size)
     if cfg.load_checkpoint:
         load_model_weights(model, cfg.load_checkpoint)
     optimizers, base_lrs = build_optimizers(
@@ -236,36 +282,46 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     if cfg.resume:
         ckpt_path = find_checkpoint(cfg.resume)
-        restore(state, train_data, load_checkpoint(ckpt_path), device)
+        local = train_data.local_batch_size
+        restore(state, train_data, load_checkpoint(ckpt_path), device, slice(rank * local, (rank + 1) * local),
+                cfg.global_batch_size)
         run_dir = os.path.dirname(ckpt_path) or "."
-        print(f"resumed {ckpt_path} at step {state.step}")
+        if d.is_main:
+            print(f"resumed {ckpt_path} at step {state.step}")
     else:
-        run_dir = new_run_dir(cfg)
-    os.makedirs(run_dir, exist_ok=True)
-    OmegaConf.save(cfg, os.path.join(run_dir, "config.yaml"), resolve=True)
+        run_dir = broadcast_object(run_dir or (new_run_dir(cfg) if d.is_main else None))  # rank 0 names it
+    if d.is_main:
+        os.makedirs(run_dir, exist_ok=True)
+        OmegaConf.save(cfg, os.path.join(run_dir, "config.yaml"), resolve=True)
     tokenizer = None
     if cfg.dataset.name == "chat":  # the run keeps its tokenizer, so generation needs nothing else
         tokenizer = train_data.tokenizer()
         saved = os.path.join(run_dir, "tokenizer")
         if cfg.resume and os.path.isdir(saved) and ChatTokenizer.load(saved).fingerprint() != tokenizer.fingerprint():
             raise ValueError(f"{cfg.data_paths[0]}: its tokenizer differs from the one of the run being resumed ({saved})")
-        tokenizer.save(saved)
+        if d.is_main:
+            tokenizer.save(saved)
 
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"{cfg.arch.name}: {n_params / 1e6:.2f}M parameters on {device} ({arch['forward_dtype']}); "
-          f"{total_steps} steps ({steps_per_epoch:.2f}/epoch), batch {cfg.global_batch_size}; run dir {run_dir}")
-    logger = RunLogger(run_dir, os.path.basename(os.path.dirname(run_dir)), os.path.basename(run_dir),
+    if d.is_main:
+        print(f"{cfg.arch.name}: {n_params / 1e6:.2f}M parameters on {device} ({arch['forward_dtype']}"
+              f"{f', {world_size} processes' if d.enabled else ''}); {total_steps} steps ({steps_per_epoch:.2f}/epoch), "
+              f"batch {cfg.global_batch_size}; run dir {run_dir}")
+    logger = RunLogger(run_dir, project_name(cfg), os.path.basename(run_dir),
                        OmegaConf.to_container(cfg, resolve=True), cfg.logger.mode, cfg.logger.entity,
-                       cfg.logger.tags, enabled=rank == 0)
+                       cfg.logger.tags, enabled=d.is_main)
 
     use_compile = cfg.compile if cfg.compile != "auto" else device.type == "cuda"
     forward = torch.compile(model) if use_compile and not os.environ.get("DISABLE_COMPILE") else model
 
-    def save() -> None:
-        if rank == 0:
-            save_checkpoint(os.path.join(run_dir, f"step_{state.step}.pt"), checkpoint_state(state, train_data, cfg, model_config))
+    def save() -> None:  # every rank takes part (the carry is gathered); rank 0 writes
+        carry = global_carry(state.carry)
+        if d.is_main:
+            save_checkpoint(os.path.join(run_dir, f"step_{state.step}.pt"),
+                            checkpoint_state(state, train_data, cfg, model_config, carry, device))
 
     results: dict[str, float] = {}
+    logged: dict[str, float] = {}
     sums: dict[str, torch.Tensor] = {}
     logged_at = state.step
     batches = iter(train_data)
@@ -278,7 +334,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             sums = {k: sums.get(k, 0) + v.detach().float() for k, v in metrics.items()}  # no device sync
             bar.update(1)
             if state.step % cfg.log_interval == 0 or state.step == stop:
-                logged = summarize_train_metrics(sums, state.step - logged_at, cfg.global_batch_size)
+                logged = summarize_train_metrics(reduce_sums(sums), state.step - logged_at, cfg.global_batch_size)
                 logged["train/lr"] = cfg.lr * lr_factor(state.step, cfg.lr_warmup_steps, total_steps, cfg.lr_min_ratio)
                 sums, logged_at = {}, state.step
                 logger.log(logged, state.step)
@@ -287,16 +343,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
             at_end = state.step == stop
             evaluating = state.step in eval_steps or (at_end and cfg.eval_at_end)
             if evaluating:
-                metrics, replies = evaluate(state, forward, test_data, device, cfg, tokenizer, run_dir)
+                metrics, replies = evaluate(state, forward, test_data, device, cfg, tokenizer, run_dir, d)
                 results = {f"test/{k}": v for k, v in metrics.items()}
                 logger.log(results, state.step)
                 if replies:
                     logger.log_table("samples", replies, state.step)
-                bar.write(f"step {state.step}: " + ", ".join(
-                    f"{k.removeprefix('test/')} {v:.4f}" for k, v in results.items() if "@step" not in k))
+                if d.is_main:
+                    bar.write(f"step {state.step}: " + ", ".join(
+                        f"{k.removeprefix('test/')} {v:.4f}" for k, v in results.items() if "@step" not in k))
             if at_end or (evaluating and cfg.checkpoint_every_eval):
                 save()
     logger.finish()
+    if not d.is_main:
+        return results
+    write_run_summary(run_dir, cfg, results, logged, parameters=n_params, steps=state.step, world_size=world_size,
+                      wall_s=time.time() - started,
+                      passes_per_act_step=network_passes_per_act_step(model, next(iter(test_data))[1], device))
     if "test/exact_accuracy" in results:
         print(f"test exact accuracy: {results['test/exact_accuracy']:.4f} "
               f"(token accuracy {results['test/accuracy']:.4f}) after {state.step} steps; run dir {run_dir}")
@@ -309,9 +371,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(config_path="config", config_name="cfg_pretrain", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
+        hydra_cfg = HydraConfig.get()
         if cfg.resume:
-            cfg = resume_config(cfg, list(HydraConfig.get().overrides.task))
-        train(cfg)
+            cfg = resume_config(cfg, list(hydra_cfg.overrides.task))
+        # a sweep (-m) runs each job in its own directory under hydra.sweep.dir, named for its overrides
+        train(cfg, hydra_cfg.runtime.output_dir if hydra_cfg.mode == RunMode.MULTIRUN and not cfg.resume else None)
     except (FileNotFoundError, ValueError) as e:  # bad input: one clear line, non-zero exit
         sys.exit(f"error: {e}")
 

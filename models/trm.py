@@ -214,6 +214,8 @@ class ACTModel(nn.Module):
         super().__init__()
         self.inner = inner
         self.config = inner.config
+        # (first row, global batch size) of this process's rows under torchrun (set by the trainer)
+        self.batch_rows: tuple[int, int] | None = None
 
     def initial_carry(self, batch: Batch) -> Carry:
         (B, S), device = batch["inputs"].shape, batch["inputs"].device
@@ -238,9 +240,14 @@ class ACTModel(nn.Module):
             # In eval every sample runs halt_max_steps, so a batch halts together.
             if self.training and c.halt_max_steps > 1:
                 halted = halted | ((q_halt > 0) if c.no_ACT_continue else (q_halt > q_continue))
-                # exploration: some samples must run at least a random number of steps in [2, halt_max_steps]
-                explore = torch.rand_like(q_halt) < c.halt_exploration_prob
-                min_steps = explore * torch.randint_like(steps, low=2, high=c.halt_max_steps + 1)
+                # exploration: some samples must run at least a random number of steps in [2, halt_max_steps].
+                # Drawn for the whole global batch, of which this rank keeps its rows: every rank draws the same
+                # numbers (and keeps the same RNG state) as one process with the whole batch would.
+                start, total = self.batch_rows or (0, len(q_halt))
+                rows = slice(start, start + len(q_halt))
+                explore = torch.rand(total, device=q_halt.device)[rows] < c.halt_exploration_prob
+                min_steps = explore * torch.randint(2, c.halt_max_steps + 1, (total,), dtype=steps.dtype,
+                                                    device=steps.device)[rows]
                 halted = halted & (steps >= min_steps)
                 if not c.no_ACT_continue:
                     # Q-learning target from one more step (no replay buffer / target net: the batch is large)

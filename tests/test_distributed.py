@@ -1,0 +1,155 @@
+"""torchrun on the CPU (Gloo, 2 processes): the same training as one process with the same global batch, one
+checkpoint, exact resume; and the collectives of utils/distributed.py and the sparse embedding's sign-SGD."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from conftest import ROOT
+from dataset.common import load_metadata, save_split
+from utils.checkpoint import load_checkpoint
+
+PROJECT = "Sudoku-ids-ACT-torch"
+# 8 steps (2 epochs of 4) with an evaluation and a checkpoint after each epoch; exploration on (its draws must
+# not depend on the number of ranks), EMA on
+COMMON = ["epochs=2", "eval_interval=1", "ema=true", "arch.halt_exploration_prob=0.5", "compile=false", "device=cpu"]
+
+
+def with_puzzle_ids(src: str, dst: Path) -> str:
+    """The tiny Sudoku with 5 puzzle identifiers shared by many rows (the generated one has only the blank id),
+    so that the sign-SGD update of the puzzle embedding sums gradients of equal ids across ranks."""
+    for split in ("train", "test"):
+        meta = load_metadata(os.path.join(src, split))
+        arrays = {f: np.load(os.path.join(src, split, f"all__{f}.npy"))
+                  for f in ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")}
+        arrays["puzzle_identifiers"] = (np.arange(len(arrays["puzzle_identifiers"])) % 5 + 1).astype(np.int32)
+        meta.num_puzzle_identifiers = 6
+        save_split(dst, split, meta, {"all": arrays})
+    return str(dst)
+
+
+def torchrun(*overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(ROOT / "pretrain.py"), *overrides], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def runs(sudoku_dir, tmp_path_factory):
+    """One process for 8 steps; torchrun with 2 processes for 4 steps, then resumed under torchrun to 8."""
+    from pretrain import train  # imported here: the spawned processes of the last test import this module
+    from test_train import TINY, tiny_cfg
+
+    tmp = tmp_path_factory.mktemp("ddp")
+    data = with_puzzle_ids(sudoku_dir, tmp / "sudoku-ids")
+    train(tiny_cfg(data, tmp, *COMMON, "run_name=one"))
+    args = [f"data_paths=[{data}]", f"checkpoint_dir={tmp}", *TINY, *COMMON]
+    torchrun(*args, "max_steps=4", "run_name=two")
+    two = tmp / PROJECT / "two"
+    files_after_4 = sorted(os.listdir(two))
+    first_checkpoint = tmp / "two_step_4.pt"
+    shutil.copy(two / "step_4.pt", first_checkpoint)
+    torchrun(*args[:2], "logger.mode=disabled", f"resume={two}", "max_steps=null")
+    return tmp / PROJECT, files_after_4, first_checkpoint
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert a["step"] == b["step"] and a["data"] == b["data"]
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])  # same exploration draws as one process
+    for key in ("model", "ema", "carry"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            x, y = a[key][name], b[key][name]
+            if x.is_floating_point():  # latents pass through many more float32 operations than the weights
+                tol = 5e-4 if key == "carry" else 1e-5
+                torch.testing.assert_close(x, y, rtol=tol, atol=tol, msg=lambda m: f"{key}.{name}: {m}")
+            else:
+                assert torch.equal(x, y), f"{key}.{name} differs"
+
+
+def test_two_processes_train_like_one_and_write_one_checkpoint(runs):
+    root, files_after_4, first_checkpoint = runs
+    # rank 0 alone writes: one checkpoint, one config, one metrics log, one summary (no temporary files)
+    assert files_after_4 == ["config.yaml", "metrics.jsonl", "step_4.pt", "summary.json"]
+    one, two = load_checkpoint(str(root / "one" / "step_4.pt")), load_checkpoint(str(first_checkpoint))
+    assert_same_state(two, one)
+    # the puzzle embedding rows were trained, identically
+    table = two["model"]["model.inner.puzzle_emb.weights"]
+    assert (table[1:].abs() > 0).all()
+    torch.testing.assert_close(table, one["model"]["model.inner.puzzle_emb.weights"], rtol=0, atol=1e-6)
+
+
+def test_resume_under_torchrun_continues_like_one_process(runs):
+    root, _, _ = runs
+    assert_same_state(load_checkpoint(str(root / "two" / "step_8.pt")), load_checkpoint(str(root / "one" / "step_8.pt")))
+
+
+def test_metrics_are_reduced_over_ranks(runs):
+    root, _, _ = runs
+    def lines(run: str) -> list[dict]:
+        return [json.loads(line) for line in (root / run / "metrics.jsonl").read_text().splitlines()]
+
+    one, two = lines("one"), lines("two")
+    assert [m["step"] for m in one] == [m["step"] for m in two]
+    for a, b in zip(one, two):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), k
+    final = two[-1]
+    assert final["test/count"] == 16  # every test example counted once over both ranks
+
+
+# ---------------------------------------------------------------- collectives, with 2 Gloo processes
+
+def _collectives(rank: int, init_file: str) -> None:
+    from models.sparse_embedding import SignSGD, SparseEmbedding
+    from utils.distributed import broadcast_object, gather_rows, reduce_sums, sum_gradients
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        mine = slice(2 * rank, 2 * rank + 2)
+        # gathering the carry: rows in rank order, booleans too, on rank 0 only
+        halted = torch.tensor([True, False, False, True])
+        got = gather_rows(halted[mine])
+        assert (got is None) if rank else torch.equal(got, halted)
+        # summed gradients and metric sums
+        p = torch.nn.Parameter(torch.zeros(3))
+        p.grad = torch.full((3,), float(rank + 1))
+        sum_gradients([p])
+        assert torch.equal(p.grad, torch.full((3,), 3.0))
+        assert reduce_sums({"count": torch.tensor(rank + 1.0)})["count"].item() == 3.0
+        assert broadcast_object(f"rank {rank}") == "rank 0"
+
+        # sign-SGD: ranks holding parts of the global batch end with the table of one process holding all of it
+        ids = torch.tensor([1, 2, 1, 3])  # id 1 on both ranks: gradients summed across ranks before the sign
+        grads = torch.tensor([[1.0, -3.0], [0.5, 0.5], [-2.0, 1.0], [0.0, -1.0]])
+
+        def trained(world_size: int, rows: slice) -> torch.Tensor:
+            emb = SparseEmbedding(5, 2, batch_size=rows.stop - rows.start, init_std=0.0, cast_to=torch.float32)
+            emb.weights.fill_(1.0)
+            opt = SignSGD(emb, lr=0.1, weight_decay=0.5, world_size=world_size)
+            emb(ids[rows]).backward(grads[rows])
+            opt.step()
+            return emb.weights
+
+        expected = torch.ones(5, 2)
+        expected[[1, 2, 3]] = expected[[1, 2, 3]] * (1 - 0.05) - 0.1 * torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, -1.0]])
+        torch.testing.assert_close(trained(1, slice(0, 4)), expected)
+        torch.testing.assert_close(trained(2, mine), expected)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_collectives_and_sign_sgd_across_two_processes(tmp_path):
+    mp.spawn(_collectives, args=(str(tmp_path / "init"),), nprocs=2)
