@@ -1,5 +1,7 @@
 """Generation: the KV cache is exact for the transformer and the recursive TRM, sampling is seeded, stop tokens
 and the context window are honoured, and generate.py's modes and error messages work as a user runs them."""
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -133,8 +135,28 @@ def chat_run(tmp_path_factory) -> Path:
 
 
 def generate(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "generate.py", *args], cwd=ROOT, input=stdin, capture_output=True,
-                          text=True, timeout=300)
+    """`python generate.py ARGS` in this process (much faster than a subprocess), output captured."""
+    import generate as cli
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_stdin, sys.stdin = sys.stdin, io.StringIO(stdin or "")
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main(list(args))
+    finally:
+        sys.stdin = saved_stdin
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def test_the_script_runs_as_a_program_with_an_interactive_session_on_stdin(chat_run):
+    result = subprocess.run([sys.executable, "generate.py", "--checkpoint", str(chat_run), "--interactive",
+                             "--max-new-tokens", "4"], cwd=ROOT, input="Hi\n/quit\n", capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("model> ") == 1
+    missing = subprocess.run([sys.executable, "generate.py", "--checkpoint", str(chat_run / "nope"), "--prompt", "x"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 1 and missing.stderr.startswith("error: ")
 
 
 def test_prompt_mode_is_seeded_and_matches_file_mode(chat_run, tmp_path):
