@@ -215,6 +215,27 @@ class ChatTokenizer:
         return out
 
 
+def make_tokenizer(spec: str, train_texts: Iterable[str], vocab_size: int = 4096) -> ChatTokenizer:
+    """The tokenizer a dataset builder asks for: `byte`, `bpe` (trained on `train_texts`), a directory saved by
+    ChatTokenizer.save (e.g. by `python -m utils.tokenizer train`), or a Hugging Face name or path."""
+    if spec == "byte":
+        return ChatTokenizer.byte_level()
+    if spec == "bpe":
+        return ChatTokenizer.train_bpe(train_texts, vocab_size)
+    if os.path.isfile(os.path.join(spec, CONFIG_FILE)):
+        return ChatTokenizer.load(spec)
+    return ChatTokenizer.from_pretrained(spec)
+
+
+def check_extends(new: ChatTokenizer, old: ChatTokenizer, what: str) -> None:
+    """Weights trained with `old` mean the same in a model using `new` only if every id of `old` is the same
+    token in `new` (new may add tokens at the end)."""
+    n = old.vocab_size
+    if new.vocab_size < n or new.tok.convert_ids_to_tokens(list(range(n))) != old.tok.convert_ids_to_tokens(list(range(n))):
+        raise ValueError(f"{what}: the tokenizer ({new!r}) does not extend the one the weights were trained with "
+                         f"({old!r}); build the dataset with --tokenizer <that run>/tokenizer")
+
+
 def looks_local(name: str) -> bool:
     """True for names that can only mean a local path, so a typo fails at once instead of after hub retries:
     not a valid hub repo id ('name' or 'org/name'), or a path whose parent directory exists here."""
