@@ -37,12 +37,6 @@ def evaluate_chat(model: ACTLossHead, batches: Iterable, device: torch.device, r
             "tokens": tokens}
 
 
-def sample_replies(model: ACTLossHead, tokenizer, prompts: list[str], context: int, max_new_tokens: int) -> list[dict]:
-    """Greedy replies to single-turn prompts, for a look at what the model says."""
-    return [{"prompt": p, "reply": generate_reply(model, tokenizer, [("user", p)], max_new_tokens, context)}
-            for p in prompts]
-
-
 def heldout_accuracy(model: ACTLossHead, tokenizer, path: str, context: int, max_new_tokens: int = 24) -> tuple[float, list[dict]]:
     """Exact-answer accuracy on a JSONL of {"prompt", "answer"}: the last number of the greedy reply must be
     the answer (e.g. held-out arithmetic from examples/make_synthetic_chat.py)."""

@@ -45,13 +45,11 @@ def sample_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0,
 
 
 @torch.no_grad()
-def generate_reply(model: ACTLossHead, tokenizer, turns: list[tuple[str, str]], max_new_tokens: int = 64,
-                   context: int | None = None, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                   seed: int = 0) -> str:
-    """The assistant's reply to `turns`, token by token (no cache: the whole context is recomputed)."""
+def generate_ids(model: ACTLossHead, ids: list[int], max_new_tokens: int, stop: set[int], context: int | None = None,
+                 temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> list[int]:
+    """New tokens after `ids`, one at a time until a token of `stop` (not returned) or max_new_tokens
+    (no cache: the whole context, at most `context` tokens, is recomputed for every token)."""
     device = next(model.parameters()).device
-    ids, _ = tokenizer.encode_chat(turns, add_generation_prompt=True)
-    stop = {tokenizer.special_id("assistant_end"), tokenizer.eot_id}
     generator = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
     model.eval()
@@ -65,4 +63,22 @@ def generate_reply(model: ACTLossHead, tokenizer, turns: list[tuple[str, str]], 
             break
         new.append(token)
     model.train(was_training)
+    return new
+
+
+def generate_reply(model: ACTLossHead, tokenizer, turns: list[tuple[str, str]], max_new_tokens: int = 64,
+                   context: int | None = None, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                   seed: int = 0) -> str:
+    """The assistant's reply to `turns`."""
+    ids, _ = tokenizer.encode_chat(turns, add_generation_prompt=True)
+    stop = {tokenizer.special_id("assistant_end"), tokenizer.eot_id}
+    return tokenizer.decode(generate_ids(model, ids, max_new_tokens, stop, context, temperature, top_k, top_p, seed))
+
+
+def generate_text(model: ACTLossHead, tokenizer, prompt: str, max_new_tokens: int = 64, context: int | None = None,
+                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> str:
+    """The continuation of plain text `prompt` up to end-of-text. The prompt starts a document: it follows an
+    end-of-text token, as every document but the first does in training."""
+    new = generate_ids(model, [tokenizer.eot_id, *tokenizer.encode(prompt)], max_new_tokens, {tokenizer.eot_id}, context, temperature,
+                       top_k, top_p, seed)
     return tokenizer.decode(new)

@@ -1,0 +1,74 @@
+"""Evaluation of language models (dataset=text, chat or mixture): loss, perplexity and next-token accuracy
+per validation set, greedy outputs for the configured prompts, and probe accuracies (evaluators/probes.py).
+
+Prompts and probes are answered in one of two modes: `chat` (the prompt is a user turn, the output the
+assistant's reply) or `text` (the output continues the prompt as plain text).
+"""
+from __future__ import annotations
+
+import glob
+import math
+import os
+from typing import Any
+
+import torch
+
+from evaluators.chat import evaluate_chat
+from evaluators.probes import Generate, load_probes, probe_name, score_probes
+from models.losses import ACTLossHead
+from utils.sampling import generate_reply, generate_text
+
+MODES = ("chat", "text")
+
+
+def generator(model: ACTLossHead, tokenizer, mode: str, context: int) -> Generate:
+    """(prompts, max new tokens) -> greedy outputs, in `mode`."""
+    if mode == "chat":
+        return lambda prompts, n: [generate_reply(model, tokenizer, [("user", p)], n, context) for p in prompts]
+    if mode == "text":
+        return lambda prompts, n: [generate_text(model, tokenizer, p, n, context) for p in prompts]
+    raise ValueError(f"unknown prompt mode {mode!r}; choose one of {MODES}")
+
+
+def combine(per_set: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Token-weighted loss and accuracy over several validation sets."""
+    tokens = sum(m["tokens"] for m in per_set.values())
+    loss = sum(m["loss"] * m["tokens"] for m in per_set.values()) / max(tokens, 1)
+    accuracy = sum(m["accuracy"] * m["tokens"] for m in per_set.values()) / max(tokens, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": accuracy, "tokens": tokens}
+
+
+class LanguageEvaluator:
+    def __init__(self, dataset_cfg, tokenizer, context: int):
+        self.tokenizer, self.context = tokenizer, context
+        self.mode = dataset_cfg.get("prompt_mode") or ("text" if dataset_cfg.name == "text" else "chat")
+        self.prompts = list(dataset_cfg.get("eval_prompts") or [])
+        self.max_new_tokens = int(dataset_cfg.get("max_new_tokens", 48))
+        self.probes: dict[str, dict[str, Any]] = {}  # name -> {"mode", "rows"}; loaded now, so errors come early
+        for entry in dataset_cfg.get("probes") or []:  # a file, a directory of .jsonl files, or {path, mode}
+            path, mode = (entry, self.mode) if isinstance(entry, str) else (entry["path"], entry.get("mode", self.mode))
+            if mode not in MODES:
+                raise ValueError(f"dataset.probes: {path}: unknown mode {mode!r}; choose one of {MODES}")
+            files = sorted(glob.glob(os.path.join(path, "*.jsonl"))) if os.path.isdir(path) else [path]
+            for file in files:
+                self.probes[probe_name(file)] = {"mode": mode, "rows": load_probes(file)}
+
+    def __call__(self, model: ACTLossHead, test_data, device: torch.device) -> tuple[dict[str, float], dict[str, list]]:
+        """(metrics, tables): metrics per validation set (prefixed with its name for a mixture), the overall
+        ones, probe accuracies as probe/<file name>; tables of samples and probe outputs."""
+        sets = test_data if isinstance(test_data, dict) else {"": test_data}
+        per_set = {name: evaluate_chat(model, data, device) for name, data in sets.items()}
+        metrics = combine(per_set) if len(sets) > 1 else dict(per_set[""])
+        for name, m in per_set.items():
+            metrics.update({f"{name}/{k}": v for k, v in m.items() if name})
+        tables: dict[str, list] = {}
+        if self.prompts:
+            outputs = generator(model, self.tokenizer, self.mode, self.context)(self.prompts, self.max_new_tokens)
+            tables["samples"] = [{"prompt": p, "reply": o} for p, o in zip(self.prompts, outputs)]
+        for mode in MODES:
+            probes = {name: p["rows"] for name, p in self.probes.items() if p["mode"] == mode}
+            if probes:
+                accuracy, rows = score_probes(probes, generator(model, self.tokenizer, mode, self.context))
+                metrics.update({f"probe/{name}": a for name, a in accuracy.items()})
+                tables.setdefault("probes", []).extend(rows)
+        return metrics, tables
