@@ -7,15 +7,17 @@ stage changed, and applies the new stage itself. The whole state is a small dict
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Any
 
 
 @dataclass
 class PlateauRule:
-    """A plateau: over the last `window` checks the mean validation loss improved on the `window` checks
-    before them by less than `threshold` (a fraction of the earlier mean), on `patience` consecutive
-    checks, and the stage has run at least `min_steps` steps. Checks before min_steps do not count."""
+    """A plateau: the median validation loss of the last `window` checks improved on the median of the
+    `window` checks before them by less than `threshold` (a fraction of the earlier median), on `patience`
+    consecutive checks, and the stage has run at least `min_steps` steps (earlier checks do not count).
+    Medians of 3 or more checks make one outlying check, high or low, harmless."""
     window: int = 3
     threshold: float = 0.01
     patience: int = 2
@@ -36,7 +38,7 @@ class PlateauDetector:
         w = self.rule.window
         if steps_in_stage < self.rule.min_steps or len(self.losses) < 2 * w:
             return False
-        before, recent = sum(self.losses[-2 * w:-w]) / w, sum(self.losses[-w:]) / w
+        before, recent = statistics.median(self.losses[-2 * w:-w]), statistics.median(self.losses[-w:])
         return before - recent < self.rule.threshold * abs(before)
 
     def update(self, steps_in_stage: int, loss: float) -> bool:

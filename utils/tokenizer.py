@@ -254,9 +254,12 @@ def iter_texts(files: list[str], block_chars: int = 1 << 16) -> Iterator[str]:
     for path in files:
         with open(path, encoding="utf-8") as f:
             if path.endswith(".jsonl"):
-                for line in f:
+                for n, line in enumerate(f, start=1):
                     if line.strip():
-                        yield json.loads(line)["text"]
+                        record = json.loads(line)
+                        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                            raise ValueError(f"{path} line {n}: no string 'text' field")
+                        yield record["text"]
                 continue
             block: list[str] = []
             size = 0
@@ -281,7 +284,10 @@ def main(argv: list[str] | None = None) -> None:
     for path in args.files:
         if not os.path.isfile(path):
             parser.error(f"{path}: no such file")
-    tok = ChatTokenizer.train_bpe(iter_texts(args.files), args.vocab_size)
+    try:
+        tok = ChatTokenizer.train_bpe(iter_texts(args.files), args.vocab_size)
+    except (ValueError, json.JSONDecodeError) as e:
+        raise SystemExit(f"error: {e}") from None
     tok.save(args.output)
     print(f"vocab size {tok.vocab_size}, fingerprint {tok.fingerprint()}, saved to {args.output}")
 
