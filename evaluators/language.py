@@ -16,18 +16,25 @@ import torch
 from evaluators.chat import evaluate_chat
 from evaluators.probes import Generate, load_probes, probe_name, score_probes
 from models.losses import ACTLossHead
-from utils.sampling import generate_reply, generate_text
+from utils.sampling import generate_ids, prompt_ids
 
 MODES = ("chat", "text")
 
 
-def generator(model: ACTLossHead, tokenizer, mode: str, context: int) -> Generate:
-    """(prompts, max new tokens) -> greedy outputs, in `mode`."""
-    if mode == "chat":
-        return lambda prompts, n: [generate_reply(model, tokenizer, [("user", p)], n, context) for p in prompts]
-    if mode == "text":
-        return lambda prompts, n: [generate_text(model, tokenizer, p, n, context) for p in prompts]
-    raise ValueError(f"unknown prompt mode {mode!r}; choose one of {MODES}")
+def generator(model: ACTLossHead, tokenizer, mode: str, context: int, batch_size: int = 64) -> Generate:
+    """(prompts, max new tokens) -> greedy outputs in `mode` (see utils.sampling.prompt_ids), batch_size at once."""
+    if mode not in MODES:
+        raise ValueError(f"unknown prompt mode {mode!r}; choose one of {MODES}")
+
+    def generate(prompts: list[str], max_new_tokens: int) -> list[str]:
+        outputs = []
+        for start in range(0, len(prompts), batch_size):
+            encoded = [prompt_ids(tokenizer, p, mode) for p in prompts[start:start + batch_size]]
+            new = generate_ids(model, [ids for ids, _ in encoded], max_new_tokens, encoded[0][1], tokenizer.pad_id,
+                               context)
+            outputs += [tokenizer.decode(ids) for ids in new]
+        return outputs
+    return generate
 
 
 def combine(per_set: dict[str, dict[str, float]]) -> dict[str, float]:

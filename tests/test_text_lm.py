@@ -196,3 +196,17 @@ def test_plot_writes_a_png_with_stage_boundaries(tmp_path):
     assert (tmp_path / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(SystemExit, match="metrics.jsonl not found"):
         plot_metrics.main([str(tmp_path / "nowhere")])
+
+
+def test_prompts_generated_together_match_each_alone():
+    from models import build_model
+    from utils.sampling import generate_ids
+
+    torch.manual_seed(0)
+    model = build_model(dict(name="trm", causal=True, puzzle_emb_ndim=0, hidden_size=16, num_heads=2, L_layers=1,
+                             H_cycles=2, L_cycles=1, halt_max_steps=1, seq_len=16, vocab_size=12, forward_dtype="float32",
+                             loss={"loss_type": "softmax_cross_entropy"}))
+    prompts = [[1, 2, 3, 4, 5, 6], [7], [3, 3, 9, 1]]
+    alone = [generate_ids(model, [p], 12, stop={11}, pad_id=0, context=8)[0] for p in prompts]
+    assert generate_ids(model, prompts, 12, stop={11}, pad_id=0, context=8) == alone
+    assert any(len(a) > 3 for a in alone)  # the comparison covers windows cut at the context length
