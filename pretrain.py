@@ -322,7 +322,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             at_end = state.step == stop
             evaluating = state.step in eval_steps or (at_end and cfg.eval_at_end)
             if evaluating:
+                started = time.perf_counter()
                 metrics, tables = evaluate(state, forward, test_data, device, cfg, language)
+                logged_time += time.perf_counter() - started  # throughput counts training time only
                 results = {f"test/{k}": v for k, v in metrics.items()}
                 logger.log(results, state.step)
                 for name, rows in tables.items():

@@ -58,6 +58,9 @@ class LanguageEvaluator:
                 raise ValueError(f"dataset.probes: {path}: unknown mode {mode!r}; choose one of {MODES}")
             files = sorted(glob.glob(os.path.join(path, "*.jsonl"))) if os.path.isdir(path) else [path]
             for file in files:
+                if probe_name(file) in self.probes:
+                    raise ValueError(f"dataset.probes: two probe files are named {probe_name(file)} ({file}); "
+                                     "the file name names the metric, rename one")
                 self.probes[probe_name(file)] = {"mode": mode, "rows": load_probes(file)}
 
     def __call__(self, model: ACTLossHead, test_data, device: torch.device) -> tuple[dict[str, float], dict[str, list]]:

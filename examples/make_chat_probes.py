@@ -3,9 +3,9 @@ with the full reply the synthetic assistant gives, for exact-match scoring (eval
 
     python examples/make_chat_probes.py --output-dir data/synthetic-chat-raw/probes --seed 0
 
-  facts.jsonl               capitals, colours, animal sounds, days, opposites: the questions of the training
+  chat_facts.jsonl          capitals, colours, animal sounds, days, opposites: the questions of the training
                             conversations (a fact is always answered the same way, so this is memorisation)
-  arithmetic_heldout.jsonl  sums, differences and products whose numbers the training data never contains
+  chat_arithmetic_heldout.jsonl  sums, differences and products whose numbers the training data never contains
                             (the held-out rule of make_synthetic_chat.py, same --seed)
 """
 from __future__ import annotations
@@ -41,10 +41,10 @@ def main(argv: list[str] | None = None) -> None:
         arithmetic.append({"prompt": row["prompt"], "answer": chat.arithmetic_answer(a, op, b)})
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name, rows in {"facts": [{"prompt": q, "answer": a} for q, a in facts.items()],
-                       "arithmetic_heldout": arithmetic}.items():
+    for name, rows in {"chat_facts": [{"prompt": q, "answer": a} for q, a in facts.items()],
+                       "chat_arithmetic_heldout": arithmetic}.items():
         (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    print(f"wrote {out}: facts.jsonl, arithmetic_heldout.jsonl ({args.num} each)")
+    print(f"wrote {out}: chat_facts.jsonl, chat_arithmetic_heldout.jsonl ({args.num} each)")
 
 
 def _operands(prompt: str) -> tuple[str, str, str]:
