@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from dataset.chat_dataset import ChatDataset
-from dataset.mixture import build_mixture_data
+from dataset.mixture import build_mixture_data, plateau_value
 from dataset.puzzle_dataset import PuzzleDataset
 from dataset.text_dataset import TextDataset
 from evaluators.language import LanguageEvaluator
@@ -217,13 +217,14 @@ def make_optimizers(model: torch.nn.Module, cfg: DictConfig, world_size: int):
         world_size=world_size)
 
 
-def enter_stage(state: TrainState, stage: Stage, cfg: DictConfig, world_size: int, reset: bool) -> None:
-    """Apply a curriculum stage: its learning rate scales every optimizer's, and it may start the optimizers
-    afresh. (The data weights are read by the mixture itself.)"""
+def enter_stage(state: TrainState, stage: Stage, cfg: DictConfig, world_size: int, run_lrs: list[float],
+                reset: bool) -> None:
+    """Apply a curriculum stage: its learning rate scales the run's (`run_lrs`, one per optimizer), and it may
+    start the optimizers afresh. (The data weights are read by the mixture itself.)"""
     if reset and stage.reset_optimizer:
         state.optimizers, _ = make_optimizers(state.model, cfg, world_size)
     scale = (stage.lr if stage.lr is not None else cfg.lr) / cfg.lr
-    state.base_lrs = [lr * scale for lr in make_optimizers(state.model, cfg, world_size)[1]]
+    state.base_lrs = [lr * scale for lr in run_lrs]
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -286,12 +287,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
             save_checkpoint(os.path.join(run_dir, f"step_{state.step}.pt"), checkpoint_state(state, train_data, cfg, model_config))
 
     if curriculum is not None:
-        enter_stage(state, curriculum.stage, cfg, world_size, reset=False)
+        enter_stage(state, curriculum.stage, cfg, world_size, base_lrs, reset=False)
         print(f"curriculum stage {curriculum.index} ({curriculum.stage.name}) from step {curriculum.start}")
 
     def next_stage(reason: str | None) -> None:
         if reason:
-            enter_stage(state, curriculum.stage, cfg, world_size, reset=True)
+            enter_stage(state, curriculum.stage, cfg, world_size, base_lrs, reset=True)
             logger.log({"curriculum/stage": curriculum.index}, state.step)
             tqdm.write(f"step {state.step}: stage {curriculum.index} ({curriculum.stage.name}) begins ({reason})")
 
@@ -332,7 +333,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 bar.write(f"step {state.step}: " + ", ".join(
                     f"{k.removeprefix('test/')} {v:.4f}" for k, v in results.items() if "@" not in k))
                 if curriculum is not None:
-                    next_stage(curriculum.after_eval(state.step, metrics[cfg.dataset.plateau_metric]))
+                    next_stage(curriculum.after_eval(state.step, plateau_value(metrics, cfg.dataset.plateau_metric)))
             if at_end or (evaluating and cfg.checkpoint_every_eval):
                 save()
     logger.finish()

@@ -100,6 +100,13 @@ class MixtureDataset:
             yield "train", self.first.collate([specs[r][0]._row(specs[r][1]) for r in mine]), len(specs)
 
 
+def plateau_value(metrics: dict[str, float], key: str) -> float:
+    """The validation metric the curriculum's plateau detection watches (dataset.plateau_metric)."""
+    if key not in metrics:
+        raise ValueError(f"dataset.plateau_metric: no validation metric {key!r}; choose one of {sorted(metrics)}")
+    return metrics[key]
+
+
 def build_mixture_data(cfg, rank: int, world_size: int) -> tuple[MixtureDataset, dict[str, TokenDataset]]:
     """(training mixture, {source name: validation split}) from cfg.dataset (see config/dataset/mixture.yaml)."""
     d = cfg.dataset
