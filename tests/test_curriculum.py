@@ -9,7 +9,7 @@ import torch
 from conftest import ROOT
 from dataset.build_chat_dataset import ChatBuildConfig, build as build_chat
 from dataset.build_text_dataset import TextBuildConfig, build as build_text
-from dataset.mixture import MixtureDataset, open_source
+from dataset.mixture import MixtureDataset, open_source, plateau_value
 from pretrain import resume_config, train
 from utils.checkpoint import find_checkpoint, load_checkpoint
 from utils.curriculum import Curriculum, PlateauDetector, PlateauRule, Stage
@@ -109,6 +109,12 @@ def test_mixture_draws_rows_in_the_stage_proportions(sources):
     assert abs(chat_rows / 3200 - 0.75) < 0.04  # binomial sd 0.0077
     assert curriculum.index == 1
     assert all((next(batches)[1]["inputs"][:, 0] != user).all() for _ in range(20))  # stage b: text only
+
+
+def test_plateau_metric_must_exist():
+    assert plateau_value({"loss": 1.5, "chat/loss": 2.0}, "chat/loss") == 2.0
+    with pytest.raises(ValueError, match=r"no validation metric 'chat/los'; choose one of \['chat/loss', 'loss'\]"):
+        plateau_value({"loss": 1.5, "chat/loss": 2.0}, "chat/los")
 
 
 def test_unknown_source_in_a_stage_is_a_clear_error(sources):
