@@ -37,7 +37,7 @@ def open_source(path: str, split: str, seq_len: int, **kwargs) -> TokenDataset:
 
 
 class MixtureDataset:
-    def __init__(self, sources: dict[str, TokenDataset], curriculum: Curriculum | None, global_batch_size: int,
+    def __init__(self, sources: dict[str, TokenDataset], curriculum: Curriculum, global_batch_size: int,
                  seed: int = 0, rank: int = 0, world_size: int = 1):
         first = next(iter(sources.values()))
         for name, source in sources.items():

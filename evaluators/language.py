@@ -57,6 +57,8 @@ class LanguageEvaluator:
             if mode not in MODES:
                 raise ValueError(f"dataset.probes: {path}: unknown mode {mode!r}; choose one of {MODES}")
             files = sorted(glob.glob(os.path.join(path, "*.jsonl"))) if os.path.isdir(path) else [path]
+            if not files:
+                raise FileNotFoundError(f"dataset.probes: {path}: no .jsonl probe files in this directory")
             for file in files:
                 if probe_name(file) in self.probes:
                     raise ValueError(f"dataset.probes: two probe files are named {probe_name(file)} ({file}); "
@@ -68,7 +70,7 @@ class LanguageEvaluator:
         ones, probe accuracies as probe/<file name>; tables of samples and probe outputs."""
         sets = test_data if isinstance(test_data, dict) else {"": test_data}
         per_set = {name: evaluate_chat(model, data, device) for name, data in sets.items()}
-        metrics = combine(per_set) if len(sets) > 1 else dict(per_set[""])
+        metrics = dict(per_set[""]) if "" in per_set else combine(per_set)
         for name, m in per_set.items():
             metrics.update({f"{name}/{k}": v for k, v in m.items() if name})
         tables: dict[str, list] = {}
