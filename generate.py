@@ -28,7 +28,7 @@ from models.losses import IGNORE_LABEL_ID
 from utils.checkpoint import find_checkpoint, load_trained_model
 from utils.device import resolve_dtype, select_device
 from utils.sampling import (SamplingParams, act_steps, chat_stop_ids, context_length, fit_conversation,
-                            generate_tokens, stream_tokens)
+                            generate_tokens, prompt_ids, stream_tokens)
 from utils.tokenizer import ChatTokenizer
 
 HELP = """commands:
@@ -84,7 +84,8 @@ class Generator:
         self.use_cache = not args.no_cache
         self.system = args.system
         self.batch_size = args.batch_size
-        self.text_mode = (self.checkpoint.get("config") or {}).get("dataset", {}).get("name") == "text"
+        dataset = (self.checkpoint.get("config") or {}).get("dataset", {})
+        self.text_mode = (dataset.get("prompt_mode") or ("text" if dataset.get("name") == "text" else "chat")) == "text"
         self.tokenizer = self._load_tokenizer(args.tokenizer) if args.puzzle is None else None
 
     def _load_tokenizer(self, path: str | None) -> ChatTokenizer:
@@ -101,13 +102,13 @@ class Generator:
     def stop_ids(self) -> set[int]:
         return {self.tokenizer.eot_id} if self.text_mode else chat_stop_ids(self.tokenizer)
 
-    def prompt_ids(self, turns: list[tuple[str, str]]) -> list[int]:
+    def encode_prompt(self, turns: list[tuple[str, str]]) -> list[int]:
         """Token prompt for a conversation (text runs: the last message as raw text), trimmed to the context."""
         if not turns[-1][1].strip():
             raise ValueError("empty prompt")
         context = context_length(self.model)
         if self.text_mode:
-            ids = self.tokenizer.encode(turns[-1][1])
+            ids, _ = prompt_ids(self.tokenizer, turns[-1][1], "text")
             if len(ids) >= context:
                 raise ValueError(f"the prompt is {len(ids)} tokens; the model's context is {context} tokens")
             return ids
@@ -118,7 +119,7 @@ class Generator:
 
     def stream(self, turns: list[tuple[str, str]], seed_offset: int = 0) -> str:
         """Print the answer as it is generated; return it. Ctrl-C stops it early."""
-        ids = self.prompt_ids(turns)
+        ids = self.encode_prompt(turns)
         params = SamplingParams(**{**vars(self.params), "seed": self.params.seed + seed_offset})
         tokens: list[int] = []
         shown = ""
@@ -211,7 +212,7 @@ class Generator:
         prompts = []
         for where, record, turns in records:
             try:
-                prompts.append(self.prompt_ids(self.conversation(*turns)))
+                prompts.append(self.encode_prompt(self.conversation(*turns)))
             except ValueError as e:
                 raise ValueError(f"{where}: {e}") from None
         with tqdm(total=len(prompts), desc="generating", file=sys.stderr) as bar:

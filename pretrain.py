@@ -26,15 +26,18 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from dataset.chat_dataset import ChatDataset
+from dataset.mixture import build_mixture_data, plateau_value
 from dataset.puzzle_dataset import PuzzleDataset
+from dataset.text_dataset import TextDataset
 from evaluators.arc import evaluate_arc
-from evaluators.chat import evaluate_chat, sample_replies
+from evaluators.language import LanguageEvaluator
 from evaluators.puzzle import evaluate_puzzles
 from models import build_model
 from models.ema import EMA
 from models.losses import ACTLossHead
 from models.trm import Carry
-from utils.checkpoint import find_checkpoint, load_checkpoint, load_model_weights, save_checkpoint
+from utils.checkpoint import find_checkpoint, init_from_run, load_checkpoint, save_checkpoint
+from utils.curriculum import Stage
 from utils.device import resolve_dtype
 from utils.distributed import (Dist, all_reduce_sum, barrier, broadcast_object, gather_rows, init_distributed,
                                reduce_sums, shutdown, sum_gradients)
@@ -92,9 +95,20 @@ def build_chat_data(cfg: DictConfig, rank: int, world_size: int) -> tuple[ChatDa
     return ChatDataset(cfg.data_paths[0], "train", **kwargs), ChatDataset(test_path, "test", **kwargs)
 
 
+def build_text_data(cfg: DictConfig, rank: int, world_size: int) -> tuple[TextDataset, TextDataset]:
+    if len(cfg.data_paths) != 1:
+        raise ValueError(f"dataset=text trains on one built dataset, got data_paths={list(cfg.data_paths)}")
+    kwargs = dict(seq_len=cfg.dataset.seq_len, global_batch_size=cfg.global_batch_size, seed=cfg.seed, rank=rank,
+                  world_size=world_size, pack=cfg.dataset.pack)
+    test_path = cfg.data_paths_test[0] if cfg.data_paths_test else cfg.data_paths[0]
+    return TextDataset(cfg.data_paths[0], "train", **kwargs), TextDataset(test_path, "test", **kwargs)
+
+
 def build_data(cfg: DictConfig, rank: int, world_size: int):
-    """(train, test) iterators for cfg.dataset.name; both yield (set name, batch, global batch size)."""
-    builders = {"puzzle": build_puzzle_data, "chat": build_chat_data}
+    """(train, test) iterators for cfg.dataset.name; both yield (set name, batch, global batch size)
+    (a mixture's test data is a dict of them, one per source)."""
+    builders = {"puzzle": build_puzzle_data, "chat": build_chat_data, "text": build_text_data,
+                "mixture": build_mixture_data}
     if cfg.dataset.name not in builders:
         raise ValueError(f"dataset.name: unknown dataset kind {cfg.dataset.name!r}; choose one of {sorted(builders)}")
     return builders[cfg.dataset.name](cfg, rank, world_size)
@@ -223,25 +237,41 @@ def summarize_train_metrics(sums: dict[str, torch.Tensor], num_steps: int, globa
 
 
 def evaluate(state: TrainState, forward, test_data, device: torch.device, cfg: DictConfig,
-             tokenizer=None, run_dir: str | None = None, d: Dist = Dist()) -> tuple[dict[str, float], list[dict]]:
-    """Metrics on the test split (summed over ranks), plus (chat, rank 0) greedy replies to the configured
-    prompts; with the EMA weights. ARC (dataset.evaluator=arc) adds pass@k and writes
+             run_dir: str | None = None, d: Dist = Dist(),
+             language: LanguageEvaluator | None = None) -> tuple[dict[str, float], dict[str, list[dict]]]:
+    """Metrics on the test split (summed over ranks), plus (language models) tables of sample outputs and probe
+    outputs; with the EMA weights. ARC (dataset.evaluator=arc) adds pass@k and writes
     <run_dir>/submission_step_<N>.json."""
     reduce = all_reduce_sum if d.enabled else None
     def run():
         if cfg.dataset.get("evaluator") == "arc":
             submission = os.path.join(run_dir, f"submission_step_{state.step}.json") if run_dir else None
             return evaluate_arc(forward, test_data, device, (cfg.data_paths_test or cfg.data_paths)[0], submission,
-                                reduce=reduce), []
-        if cfg.dataset.name == "puzzle":
-            return evaluate_puzzles(forward, test_data, device, reduce), []
-        replies = sample_replies(state.model, tokenizer, list(cfg.dataset.eval_prompts),
-                                 cfg.dataset.max_new_tokens) if d.is_main else []
-        return evaluate_chat(forward, test_data, device, reduce), replies
+                                reduce=reduce), {}
+        if language is None:
+            return evaluate_puzzles(forward, test_data, device, reduce), {}
+        return language(forward, test_data, device, reduce)
     if state.ema is None:
         return run()
     with state.ema.applied(state.model):
         return run()
+
+
+def make_optimizers(model: torch.nn.Module, cfg: DictConfig, world_size: int):
+    return build_optimizers(
+        model, OmegaConf.to_container(cfg.optimizer), lr=cfg.lr, weight_decay=cfg.weight_decay, beta1=cfg.beta1,
+        beta2=cfg.beta2, puzzle_emb_lr=cfg.puzzle_emb_lr, puzzle_emb_weight_decay=cfg.puzzle_emb_weight_decay,
+        world_size=world_size)
+
+
+def enter_stage(state: TrainState, stage: Stage, cfg: DictConfig, world_size: int, run_lrs: list[float],
+                reset: bool) -> None:
+    """Apply a curriculum stage: its learning rate scales the run's (`run_lrs`, one per optimizer), and it may
+    start the optimizers afresh. (The data weights are read by the mixture itself.)"""
+    if reset and stage.reset_optimizer:
+        state.optimizers, _ = make_optimizers(state.model, cfg, world_size)
+    scale = (stage.lr if stage.lr is not None else cfg.lr) / cfg.lr
+    state.base_lrs = [lr * scale for lr in run_lrs]
 
 
 def train(cfg: DictConfig, run_dir: str | None = None) -> dict[str, float]:
@@ -265,13 +295,14 @@ def run_training(cfg: DictConfig, d: Dist, device: torch.device, run_dir: str | 
     model_config = {**arch, **train_data.model_fields()}
     model = build_model(model_config, batch_size=train_data.local_batch_size).to(device)
     model.model.batch_rows = (rank * train_data.local_batch_size, cfg.global_batch_size)
-    if cfg.load_checkpoint:
-        load_model_weights(model, cfg.load_checkpoint)
-    optimizers, base_lrs = build_optimizers(
-        model, OmegaConf.to_container(cfg.optimizer), lr=cfg.lr, weight_decay=cfg.weight_decay, beta1=cfg.beta1,
-        beta2=cfg.beta2, puzzle_emb_lr=cfg.puzzle_emb_lr, puzzle_emb_weight_decay=cfg.puzzle_emb_weight_decay,
-        world_size=world_size)
+    init_from = cfg.init_from or cfg.load_checkpoint  # load_checkpoint: the official code's name for it
+    if cfg.init_from and cfg.load_checkpoint and cfg.init_from != cfg.load_checkpoint:
+        raise ValueError(f"init_from={cfg.init_from} and load_checkpoint={cfg.load_checkpoint}: give one")
+    if init_from and not cfg.resume:  # weights only: the optimizers below start afresh
+        init_from_run(model, init_from, train_data.tokenizer() if hasattr(train_data, "tokenizer") else None)
+    optimizers, base_lrs = make_optimizers(model, cfg, world_size)
     state = TrainState(model, optimizers, base_lrs, EMA(model, cfg.ema_rate) if cfg.ema else None)
+    curriculum = getattr(train_data, "curriculum", None)
 
     steps_per_epoch = train_data.examples_per_epoch / cfg.global_batch_size
     total_steps = max(1, int(cfg.epochs * steps_per_epoch))
@@ -293,14 +324,15 @@ def run_training(cfg: DictConfig, d: Dist, device: torch.device, run_dir: str | 
     if d.is_main:
         os.makedirs(run_dir, exist_ok=True)
         OmegaConf.save(cfg, os.path.join(run_dir, "config.yaml"), resolve=True)
-    tokenizer = None
-    if cfg.dataset.name == "chat":  # the run keeps its tokenizer, so generation needs nothing else
+    language = None
+    if hasattr(train_data, "tokenizer"):  # a language model keeps its tokenizer, so generation needs nothing else
         tokenizer = train_data.tokenizer()
         saved = os.path.join(run_dir, "tokenizer")
         if cfg.resume and os.path.isdir(saved) and ChatTokenizer.load(saved).fingerprint() != tokenizer.fingerprint():
             raise ValueError(f"{cfg.data_paths[0]}: its tokenizer differs from the one of the run being resumed ({saved})")
         if d.is_main:
             tokenizer.save(saved)
+        language = LanguageEvaluator(cfg.dataset, tokenizer)
 
     n_params = sum(p.numel() for p in model.parameters())
     if d.is_main:
@@ -320,10 +352,22 @@ def run_training(cfg: DictConfig, d: Dist, device: torch.device, run_dir: str | 
             save_checkpoint(os.path.join(run_dir, f"step_{state.step}.pt"),
                             checkpoint_state(state, train_data, cfg, model_config, carry, device))
 
+    if curriculum is not None:
+        enter_stage(state, curriculum.stage, cfg, world_size, base_lrs, reset=False)
+        if d.is_main:
+            print(f"curriculum stage {curriculum.index} ({curriculum.stage.name}) from step {curriculum.start}")
+
+    def next_stage(reason: str | None) -> None:
+        if reason:
+            enter_stage(state, curriculum.stage, cfg, world_size, base_lrs, reset=True)
+            logger.log({"curriculum/stage": curriculum.index}, state.step)
+            if d.is_main:
+                tqdm.write(f"step {state.step}: stage {curriculum.index} ({curriculum.stage.name}) begins ({reason})")
+
     results: dict[str, float] = {}
     logged: dict[str, float] = {}
     sums: dict[str, torch.Tensor] = {}
-    logged_at = state.step
+    logged_at, logged_time = state.step, time.perf_counter()
     batches = iter(train_data)
     model.train()
     with tqdm(total=stop, initial=state.step, disable=rank != 0, dynamic_ncols=True) as bar:
@@ -333,24 +377,33 @@ def run_training(cfg: DictConfig, d: Dist, device: torch.device, run_dir: str | 
             metrics = train_step(state, forward, batch, cfg, total_steps)
             sums = {k: sums.get(k, 0) + v.detach().float() for k, v in metrics.items()}  # no device sync
             bar.update(1)
+            if curriculum is not None:
+                next_stage(curriculum.after_step(state.step))
             if state.step % cfg.log_interval == 0 or state.step == stop:
                 logged = summarize_train_metrics(reduce_sums(sums), state.step - logged_at, cfg.global_batch_size)
-                logged["train/lr"] = cfg.lr * lr_factor(state.step, cfg.lr_warmup_steps, total_steps, cfg.lr_min_ratio)
-                sums, logged_at = {}, state.step
+                logged["train/lr"] = state.base_lrs[-1] * lr_factor(state.step, cfg.lr_warmup_steps, total_steps,
+                                                                     cfg.lr_min_ratio)
+                logged["train/samples_per_s"] = ((state.step - logged_at) * cfg.global_batch_size
+                                                 / (time.perf_counter() - logged_time))
+                sums, logged_at, logged_time = {}, state.step, time.perf_counter()
                 logger.log(logged, state.step)
                 bar.set_postfix(loss=f"{logged['train/lm_loss']:.3f}", acc=f"{logged['train/accuracy']:.3f}",
                                 exact=f"{logged['train/exact_accuracy']:.3f}", steps=f"{logged['train/steps']:.1f}")
             at_end = state.step == stop
             evaluating = state.step in eval_steps or (at_end and cfg.eval_at_end)
             if evaluating:
-                metrics, replies = evaluate(state, forward, test_data, device, cfg, tokenizer, run_dir, d)
+                eval_started = time.perf_counter()
+                metrics, tables = evaluate(state, forward, test_data, device, cfg, run_dir, d, language)
+                logged_time += time.perf_counter() - eval_started  # throughput counts training time only
                 results = {f"test/{k}": v for k, v in metrics.items()}
                 logger.log(results, state.step)
-                if replies:
-                    logger.log_table("samples", replies, state.step)
+                for name, rows in tables.items():
+                    logger.log_table(name, rows, state.step)
                 if d.is_main:
                     bar.write(f"step {state.step}: " + ", ".join(
                         f"{k.removeprefix('test/')} {v:.4f}" for k, v in results.items() if "@step" not in k))
+                if curriculum is not None:
+                    next_stage(curriculum.after_eval(state.step, plateau_value(metrics, cfg.dataset.plateau_metric)))
             if at_end or (evaluating and cfg.checkpoint_every_eval):
                 save()
     logger.finish()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,8 +30,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dataset.chat_formats import load_records, parse_records  # noqa: E402
-from dataset.common import atomic_write  # noqa: E402
-from utils.tokenizer import ChatTokenizer  # noqa: E402
+from dataset.common import atomic_write, save_arrays, split_indices, token_dtype  # noqa: E402
+from utils.tokenizer import ChatTokenizer, make_tokenizer  # noqa: E402
 
 Turns = list[tuple[str, str]]
 Sample = tuple[list[int], list[bool]]
@@ -119,31 +118,17 @@ def encode_split(tok: ChatTokenizer, conversations: list[Turns], cfg: ChatBuildC
 
 
 def save_split(directory: Path, samples: list[Sample], vocab_size: int) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
-    arrays = {
-        "tokens": np.array([t for ids, _ in samples for t in ids], dtype=dtype),
+    save_arrays(directory, {
+        "tokens": np.array([t for ids, _ in samples for t in ids], dtype=token_dtype(vocab_size)),
         "trained": np.array([m for _, mask in samples for m in mask], dtype=bool),
         "offsets": np.cumsum([0] + [len(ids) for ids, _ in samples]).astype(np.int64),
-    }
-    for name, array in arrays.items():
-        atomic_write(directory / f"{name}.npy", lambda f, a=array: np.save(f, a))
-
-
-def make_tokenizer(cfg: ChatBuildConfig, train: list[Turns]) -> ChatTokenizer:
-    if cfg.tokenizer == "byte":
-        return ChatTokenizer.byte_level()
-    if cfg.tokenizer == "bpe":
-        return ChatTokenizer.train_bpe((text for turns in train for _, text in turns), cfg.vocab_size)
-    return ChatTokenizer.from_pretrained(cfg.tokenizer)
+    })
 
 
 def build(cfg: ChatBuildConfig) -> dict:
     """Build the dataset; returns its metadata (also written to <output_dir>/dataset.json)."""
     if cfg.long not in ("truncate", "split"):
         raise ValueError(f"--long must be truncate or split, got {cfg.long!r}")
-    if not 0 < cfg.train_split <= 1:
-        raise ValueError(f"--train-split must be in (0, 1], got {cfg.train_split}")
     records = load_records(cfg.input_file, cfg.hub_split)
     fmt = "oasst" if cfg.format == "openassistant" else cfg.format
     conversations, report = parse_records(records, fmt, strict=cfg.strict)
@@ -151,15 +136,10 @@ def build(cfg: ChatBuildConfig) -> dict:
     if not conversations:
         raise ValueError(f"{cfg.input_file}: no usable conversation")
 
-    rng = np.random.default_rng(cfg.seed)
-    order = rng.permutation(len(conversations))
-    if cfg.subsample_size:
-        order = order[: cfg.subsample_size]
-    n_train = len(order) if cfg.train_split == 1 else min(len(order) - 1, max(1, round(cfg.train_split * len(order))))
-    splits = {"train": [conversations[i].turns for i in order[:n_train]],
-              "valid": [conversations[i].turns for i in order[n_train:]]}
+    train, valid = split_indices(len(conversations), cfg.train_split, cfg.seed, cfg.subsample_size)
+    splits = {"train": [conversations[i].turns for i in train], "valid": [conversations[i].turns for i in valid]}
 
-    tok = make_tokenizer(cfg, splits["train"])
+    tok = make_tokenizer(cfg.tokenizer, (text for turns in splits["train"] for _, text in turns), cfg.vocab_size)
     out = Path(cfg.output_dir)
     tok.save(str(out / "tokenizer"))
     meta = {"kind": "chat", "vocab_size": tok.vocab_size, "max_length": cfg.max_length, "pad_id": tok.pad_id,
@@ -183,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--input-file", "--input", required=True, help="file, directory or hub dataset name")
     ap.add_argument("--output-dir", required=True)
     ap.add_argument("--format", default="auto", choices=["auto", "sharegpt", "messages", "alpaca", "oasst", "openassistant"])
-    ap.add_argument("--tokenizer", default="byte", help="byte | bpe | Hugging Face name or path")
+    ap.add_argument("--tokenizer", default="byte", help="byte | bpe | a saved tokenizer directory | Hugging Face name")
     ap.add_argument("--vocab-size", type=int, default=4096, help="for --tokenizer bpe")
     ap.add_argument("--max-length", type=int, default=2048)
     ap.add_argument("--train-split", type=float, default=0.95)

@@ -75,6 +75,31 @@ def run_build_cli(build: Callable[[Any], None], config_class: type, args: argpar
         sys.exit(f"error: {e}")
 
 
+def token_dtype(vocab_size: int) -> type:
+    """The smallest array type for token ids: uint16 when every id fits (half the disk and page cache)."""
+    return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
+
+
+def save_arrays(directory: Path, arrays: dict[str, np.ndarray]) -> None:
+    """One .npy file per array, each written atomically."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, array in arrays.items():
+        atomic_write(directory / f"{name}.npy", lambda f, a=array: np.save(f, a))
+
+
+def split_indices(n: int, train_split: float, seed: int, subsample: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded split of n items (conversations, documents) into train and validation indices.
+
+    Both splits get at least one item when train_split < 1 and there are two or more."""
+    if not 0 < train_split <= 1:
+        raise ValueError(f"--train-split must be in (0, 1], got {train_split}")
+    order = np.random.default_rng(seed).permutation(n)
+    if subsample:
+        order = order[:subsample]
+    n_train = len(order) if train_split == 1 else min(len(order) - 1, max(1, round(train_split * len(order))))
+    return order[:n_train], order[n_train:]
+
+
 def _check_csr(name: str, offsets: np.ndarray, length: int, end: int) -> None:
     if offsets.ndim != 1 or offsets.shape[0] != length + 1:
         raise ValueError(f"{name} must have shape [{length + 1}], got {list(offsets.shape)}")

@@ -41,11 +41,6 @@ def greedy_replies(model: ACTLossHead, tokenizer, prompts: list[str], max_new_to
     return generate_replies(model, tokenizer, [[("user", p)] for p in prompts], SamplingParams(max_new_tokens=max_new_tokens))
 
 
-def sample_replies(model: ACTLossHead, tokenizer, prompts: list[str], max_new_tokens: int) -> list[dict]:
-    """Greedy replies to single-turn prompts, for a look at what the model says."""
-    return [{"prompt": p, "reply": r} for p, r in zip(prompts, greedy_replies(model, tokenizer, prompts, max_new_tokens))]
-
-
 def heldout_accuracy(model: ACTLossHead, tokenizer, path: str, max_new_tokens: int = 24) -> tuple[float, list[dict]]:
     """Exact-answer accuracy on a JSONL of {"prompt", "answer"}: the last number of the greedy reply must be
     the answer (e.g. held-out arithmetic from examples/make_synthetic_chat.py)."""

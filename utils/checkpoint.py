@@ -87,6 +87,20 @@ def load_model_weights(model: nn.Module, path: str, use_ema: bool = False) -> No
         raise ValueError(f"{path}: checkpoint does not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
 
 
+def init_from_run(model: nn.Module, path: str, tokenizer=None) -> None:
+    """Start `model` from the weights of another run (e.g. a text pretraining run before chat fine-tuning).
+    With the tokenizer of the new data, the run's own tokenizer must be a prefix of it: the same token for
+    every id the weights were trained on (new tokens may be added; their rows are grown by load_model_weights)."""
+    file = find_checkpoint(path)
+    saved = os.path.join(os.path.dirname(file), "tokenizer")
+    if tokenizer is not None and os.path.isdir(saved):
+        from utils.tokenizer import ChatTokenizer, check_extends
+
+        check_extends(tokenizer, ChatTokenizer.load(saved), f"init_from={path}")
+    load_model_weights(model, file)
+    print(f"initialised the weights from {file}")
+
+
 def load_trained_model(path: str, device: str | torch.device = "cpu", use_ema: bool = True, dtype: str | None = None):
     """(model in eval mode, checkpoint) from one of our checkpoints or run directories, EMA weights if saved;
     `dtype` overrides the forward dtype it was trained with."""

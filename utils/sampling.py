@@ -183,3 +183,15 @@ def generate_replies(model: ACTLossHead, tokenizer, conversations: list[list[tup
 def generate_reply(model: ACTLossHead, tokenizer, turns: list[tuple[str, str]], max_new_tokens: int = 64) -> str:
     """The greedy reply to one conversation."""
     return generate_replies(model, tokenizer, [turns], SamplingParams(max_new_tokens=max_new_tokens))[0]
+
+
+def prompt_ids(tokenizer, prompt: str, mode: str) -> tuple[list[int], set[int]]:
+    """(ids to start from, ids that end the output) for a single-turn prompt: `chat` (a user turn; the output
+    is the assistant's reply) or `text` (the output continues the prompt; the prompt starts a document, so it
+    follows an end-of-text token, as every document but the first does in training)."""
+    if mode == "chat":
+        ids, _ = tokenizer.encode_chat([("user", prompt)], add_generation_prompt=True)
+        return ids, {tokenizer.special_id("assistant_end"), tokenizer.eot_id}
+    if mode == "text":
+        return [tokenizer.eot_id, *tokenizer.encode(prompt)], {tokenizer.eot_id}
+    raise ValueError(f"unknown prompt mode {mode!r}; choose chat or text")

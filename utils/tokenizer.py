@@ -215,6 +215,27 @@ class ChatTokenizer:
         return out
 
 
+def make_tokenizer(spec: str, train_texts: Iterable[str], vocab_size: int = 4096) -> ChatTokenizer:
+    """The tokenizer a dataset builder asks for: `byte`, `bpe` (trained on `train_texts`), a directory saved by
+    ChatTokenizer.save (e.g. by `python -m utils.tokenizer train`), or a Hugging Face name or path."""
+    if spec == "byte":
+        return ChatTokenizer.byte_level()
+    if spec == "bpe":
+        return ChatTokenizer.train_bpe(train_texts, vocab_size)
+    if os.path.isfile(os.path.join(spec, CONFIG_FILE)):
+        return ChatTokenizer.load(spec)
+    return ChatTokenizer.from_pretrained(spec)
+
+
+def check_extends(new: ChatTokenizer, old: ChatTokenizer, what: str) -> None:
+    """Weights trained with `old` mean the same in a model using `new` only if every id of `old` is the same
+    token in `new` (new may add tokens at the end)."""
+    n = old.vocab_size
+    if new.vocab_size < n or new.tok.convert_ids_to_tokens(list(range(n))) != old.tok.convert_ids_to_tokens(list(range(n))):
+        raise ValueError(f"{what}: the tokenizer ({new!r}) does not extend the one the weights were trained with "
+                         f"({old!r}); build the dataset with --tokenizer <that run>/tokenizer")
+
+
 def looks_local(name: str) -> bool:
     """True for names that can only mean a local path, so a typo fails at once instead of after hub retries:
     not a valid hub repo id ('name' or 'org/name'), or a path whose parent directory exists here."""
@@ -233,9 +254,12 @@ def iter_texts(files: list[str], block_chars: int = 1 << 16) -> Iterator[str]:
     for path in files:
         with open(path, encoding="utf-8") as f:
             if path.endswith(".jsonl"):
-                for line in f:
+                for n, line in enumerate(f, start=1):
                     if line.strip():
-                        yield json.loads(line)["text"]
+                        record = json.loads(line)
+                        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                            raise ValueError(f"{path} line {n}: no string 'text' field")
+                        yield record["text"]
                 continue
             block: list[str] = []
             size = 0
@@ -260,7 +284,10 @@ def main(argv: list[str] | None = None) -> None:
     for path in args.files:
         if not os.path.isfile(path):
             parser.error(f"{path}: no such file")
-    tok = ChatTokenizer.train_bpe(iter_texts(args.files), args.vocab_size)
+    try:
+        tok = ChatTokenizer.train_bpe(iter_texts(args.files), args.vocab_size)
+    except (ValueError, json.JSONDecodeError) as e:
+        raise SystemExit(f"error: {e}") from None
     tok.save(args.output)
     print(f"vocab size {tok.vocab_size}, fingerprint {tok.fingerprint()}, saved to {args.output}")
 

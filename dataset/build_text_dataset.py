@@ -1,0 +1,192 @@
+"""Build a plain-text dataset for language-model pretraining: documents -> one token stream on disk.
+
+    python -m dataset.build_text_dataset --input corpus/ stories.jsonl --output-dir data/my-text \\
+        --tokenizer byte --train-split 0.95
+
+Input (several may be given): .txt/.md files, .json/.jsonl files of records with a text field
+(`--text-field`, default `text`), directories of such files (recursively, sorted), or, with network, a
+hub dataset name read with `datasets` (`--hub-split`). A text file is one document, or several with
+`--doc-separator` (`blank-line`, or a literal string such as `<|endoftext|>`). Records without a string
+text field, and empty documents, are counted by reason and reported; `--strict` stops at the first.
+
+Tokenizer: `byte` (default), `bpe` (trained on the training documents, `--vocab-size`), a tokenizer
+directory saved by `python -m utils.tokenizer train`, or a Hugging Face name or path; saved in
+`<output-dir>/tokenizer/`. Every document is followed by the end-of-text token. Documents are split into
+train/valid whole (seeded). Output per split (train/, valid/): `tokens.npy` (the stream; uint16 when the
+vocabulary allows), `offsets.npy` (document i is tokens[offsets[i]:offsets[i+1]], its end-of-text
+included); and dataset.json (metadata and statistics). dataset/text_dataset.py cuts the stream into rows
+of any length at training time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dataset.chat_formats import JSON_SUFFIXES, load_records  # noqa: E402
+from dataset.common import atomic_write, save_arrays, split_indices, token_dtype  # noqa: E402
+from utils.tokenizer import ChatTokenizer, make_tokenizer  # noqa: E402
+
+TEXT_SUFFIXES = (".txt", ".md", ".text")
+ENCODE_CHUNK = 1024  # documents per call of the batch tokenizer
+
+
+@dataclass
+class TextBuildConfig:
+    input: list[str]
+    output_dir: str
+    text_field: str = "text"
+    doc_separator: str | None = None  # None: one document per text file; "blank-line"; or a literal string
+    tokenizer: str = "byte"  # byte | bpe | saved tokenizer directory | Hugging Face name or path
+    vocab_size: int = 4096  # for bpe
+    train_split: float = 0.95
+    subsample_size: int | None = None  # documents
+    strict: bool = False
+    seed: int = 0
+    hub_split: str = "train"
+
+
+@dataclass
+class Report:
+    """Documents read and what could not be used, by reason, with the first few places."""
+    documents: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    skipped_files: list[str] = field(default_factory=list)
+
+    def bad(self, reason: str, where: str, strict: bool) -> None:
+        if strict:
+            raise ValueError(f"{where}: {reason.replace('_', ' ')}")
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        self.examples.setdefault(reason, [])
+        if len(self.examples[reason]) < 3:
+            self.examples[reason].append(where)
+
+    def summary(self) -> str:
+        parts = [f"{n} {reason} (e.g. {', '.join(self.examples[reason])})" for reason, n in self.counts.items()]
+        if self.skipped_files:
+            parts.append(f"{len(self.skipped_files)} files of other types skipped (e.g. {self.skipped_files[0]})")
+        return "; ".join(parts) or "no bad records"
+
+
+def split_text(text: str, separator: str | None) -> list[str]:
+    if separator is None:
+        return [text]
+    if separator == "blank-line":
+        return re.split(r"\n[ \t]*\n+", text)
+    return text.split(separator)
+
+
+def read_documents(cfg: TextBuildConfig, report: Report) -> Iterator[str]:
+    """Every non-empty document of the inputs, in order."""
+    def emit(text, where: str) -> Iterator[str]:
+        if not isinstance(text, str):
+            report.bad("missing_text" if text is None else "wrong_type", where, cfg.strict)
+        elif not text.strip():
+            report.bad("empty", where, cfg.strict)
+        else:
+            report.documents += 1
+            yield text
+
+    def from_file(path: Path) -> Iterator[str]:
+        if path.suffix in TEXT_SUFFIXES:
+            for k, doc in enumerate(split_text(path.read_text(encoding="utf-8"), cfg.doc_separator)):
+                yield from emit(doc, f"{path} document {k}")
+        else:
+            for k, record in enumerate(load_records(str(path))):
+                text = record.get(cfg.text_field) if isinstance(record, dict) else None
+                yield from emit(text, f"{path} record {k}")
+
+    for source in cfg.input:
+        path = Path(source).expanduser()
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            usable = [p for p in files if p.suffix in TEXT_SUFFIXES + JSON_SUFFIXES]
+            report.skipped_files += [str(p) for p in files if p not in usable]
+            if not usable:
+                raise FileNotFoundError(f"{source}: no {'/'.join(TEXT_SUFFIXES + JSON_SUFFIXES)} files in this directory")
+            for p in usable:
+                yield from from_file(p)
+        elif path.is_file():
+            if path.suffix not in TEXT_SUFFIXES + JSON_SUFFIXES:
+                raise ValueError(f"{source}: expected a {'/'.join(TEXT_SUFFIXES + JSON_SUFFIXES)} file")
+            yield from from_file(path)
+        elif path.suffix in TEXT_SUFFIXES + JSON_SUFFIXES or source.startswith(("/", ".", "~")):
+            raise FileNotFoundError(f"{source}: file not found")
+        else:  # not a local path: a hub dataset
+            for k, record in enumerate(load_records(source, cfg.hub_split)):
+                yield from emit(record.get(cfg.text_field), f"{source} record {k}")
+
+
+def encode_documents(tok: ChatTokenizer, docs: list[str]) -> dict[str, np.ndarray]:
+    """The token stream of `docs`, each followed by end-of-text, and the document offsets."""
+    dtype = token_dtype(tok.vocab_size)
+    parts, lengths = [], []
+    for start in range(0, len(docs), ENCODE_CHUNK):
+        for ids in tok.batch_encode(docs[start:start + ENCODE_CHUNK]):
+            parts.append(np.array(ids + [tok.eot_id], dtype=dtype))
+            lengths.append(len(ids) + 1)
+    tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+    return {"tokens": tokens, "offsets": np.cumsum([0] + lengths).astype(np.int64)}
+
+
+def build(cfg: TextBuildConfig) -> dict:
+    """Build the dataset; returns its metadata (also written to <output_dir>/dataset.json)."""
+    report = Report()
+    docs = list(read_documents(cfg, report))
+    print(f"{', '.join(cfg.input)}: {report.documents} documents; {report.summary()}")
+    if not docs:
+        raise ValueError(f"{', '.join(cfg.input)}: no usable document")
+    train, valid = split_indices(len(docs), cfg.train_split, cfg.seed, cfg.subsample_size)
+    splits = {"train": [docs[i] for i in np.sort(train)], "valid": [docs[i] for i in np.sort(valid)]}
+
+    tok = make_tokenizer(cfg.tokenizer, iter(splits["train"]), cfg.vocab_size)
+    out = Path(cfg.output_dir)
+    tok.save(str(out / "tokenizer"))
+    meta = {"kind": "text", "vocab_size": tok.vocab_size, "pad_id": tok.pad_id, "eot_id": tok.eot_id,
+            "tokenizer_fingerprint": tok.fingerprint(), "build": asdict(cfg), "bad_records": report.counts,
+            "skipped_files": len(report.skipped_files), "splits": {}}
+    for name, split_docs in splits.items():
+        arrays = encode_documents(tok, split_docs)
+        save_arrays(out / name, arrays)
+        stats = {"documents": len(split_docs), "tokens": int(len(arrays["tokens"])),
+                 "characters": sum(len(d) for d in split_docs)}
+        meta["splits"][name] = stats
+        print(f"{name}: {stats['documents']} documents, {stats['tokens']} tokens "
+              f"({stats['characters'] / max(stats['tokens'], 1):.2f} characters per token), {arrays['tokens'].dtype}")
+    atomic_write(out / "dataset.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    print(f"wrote {out} (vocabulary {tok.vocab_size})")
+    return meta
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--input", "--input-file", nargs="+", required=True, help="files, directories or a hub dataset name")
+    ap.add_argument("--output-dir", required=True)
+    ap.add_argument("--text-field", default="text", help="the text of a .json/.jsonl or hub record")
+    ap.add_argument("--doc-separator", help="split text files into documents: blank-line, or a literal string")
+    ap.add_argument("--tokenizer", default="byte", help="byte | bpe | a saved tokenizer directory | Hugging Face name")
+    ap.add_argument("--vocab-size", type=int, default=4096, help="for --tokenizer bpe")
+    ap.add_argument("--train-split", type=float, default=0.95, help="share of the documents for training")
+    ap.add_argument("--subsample-size", type=int, help="use this many documents")
+    ap.add_argument("--strict", action="store_true", help="stop at the first bad record")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--hub-split", default="train")
+    args = ap.parse_args(argv)
+    try:
+        build(TextBuildConfig(**{k.replace("-", "_"): v for k, v in vars(args).items()}))
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""Plain-text language modelling: the builder (documents, split, stream), row packing, a tokenizer trained by
+the command, init_from a text run with a grown vocabulary, probes, raw continuation, the metrics plot."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+from dataset.build_chat_dataset import ChatBuildConfig, build as build_chat
+from dataset.build_text_dataset import TextBuildConfig, build as build_text
+from dataset.text_dataset import TextDataset
+from evaluators.probes import is_exact_match, load_probes, score_probes
+from models.losses import IGNORE_LABEL_ID
+from pretrain import train
+from utils import plot_metrics
+from utils.checkpoint import find_checkpoint, load_checkpoint
+from utils.tokenizer import ChatTokenizer, main as tokenizer_main
+
+STORIES = [f"Story {i}: the {c} cat sat on the {t}." + " More words." * (i % 3) for i, (c, t) in
+           enumerate(zip(["red", "blue", "green", "black", "white", "pink"], ["mat", "hat", "box", "log", "rug", "bed"]))]
+
+
+def write_corpus(tmp: Path) -> list[str]:
+    """Three documents in a text file (blank-line separated), three in JSONL, plus two bad records."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "a.txt").write_text("\n\n".join(STORIES[:3]) + "\n")
+    records = [{"text": s} for s in STORIES[3:]] + [{"title": "no text"}, {"text": "   "}]
+    (tmp / "b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return [STORIES[0], STORIES[1], STORIES[2] + "\n", *STORIES[3:]]
+
+
+def build_corpus(tmp: Path, **kw) -> tuple[Path, dict, list[str]]:
+    docs = write_corpus(tmp / "raw")
+    cfg = dict(input=[str(tmp / "raw" / "a.txt"), str(tmp / "raw" / "b.jsonl")], output_dir=str(tmp / "built"),
+               doc_separator="blank-line", train_split=0.5, seed=1)
+    return tmp / "built", build_text(TextBuildConfig(**{**cfg, **kw})), docs
+
+
+def split_docs(out: Path, split: str, tok: ChatTokenizer) -> list[str]:
+    tokens, offsets = np.load(out / split / "tokens.npy"), np.load(out / split / "offsets.npy")
+    docs = []
+    for lo, hi in zip(offsets[:-1], offsets[1:]):
+        assert tokens[hi - 1] == tok.eot_id  # every document ends with end-of-text
+        docs.append(tok.decode(tokens[lo:hi - 1]))
+    return docs
+
+
+def test_builder_splits_by_document_and_reports_bad_records(tmp_path):
+    out, meta, docs = build_corpus(tmp_path)
+    assert meta["bad_records"] == {"missing_text": 1, "empty": 1}
+    tok = ChatTokenizer.load(str(out / "tokenizer"))
+    train, valid = split_docs(out, "train", tok), split_docs(out, "valid", tok)
+    assert len(train) == len(valid) == 3
+    assert sorted(train + valid) == sorted(docs)  # whole documents, each in exactly one split
+    assert np.load(out / "train" / "tokens.npy").dtype == np.uint16
+    with pytest.raises(ValueError, match="b.jsonl record 3: missing text"):
+        build_corpus(tmp_path / "strict", strict=True)
+
+
+@pytest.mark.parametrize("seq_len", [1, 7, 64])
+def test_rows_cover_the_stream_once(tmp_path, seq_len):
+    out, _, _ = build_corpus(tmp_path)
+    stream = np.load(out / "train" / "tokens.npy").astype(np.int64)
+    ds = TextDataset(str(out), "test", seq_len, global_batch_size=4)
+    ds.split_dir = str(out / "train")  # read the train stream in order
+    ds.tokens = np.load(out / "train" / "tokens.npy", mmap_mode="r")
+    ds.num_rows = -(-(len(stream) - 1) // seq_len)
+    inputs, labels = [], []
+    for _, batch, n in ds:
+        for row in range(n):
+            real = batch["labels"][row] != IGNORE_LABEL_ID
+            inputs += batch["inputs"][row][real].tolist()
+            labels += batch["labels"][row][real].tolist()
+    assert inputs == stream[:-1].tolist()  # no token lost, none repeated
+    assert labels == stream[1:].tolist()  # and each is the label of the position before it
+
+
+def test_training_rows_are_a_seeded_permutation_of_the_rows(tmp_path):
+    out, _, _ = build_corpus(tmp_path)
+    stream = np.load(out / "train" / "tokens.npy").astype(np.int64)
+    L = 8
+    expected = sorted(tuple(stream[i * L:(i + 1) * L + 1][:-1]) for i in range(-(-(len(stream) - 1) // L)))
+    ds = TextDataset(str(out), "train", L, global_batch_size=len(expected), seed=3, pack=True)
+    _, batch, _ = next(iter(ds))
+    real = batch["segment_ids"] == 1
+    assert (batch["labels"][~real] == IGNORE_LABEL_ID).all() and (batch["inputs"][~real] == ds.pad_id).all()
+    rows = sorted(tuple(batch["inputs"][r][real[r]].tolist()) for r in range(len(expected)))
+    assert rows == expected  # one epoch: every row once
+    again = TextDataset(str(out), "train", L, global_batch_size=len(expected), seed=3, pack=True)
+    assert torch.equal(next(iter(again))[1]["inputs"], batch["inputs"])
+
+
+def test_tokenizer_trained_by_the_command_is_used_as_built(tmp_path):
+    docs = write_corpus(tmp_path / "raw")
+    tok_dir, raw = tmp_path / "tok", tmp_path / "raw"
+    with pytest.raises(SystemExit, match="b.jsonl line 4: no string 'text' field"):
+        tokenizer_main(["train", "--files", str(raw / "b.jsonl"), "--vocab-size", "300", "--output", str(tok_dir)])
+    (raw / "good.jsonl").write_text("".join((raw / "b.jsonl").read_text().splitlines(True)[:3]))
+    tokenizer_main(["train", "--files", str(raw / "a.txt"), str(raw / "good.jsonl"), "--vocab-size", "300",
+                    "--output", str(tok_dir)])
+    trained = ChatTokenizer.load(str(tok_dir))
+    out, meta, _ = build_corpus(tmp_path, tokenizer=str(tok_dir), train_split=1.0)
+    assert meta["tokenizer_fingerprint"] == trained.fingerprint() and meta["vocab_size"] == 300
+    assert sorted(split_docs(out, "train", trained)) == sorted(docs)  # encode -> decode round trip
+
+
+TINY_LM = ["arch=transformer_chat", "arch.hidden_size=16", "arch.num_heads=2", "arch.L_layers=1", "global_batch_size=4",
+           "logger.mode=disabled", "lr_warmup_steps=0", "epochs=100", "eval_interval=100"]
+
+
+def compose_chat(*overrides):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "config"), version_base="1.3"):
+        return compose("cfg_chat", overrides=list(overrides))
+
+
+def grown_tokenizer(path: Path) -> ChatTokenizer:
+    tok = ChatTokenizer.byte_level()
+    tok.tok.add_tokens(["<|tool|>", "<|/tool|>"], special_tokens=True)
+    tok.save(str(path))
+    return ChatTokenizer.load(str(path))
+
+
+def test_init_from_a_text_run_grows_the_vocabulary_with_a_fresh_optimizer(tmp_path):
+    text, _, _ = build_corpus(tmp_path / "text")
+    probes = tmp_path / "story.jsonl"
+    probes.write_text(json.dumps({"prompt": "Story 0: the", "answer": "red"}) + "\n")
+    train(compose_chat(*TINY_LM, "dataset=text", f"data_paths=[{text}]", "dataset.seq_len=16", "max_steps=3",
+                       f"checkpoint_dir={tmp_path}", "run_name=text", "dataset.max_new_tokens=3"))
+    text_run = next(tmp_path.glob("*/text"))
+    before = load_checkpoint(find_checkpoint(str(text_run)))["model"]
+
+    chats = [{"conversations": [{"from": "human", "value": f"Say {w}"}, {"from": "gpt", "value": w}]}
+             for w in ("hi", "yes", "no", "ok")]
+    (tmp_path / "chat.json").write_text(json.dumps(chats))
+    tok = grown_tokenizer(tmp_path / "grown-tok")
+    build_chat(ChatBuildConfig(input_file=str(tmp_path / "chat.json"), output_dir=str(tmp_path / "chat"),
+                               tokenizer=str(tmp_path / "grown-tok"), max_length=32, train_split=0.5))
+    results = train(compose_chat(*TINY_LM, f"data_paths=[{tmp_path / 'chat'}]", f"init_from={text_run}", "lr=0",
+                                 "max_steps=1", f"checkpoint_dir={tmp_path}", "run_name=chat", "dataset.max_new_tokens=3",
+                                 f"dataset.probes=[{{path:{probes},mode:text}}]"))
+    after = load_checkpoint(find_checkpoint(str(next(tmp_path.glob("*/chat")))))
+    assert after["step"] == 1  # a new run: step 0, fresh schedule
+    assert all(int(s["step"]) == 1 for s in after["optimizers"][0]["state"].values())  # fresh optimizer moments
+    old_vocab = ChatTokenizer.byte_level().vocab_size
+    assert tok.vocab_size == old_vocab + 2
+    for key in ("model.inner.embed_tokens.embedding_weight", "model.inner.lm_head.weight"):
+        old, new = before[key], after["model"][key]
+        assert new.shape[0] == tok.vocab_size
+        torch.testing.assert_close(new[:old_vocab], old)  # lr=0: exactly the text run's rows
+        torch.testing.assert_close(new[old_vocab:], old.mean(0, keepdim=True).expand(2, -1))
+    assert "test/probe/story" in results  # a text-mode probe scored in a chat run
+
+    build_chat(ChatBuildConfig(input_file=str(tmp_path / "chat.json"), output_dir=str(tmp_path / "chat-bpe"),
+                               tokenizer="bpe", vocab_size=280, max_length=32, train_split=0.5))
+    with pytest.raises(ValueError, match="does not extend"):
+        train(compose_chat(*TINY_LM, f"data_paths=[{tmp_path / 'chat-bpe'}]", f"init_from={text_run}",
+                           "max_steps=1", f"checkpoint_dir={tmp_path}", "run_name=bad"))
+
+
+def test_probe_scores_on_hand_made_outputs(tmp_path):
+    path = tmp_path / "colours.jsonl"
+    rows = [{"prompt": "The sky is", "answer": "blue"}, {"prompt": "Grass is", "answer": "green"},
+            {"prompt": "Snow is", "answer": "white"}, {"prompt": "Coal is", "answer": "black"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
+    outputs = {"The sky is": " blue. The sun", "Grass is": "greenish", "Snow is": "  white", "Coal is": "red"}
+    budgets = []
+
+    def generate(prompts, max_new_tokens):
+        budgets.append(max_new_tokens)
+        return [outputs[p] for p in prompts]
+
+    accuracy, results = score_probes({"colours": load_probes(str(path)), "sky": load_probes(str(path))[:1]}, generate)
+    assert accuracy == {"colours": 0.25 + 0.25, "sky": 1.0}  # "blue." and "white" match; "greenish", "red" do not
+    assert [r["correct"] for r in results[:4]] == [True, False, True, False]
+    assert budgets == [7, 6]  # bytes of the longest answer + 2
+    assert is_exact_match("The capital of France is Paris.", "The capital of France is Paris.")
+    assert not is_exact_match("The capital of France is Paris", "The capital of France is Paris.")
+    path.write_text('{"prompt": "x"}\n')
+    with pytest.raises(ValueError, match="colours.jsonl line 1"):
+        load_probes(str(path))
+
+
+def test_plot_writes_a_png_with_stage_boundaries(tmp_path):
+    lines = [{"step": s, "train/lm_loss": 3.0 / s, "train/lr": 1e-3, "train/accuracy": s / 10,
+              "train/samples_per_s": 100.0} for s in range(1, 9)]
+    lines += [{"step": 4, "test/loss": 1.0, "test/probe/facts": 0.5}, {"step": 4, "curriculum/stage": 1},
+              {"step": 8, "test/loss": 0.5, "test/probe/facts": 0.75}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"step": 9, "tra')
+    series, stages = plot_metrics.read_metrics(str(tmp_path / "metrics.jsonl"))
+    assert stages == [(4, 1)] and series["test/probe/facts"] == ([4, 8], [0.5, 0.75])
+    plot_metrics.main([str(tmp_path)])
+    assert (tmp_path / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit, match="metrics.jsonl not found"):
+        plot_metrics.main([str(tmp_path / "nowhere")])
