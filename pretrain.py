@@ -409,9 +409,10 @@ def run_training(cfg: DictConfig, d: Dist, device: torch.device, run_dir: str | 
     logger.finish()
     if not d.is_main:
         return results
+    some_test_set = next(iter(test_data.values())) if isinstance(test_data, dict) else test_data  # (mixtures: by name)
     write_run_summary(run_dir, cfg, results, logged, parameters=n_params, steps=state.step, world_size=world_size,
                       wall_s=time.time() - started,
-                      passes_per_act_step=network_passes_per_act_step(model, next(iter(test_data))[1], device))
+                      passes_per_act_step=network_passes_per_act_step(model, next(iter(some_test_set))[1], device))
     if "test/exact_accuracy" in results:
         print(f"test exact accuracy: {results['test/exact_accuracy']:.4f} "
               f"(token accuracy {results['test/accuracy']:.4f}) after {state.step} steps; run dir {run_dir}")

@@ -16,7 +16,7 @@ import torch
 from evaluators.chat import evaluate_chat
 from evaluators.probes import Generate, load_probes, probe_name, score_probes
 from models.losses import ACTLossHead
-from utils.sampling import SamplingParams, generate_tokens, prompt_ids
+from utils.sampling import SamplingParams, context_length, generate_tokens, prompt_ids
 
 MODES = ("chat", "text")
 
@@ -28,7 +28,8 @@ def generator(model: ACTLossHead, tokenizer, mode: str, batch_size: int = 64) ->
 
     def generate(prompts: list[str], max_new_tokens: int) -> list[str]:
         encoded = [prompt_ids(tokenizer, p, mode) for p in prompts]
-        new = generate_tokens(model, [ids for ids, _ in encoded], SamplingParams(max_new_tokens=max_new_tokens),
+        keep = max(1, context_length(model) - max_new_tokens)  # a long prompt keeps its end, leaving answer room
+        new = generate_tokens(model, [ids[-keep:] for ids, _ in encoded], SamplingParams(max_new_tokens=max_new_tokens),
                               encoded[0][1], batch_size=batch_size)
         return [tokenizer.decode(ids) for ids in new]
     return generate
