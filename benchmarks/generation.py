@@ -108,7 +108,7 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=64, help="prompt tokens")
     ap.add_argument("--new", type=int, default=256, help="new tokens")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--repeats", type=int, default=2, help="best of this many timings")
+    ap.add_argument("--repeats", type=int, default=3, help="best of this many timings")
     ap.add_argument("--skip-no-cache", action="store_true", help="leave out the (slow) recompute-everything rows")
     args = ap.parse_args()
     device = select_device(args.device)

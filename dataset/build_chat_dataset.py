@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dataset.chat_formats import load_records, parse_records  # noqa: E402
-from dataset.common import atomic_write, save_arrays, split_indices, token_dtype  # noqa: E402
+from dataset.common import atomic_write, run_build_cli, save_arrays, split_indices, token_dtype  # noqa: E402
 from utils.tokenizer import ChatTokenizer, make_tokenizer  # noqa: E402
 
 Turns = list[tuple[str, str]]
@@ -173,11 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--strict", action="store_true", help="stop at the first bad record")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--hub-split", default="train")
-    args = ap.parse_args(argv)
-    try:
-        build(ChatBuildConfig(**{k.replace("-", "_"): v for k, v in vars(args).items()}))
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    run_build_cli(build, ChatBuildConfig, ap.parse_args(argv))
 
 
 if __name__ == "__main__":
