@@ -279,7 +279,9 @@ def train(cfg: DictConfig, run_dir: str | None = None) -> dict[str, float]:
     directory under checkpoint_dir); returns the last evaluation's metrics (prefixed test/)."""
     d, device = init_distributed(cfg.device)
     try:
-        return run_training(cfg, d, device, run_dir)
+        results = run_training(cfg, d, device, run_dir)
+        barrier()  # no process tears its connections down while another still uses them
+        return results
     finally:
         shutdown(d)
 
