@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import ROOT
+from conftest import ROOT, compose
 from dataset.common import load_metadata, save_split
 from utils.checkpoint import load_checkpoint
 
@@ -154,3 +154,27 @@ def _collectives(rank: int, init_file: str) -> None:
 
 def test_collectives_and_sign_sgd_across_two_processes(tmp_path):
     mp.spawn(_collectives, args=(str(tmp_path / "init"),), nprocs=2)
+
+
+def test_arc_predictions_are_gathered_to_rank_zero(tmp_path):
+    """Under torchrun every rank evaluates its share of the augmented test inputs; rank 0 votes over all of
+    them: the submission and pass@k equal those of one process."""
+    from dataset.build_arc_dataset import ArcBuildConfig, build
+    from pretrain import train
+    from test_arc import grid_task, write_tasks
+    from test_train import TINY
+
+    write_tasks(tmp_path / "src", "training", {"tr1": grid_task(1)})
+    write_tasks(tmp_path / "src", "evaluation", {"ev1": grid_task(3), "ev2": grid_task(4, n_train=3, n_test=2)})
+    data = tmp_path / "arc"
+    build(ArcBuildConfig(output_dir=str(data), input_dir=str(tmp_path / "src"), subsets=["training", "evaluation"],
+                         test_set="evaluation", num_aug=3, seed=0, quiet=True))
+    args = ["dataset=arc", f"data_paths=[{data}]", f"checkpoint_dir={tmp_path}", *TINY, "arch.puzzle_emb_ndim=32",
+            "max_steps=2", "compile=false", "device=cpu"]
+    single = train(compose(*args, "run_name=one"))
+    torchrun(*args, "run_name=two")
+    runs = tmp_path / "Arc-ACT-torch"
+    assert (runs / "one" / "submission_step_2.json").read_text() == (runs / "two" / "submission_step_2.json").read_text()
+    final = [json.loads(line) for line in (runs / "two" / "metrics.jsonl").read_text().splitlines()][-1]
+    for k in ("test/pass@1", "test/pass@2", "test/arc_tasks", "test/count"):
+        assert final[k] == pytest.approx(single[k]), k
