@@ -264,6 +264,7 @@ class PuzzleKind:
     cells: Callable[[list[int]], list[str]]  # tokens -> one character per cell
     width: int
     check: Callable[[list[int], list[int]], bool]  # (puzzle tokens, predicted tokens) -> solved
+    box: int = 0  # Sudoku: draw the 3x3 boxes
 
 
 def _sudoku_tokens(text: str, where: str) -> list[int]:
@@ -280,7 +281,7 @@ def _maze_tokens(text: str, where: str) -> list[int]:
 
 PUZZLES = [
     PuzzleKind("Sudoku", 81, _sudoku_tokens, lambda t: [str(v - 1) if v > 1 else "." for v in t], 9,
-               lambda p, y: is_valid_solution([max(v - 1, 0) for v in y], [max(v - 1, 0) for v in p])),
+               lambda p, y: is_valid_solution([max(v - 1, 0) for v in y], [max(v - 1, 0) for v in p]), box=3),
     PuzzleKind("maze", 900, _maze_tokens, lambda t: list(decode_maze(t)), 30,
                lambda p, y: is_shortest_path(decode_maze(p), decode_maze(y))),
 ]
@@ -296,7 +297,16 @@ def read_puzzle(kind: PuzzleKind, text: str) -> list[int]:
 
 def show_grid(kind: PuzzleKind, tokens: list[int]) -> str:
     cells = kind.cells(tokens)
-    return "\n".join("".join(cells[i:i + kind.width]) for i in range(0, len(cells), kind.width))
+    rows = [cells[i:i + kind.width] for i in range(0, len(cells), kind.width)]
+    if not kind.box:
+        return "\n".join("".join(row) for row in rows)
+    b = kind.box
+    lines = [" | ".join(" ".join(row[i:i + b]) for i in range(0, len(row), b)) for row in rows]
+    rule = "-+-".join("-" * (2 * b - 1) for _ in range(kind.width // b))
+    out = []
+    for r, line in enumerate(lines):
+        out += [rule, line] if r and r % b == 0 else [line]
+    return "\n".join(out)
 
 
 def solve_puzzle(model, text: str, device: torch.device) -> bool:
