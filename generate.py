@@ -11,6 +11,7 @@ Causal models generate with a KV cache (--no-cache recomputes the whole sequence
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -71,13 +72,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def load_model(args: argparse.Namespace):
+    """(model in eval mode, checkpoint, device) for --checkpoint, --device, --dtype and --no-ema."""
+    device = select_device(args.device)
+    model, checkpoint = load_trained_model(args.checkpoint, device, use_ema=not args.no_ema,
+                                           dtype=resolve_dtype(args.dtype, device))
+    return model, checkpoint, device
+
+
 class Generator:
     """A loaded run: model, tokenizer and the sampling settings, with the three text modes."""
 
     def __init__(self, args: argparse.Namespace):
-        device = select_device(args.device)
-        self.model, self.checkpoint = load_trained_model(args.checkpoint, device, use_ema=not args.no_ema,
-                                                         dtype=resolve_dtype(args.dtype, device))
+        self.model, self.checkpoint, _ = load_model(args)
         self.run_dir = os.path.dirname(find_checkpoint(args.checkpoint)) or "."
         self.params = SamplingParams(args.temperature, args.top_k, args.top_p, args.repetition_penalty,
                                      args.max_new_tokens, args.seed)
@@ -86,7 +93,7 @@ class Generator:
         self.batch_size = args.batch_size
         dataset = (self.checkpoint.get("config") or {}).get("dataset", {})
         self.text_mode = (dataset.get("prompt_mode") or ("text" if dataset.get("name") == "text" else "chat")) == "text"
-        self.tokenizer = self._load_tokenizer(args.tokenizer) if args.puzzle is None else None
+        self.tokenizer = self._load_tokenizer(args.tokenizer)
 
     def _load_tokenizer(self, path: str | None) -> ChatTokenizer:
         path = path or os.path.join(self.run_dir, "tokenizer")
@@ -120,7 +127,7 @@ class Generator:
     def stream(self, turns: list[tuple[str, str]], seed_offset: int = 0) -> str:
         """Print the answer as it is generated; return it. Ctrl-C stops it early."""
         ids = self.encode_prompt(turns)
-        params = SamplingParams(**{**vars(self.params), "seed": self.params.seed + seed_offset})
+        params = dataclasses.replace(self.params, seed=self.params.seed + seed_offset)
         tokens: list[int] = []
         shown = ""
         stopped = False
@@ -342,9 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if args.puzzle is not None:
-            device = select_device(args.device)
-            model, _ = load_trained_model(args.checkpoint, device, use_ema=not args.no_ema,
-                                          dtype=resolve_dtype(args.dtype, device))
+            model, _, device = load_model(args)
             solve_puzzle(model, args.puzzle, device)
             return 0
         generator = Generator(args)

@@ -31,13 +31,12 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dataset.common import (NUM_DIHEDRAL, PuzzleDatasetMetadata, dihedral, run_build_cli, save_identifiers,
-                            save_split)
+from dataset.common import (NUM_DIHEDRAL, PUZZLE_CSV_HEADER, PuzzleDatasetMetadata, dihedral, puzzle_csv_rows,
+                            run_build_cli, save_identifiers, save_split)
 
 SIZE = 30
 CHARSET = "# SGo"  # token = index + 1; 0 = PAD
 WALL, OPEN, START, GOAL, PATH = CHARSET
-CSV_HEADER = ["source", "question", "answer", "rating"]
 _TOKEN = np.zeros(256, np.uint8)
 _TOKEN[[ord(ch) for ch in CHARSET]] = np.arange(1, len(CHARSET) + 1)
 
@@ -184,34 +183,22 @@ def generate_maze(rng: np.random.Generator, min_path_length: int, openings: int 
 
 def read_csv_file(path: str) -> tuple[list[str], list[str]]:
     """Questions and answers of an official maze CSV, each row checked."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None or [h.strip() for h in header] != CSV_HEADER:
-                raise ValueError(f"{path}:1: expected the header {','.join(CSV_HEADER)}, got {','.join(header or [])!r}")
-            questions, answers = [], []
-            for row in reader:
-                if not row:
-                    continue
-                where = f"{path}:{reader.line_num}"
-                if len(row) != 4:
-                    raise ValueError(f"{where}: expected 4 columns, got {len(row)}")
-                _, question, answer, _ = row
-                for name, text in (("question", question), ("answer", answer)):
-                    try:
-                        encode_maze(text)
-                        _endpoints(text)
-                    except ValueError as e:
-                        raise ValueError(f"{where}: {name}: {e}") from None
-                if PATH in question or any(q != a and not (q == OPEN and a == PATH) for q, a in zip(question, answer)):
-                    raise ValueError(f"{where}: the answer must be the question with open cells marked {PATH!r}")
-                questions.append(question)
-                answers.append(answer)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: file not found") from None
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise ValueError(f"{path}: cannot read the CSV ({e})") from None
+    questions, answers = [], []
+    for line, row in puzzle_csv_rows(path):
+        where = f"{path}:{line}"
+        if len(row) != 4:
+            raise ValueError(f"{where}: expected 4 columns, got {len(row)}")
+        _, question, answer, _ = row
+        for name, text in (("question", question), ("answer", answer)):
+            try:
+                encode_maze(text)
+                _endpoints(text)
+            except ValueError as e:
+                raise ValueError(f"{where}: {name}: {e}") from None
+        if PATH in question or any(q != a and not (q == OPEN and a == PATH) for q, a in zip(question, answer)):
+            raise ValueError(f"{where}: the answer must be the question with open cells marked {PATH!r}")
+        questions.append(question)
+        answers.append(answer)
     return questions, answers
 
 
@@ -229,7 +216,7 @@ def write_csv(path: Path, questions: list[str], answers: list[str], source: str 
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(CSV_HEADER)
+        writer.writerow(PUZZLE_CSV_HEADER)
         for q, a in zip(questions, answers):
             writer.writerow([source, q, a, a.count(PATH) + 1])  # rating: the path length
 

@@ -29,9 +29,8 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dataset.common import PuzzleDatasetMetadata, save_identifiers, save_split
+from dataset.common import PUZZLE_CSV_HEADER, PuzzleDatasetMetadata, puzzle_csv_rows, save_identifiers, save_split
 
-CSV_HEADER = ["source", "question", "answer", "rating"]
 
 
 class DatasetBuildError(SystemExit):
@@ -458,22 +457,10 @@ def _valid_grids(grids: np.ndarray) -> np.ndarray:
 
 
 def read_csv_file(path: str) -> PuzzleSet:
-    def numbered_rows(reader):
-        for row in reader:
-            if row:  # tolerate blank lines
-                yield reader.line_num, row
-
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None or [h.strip() for h in header] != CSV_HEADER:
-                raise _fail(f"{path}:1: expected the header {','.join(CSV_HEADER)}, got {','.join(header or [])!r}")
-            return read_csv_rows(path, numbered_rows(reader))
-    except FileNotFoundError:
-        raise _fail(f"{path}: file not found") from None
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise _fail(f"{path}: cannot read the CSV ({e})") from None
+        return read_csv_rows(path, puzzle_csv_rows(path))
+    except (FileNotFoundError, ValueError) as e:  # a missing file, its header or its encoding
+        raise _fail(str(e)) from None
 
 
 def read_hub_csv(repo: str, split: str) -> PuzzleSet:
@@ -490,7 +477,7 @@ def read_hub_csv(repo: str, split: str) -> PuzzleSet:
         ds = datasets.load_dataset(repo, data_files={split: filename}, split=split, features=features)
     except Exception as e:  # network, authentication, missing file, bad rows: all end the same way
         raise _fail(f"cannot load {filename} from {repo} ({type(e).__name__}: {e})") from None
-    rows = zip(*(ds[c] for c in CSV_HEADER))
+    rows = zip(*(ds[c] for c in PUZZLE_CSV_HEADER))
     return read_csv_rows(f"{repo}/{filename}", enumerate(rows, start=2))  # line 1 is the header
 
 
@@ -548,7 +535,7 @@ def write_csv(path: Path, ps: PuzzleSet, source: str = "generated") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(CSV_HEADER)
+        writer.writerow(PUZZLE_CSV_HEADER)
         for puzzle, solution, rating in zip(ps.puzzles, ps.solutions, ps.ratings):
             question = "".join("." if v == 0 else str(v) for v in puzzle.tolist())
             writer.writerow([source, question, "".join(map(str, solution.tolist())), int(rating)])

@@ -13,14 +13,15 @@ dataset.json is written last: its presence means the split is complete.
 """
 from __future__ import annotations
 
+import argparse
+import csv
 import dataclasses
 import json
-import argparse
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -64,6 +65,28 @@ def atomic_write(path: Path, write) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+PUZZLE_CSV_HEADER = ["source", "question", "answer", "rating"]  # the official Sudoku-Extreme and Maze-Hard files
+
+
+def puzzle_csv_rows(path: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number, row) of every non-blank data row of an official puzzle CSV, after checking its header; a
+    missing or unreadable file is a FileNotFoundError / ValueError naming it."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None or [h.strip() for h in header] != PUZZLE_CSV_HEADER:
+                raise ValueError(f"{path}:1: expected the header {','.join(PUZZLE_CSV_HEADER)}, "
+                                 f"got {','.join(header or [])!r}")
+            for row in reader:
+                if row:  # tolerate blank lines
+                    yield reader.line_num, row
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: file not found") from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{path}: cannot read the CSV ({e})") from None
 
 
 def run_build_cli(build: Callable[[Any], None], config_class: type, args: argparse.Namespace) -> None:

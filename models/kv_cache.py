@@ -23,16 +23,15 @@ class KVCache:
         self._index = 0  # attention calls made in the current chunk
         self._new = 0  # positions in the current chunk
 
-    def begin(self, valid: torch.Tensor) -> torch.Tensor | None:
-        """Start a chunk of new positions (`valid` [B, S]: False for left padding). Returns the attention mask
-        [B, 1, S, length + S] for the chunk, or None when plain causal attention is exact."""
+    def begin(self, valid: torch.Tensor) -> None:
+        """Start a chunk of new positions (`valid` [B, S]: False for left padding) and set `mask`, the attention
+        mask [B, 1, S, length + S] of the chunk (None when plain causal attention is exact)."""
         S, L = valid.shape[1], self.length
         if L + S > self.capacity:
             raise ValueError(f"the sequence would reach {L + S} positions; this model's context is {self.capacity}")
         self.valid[:, L:L + S] = valid
         self._index, self._new = 0, S
         self.mask = self._chunk_mask(L, S)
-        return self.mask
 
     def _chunk_mask(self, L: int, S: int) -> torch.Tensor | None:
         keys_valid = self.valid[:, :L + S]

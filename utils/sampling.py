@@ -180,11 +180,6 @@ def generate_replies(model: ACTLossHead, tokenizer, conversations: list[list[tup
                                                         batch_size=batch_size)]
 
 
-def generate_reply(model: ACTLossHead, tokenizer, turns: list[tuple[str, str]], max_new_tokens: int = 64) -> str:
-    """The greedy reply to one conversation."""
-    return generate_replies(model, tokenizer, [turns], SamplingParams(max_new_tokens=max_new_tokens))[0]
-
-
 def prompt_ids(tokenizer, prompt: str, mode: str) -> tuple[list[int], set[int]]:
     """(ids to start from, ids that end the output) for a single-turn prompt: `chat` (a user turn; the output
     is the assistant's reply) or `text` (the output continues the prompt; the prompt starts a document, so it
