@@ -178,3 +178,21 @@ def test_arc_predictions_are_gathered_to_rank_zero(tmp_path):
     final = [json.loads(line) for line in (runs / "two" / "metrics.jsonl").read_text().splitlines()][-1]
     for k in ("test/pass@1", "test/pass@2", "test/arc_tasks", "test/count"):
         assert final[k] == pytest.approx(single[k]), k
+
+
+def test_cuda_ranks_get_their_local_gpu_and_both_backends(monkeypatch):
+    """The CUDA branch of init_distributed, without a GPU: device per local rank, a clear error when a node runs
+    more processes than it has GPUs, and NCCL with Gloo beside it for CPU tensors."""
+    import utils.distributed as ud
+
+    monkeypatch.setattr(ud, "select_device", lambda preference: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert ud.rank_device("auto", 0) == torch.device("cuda", 0)
+    assert ud.rank_device("cuda", 1) == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match=r"LOCAL_RANK=2 .* 2 visible CUDA device\(s\).*--nproc-per-node 2"):
+        ud.rank_device("auto", 2)
+    assert ud.process_group_backend(torch.device("cuda", 1)) == "cpu:gloo,cuda:nccl"
+    assert ud.process_group_backend(torch.device("cpu")) == "gloo"
+    monkeypatch.setattr(ud, "select_device", lambda preference: torch.device("mps"))
+    with pytest.raises(ValueError, match="need CUDA or the CPU, not mps"):
+        ud.rank_device("mps", 0)

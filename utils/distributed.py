@@ -33,6 +33,26 @@ class Dist:
         return self.world_size > 1
 
 
+def rank_device(preference: str, local_rank: int) -> torch.device:
+    """This process's device under torchrun: the GPU of its local rank with CUDA, else the CPU."""
+    device = select_device(preference)
+    if device.type == "cuda":
+        visible = torch.cuda.device_count()
+        if local_rank >= visible:
+            raise ValueError(f"LOCAL_RANK={local_rank} but this node has {visible} visible CUDA device(s): start at "
+                             f"most {visible} processes per node (torchrun --nproc-per-node {visible})")
+        return torch.device("cuda", local_rank)  # one GPU per local rank
+    if device.type != "cpu":
+        raise ValueError(f"device={preference}: several processes (torchrun) need CUDA or the CPU, not {device.type}")
+    return device
+
+
+def process_group_backend(device: torch.device) -> str:
+    """NCCL for CUDA tensors; with it Gloo, so that a collective on a CPU tensor (a pickled object, a host-side
+    count) still has a backend instead of failing on a GPU run only."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+
+
 def init_distributed(device_preference: str = "auto") -> tuple[Dist, torch.device]:
     """Join torchrun's process group (NCCL on CUDA, Gloo on CPU) and pick this process's device: with CUDA,
     the GPU of its local rank. Returns (Dist(0, 1, 0), device) when not started by torchrun."""
@@ -40,16 +60,11 @@ def init_distributed(device_preference: str = "auto") -> tuple[Dist, torch.devic
     if world_size <= 1:
         return Dist(), select_device(device_preference)
     d = Dist(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
-    device = select_device(device_preference)
+    device = rank_device(device_preference, d.local_rank)
     if device.type == "cuda":
-        device = torch.device("cuda", d.local_rank)  # one GPU per local rank
-        torch.cuda.set_device(device)
-    elif device.type != "cpu":
-        raise ValueError(f"device={device_preference}: several processes (torchrun) need CUDA or the CPU, "
-                         f"not {device.type}")
+        torch.cuda.set_device(device)  # before any collective: NCCL and object collectives use the current GPU
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(process_group_backend(device), device_id=device if device.type == "cuda" else None)
     return d, device
 
 
