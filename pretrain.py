@@ -343,7 +343,7 @@ def run_training(cfg: DictConfig, d: Dist, device: torch.device, run_dir: str | 
               f"batch {cfg.global_batch_size}; run dir {run_dir}")
     logger = RunLogger(run_dir, project_name(cfg), os.path.basename(run_dir),
                        OmegaConf.to_container(cfg, resolve=True), cfg.logger.mode, cfg.logger.entity,
-                       cfg.logger.tags, enabled=d.is_main)
+                       cfg.logger.tags, enabled=d.is_main, resumed_at=state.step if cfg.resume else None)
 
     use_compile = cfg.compile if cfg.compile != "auto" else device.type == "cuda"
     forward = torch.compile(model) if use_compile and not os.environ.get("DISABLE_COMPILE") else model

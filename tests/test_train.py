@@ -47,6 +47,8 @@ def test_resume_is_exact(sudoku_dir, tmp_path, optimizer):
     train(tiny_cfg(sudoku_dir, tmp_path, "max_steps=12", "run_name=straight", *extra))
     train(tiny_cfg(sudoku_dir, tmp_path, "max_steps=6", "run_name=split", *extra))
     split_dir = tmp_path / "Sudoku-tiny-ACT-torch" / "split"
+    with open(split_dir / "metrics.jsonl", "a") as f:  # a crash after logging steps past the last checkpoint
+        f.writelines(json.dumps({"step": s, "train/lm_loss": 9.0}) + "\n" for s in (7, 8))
     # resuming needs only the run: its saved config is used, with this command line's overrides on top
     overrides = [f"resume={split_dir}", "max_steps=12"]
     train(resume_config(compose(*overrides), overrides))
@@ -57,6 +59,10 @@ def test_resume_is_exact(sudoku_dir, tmp_path, optimizer):
         assert a[key].keys() == b[key].keys()
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after resume"
+    # the resumed run logs steps 7.. once, as the straight run did
+    train_logs = [[(m["step"], m["train/lm_loss"]) for m in metrics(tmp_path / "Sudoku-tiny-ACT-torch" / run)
+                   if "train/lm_loss" in m] for run in ("straight", "split")]
+    assert train_logs[1] == train_logs[0] and [s for s, _ in train_logs[0]] == list(range(1, 13))
     # and training did continue after the resume
     halfway = load_checkpoint(str(split_dir / "step_6.pt"))
     assert not torch.equal(halfway["model"]["model.inner.lm_head.weight"], b["model"]["model.inner.lm_head.weight"])

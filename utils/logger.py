@@ -1,11 +1,15 @@
 """Run logging: Weights & Biases (online/offline/disabled) plus <run_dir>/metrics.jsonl."""
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
 import uuid
+from pathlib import Path
 from typing import Any
+
+from dataset.common import atomic_write
 
 
 def wandb_key_configured() -> bool:
@@ -25,14 +29,30 @@ def resolve_mode(mode: str) -> str:
     return mode
 
 
+def drop_lines_after(path: str, step: int) -> int:
+    """Remove the records of a .jsonl log whose step is past `step`; returns how many. A run that crashed after
+    its last checkpoint logged steps that its resumed run logs again: without this they would appear twice."""
+    lines = Path(path).read_text().splitlines(keepends=True)
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    if len(kept) < len(lines):
+        atomic_write(Path(path), lambda f: f.write("".join(kept).encode()))
+    return len(lines) - len(kept)
+
+
 class RunLogger:
     def __init__(self, run_dir: str, project: str, run_name: str, config: dict[str, Any], mode: str = "auto",
-                 entity: str | None = None, tags: list[str] | None = None, enabled: bool = True):
+                 entity: str | None = None, tags: list[str] | None = None, enabled: bool = True,
+                 resumed_at: int | None = None):
+        """`resumed_at`: the step of the checkpoint a resumed run starts from; the local logs are cut back to it."""
         self.enabled = enabled  # False on non-zero ranks
         self.path = os.path.join(run_dir, "metrics.jsonl")
         self.wandb = None
         if not enabled:
             return
+        if resumed_at is not None:
+            for log in sorted(glob.glob(os.path.join(run_dir, "*.jsonl"))):  # metrics and the tables of log_table
+                if dropped := drop_lines_after(log, resumed_at):
+                    print(f"{log}: dropped {dropped} record(s) logged after step {resumed_at}, which is resumed")
         mode = resolve_mode(mode)
         if mode != "disabled":
             import wandb
