@@ -16,13 +16,15 @@ import torch
 from evaluators.chat import evaluate_chat
 from evaluators.probes import Generate, load_probes, probe_name, score_probes
 from models.losses import ACTLossHead
+from utils.distributed import sharded
 from utils.sampling import SamplingParams, context_length, generate_tokens, prompt_ids
 
 MODES = ("chat", "text")
 
 
 def generator(model: ACTLossHead, tokenizer, mode: str, batch_size: int = 64) -> Generate:
-    """(prompts, max new tokens) -> greedy outputs in `mode` (see utils.sampling.prompt_ids), batch_size at once."""
+    """(prompts, max new tokens) -> greedy outputs in `mode` (see utils.sampling.prompt_ids), batch_size at once;
+    under torchrun the prompts are shared out over the ranks."""
     if mode not in MODES:
         raise ValueError(f"unknown prompt mode {mode!r}; choose one of {MODES}")
 
@@ -32,7 +34,7 @@ def generator(model: ACTLossHead, tokenizer, mode: str, batch_size: int = 64) ->
         new = generate_tokens(model, [ids[-keep:] for ids, _ in encoded], SamplingParams(max_new_tokens=max_new_tokens),
                               encoded[0][1], batch_size=batch_size)
         return [tokenizer.decode(ids) for ids in new]
-    return generate
+    return sharded(generate)
 
 
 def combine(per_set: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -67,7 +69,7 @@ class LanguageEvaluator:
                  reduce=None) -> tuple[dict[str, float], dict[str, list]]:
         """(metrics, tables): metrics per validation set (prefixed with its name for a mixture; summed over ranks
         by `reduce`), the overall ones, probe accuracies as probe/<file name>; tables of samples and probe
-        outputs (every rank generates the same greedy outputs)."""
+        outputs (every rank has them all)."""
         sets = test_data if isinstance(test_data, dict) else {"": test_data}
         per_set = {name: evaluate_chat(model, data, device, reduce) for name, data in sets.items()}
         metrics = dict(per_set[""]) if "" in per_set else combine(per_set)

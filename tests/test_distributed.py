@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from conftest import ROOT, compose
+from test_chat import synthetic_chat  # noqa: F401 (a fixture)
 from dataset.common import load_metadata, save_split
 from utils.checkpoint import load_checkpoint
 
@@ -114,7 +115,7 @@ def test_metrics_are_reduced_over_ranks(runs):
 
 def _collectives(rank: int, init_file: str) -> None:
     from models.sparse_embedding import SignSGD, SparseEmbedding
-    from utils.distributed import broadcast_object, gather_rows, reduce_sums, sum_gradients
+    from utils.distributed import broadcast_object, gather_rows, reduce_sums, sharded, sum_gradients
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
@@ -130,6 +131,10 @@ def _collectives(rank: int, init_file: str) -> None:
         assert torch.equal(p.grad, torch.full((3,), 3.0))
         assert reduce_sums({"count": torch.tensor(rank + 1.0)})["count"].item() == 3.0
         assert broadcast_object(f"rank {rank}") == "rank 0"
+        # work dealt over the ranks: each does its share, everyone gets all the results in order
+        work = sharded(lambda items, tag: [f"{tag}{x} by {rank}" for x in items])
+        assert work(list("abc"), "#") == ["#a by 0", "#b by 1", "#c by 0"]
+        assert work(list("a"), "#") == ["#a by 0"]  # rank 1 has nothing to do
 
         # sign-SGD: ranks holding parts of the global batch end with the table of one process holding all of it
         ids = torch.tensor([1, 2, 1, 3])  # id 1 on both ranks: gradients summed across ranks before the sign
@@ -178,6 +183,30 @@ def test_arc_predictions_are_gathered_to_rank_zero(tmp_path):
     final = [json.loads(line) for line in (runs / "two" / "metrics.jsonl").read_text().splitlines()][-1]
     for k in ("test/pass@1", "test/pass@2", "test/arc_tasks", "test/count"):
         assert final[k] == pytest.approx(single[k]), k
+
+
+def test_chat_under_torchrun_trains_and_answers_like_one_process(synthetic_chat, tmp_path):
+    """The chat path under torchrun (packed rows, no puzzle embedding): the same weights and validation loss as
+    one process, and the evaluation prompts, shared out over the ranks, get the same replies."""
+    from test_chat import _chat_cfg
+
+    args = [f"data_paths=[{synthetic_chat}]", f"checkpoint_dir={tmp_path}", "arch.hidden_size=32", "arch.num_heads=2",
+            "global_batch_size=8", "dataset.max_new_tokens=6", "max_steps=4", "epochs=50", "eval_interval=50",
+            "logger.mode=disabled", "compile=false", "device=cpu"]
+    from pretrain import train
+
+    single = _chat_cfg(*args, "run_name=one")
+    results = train(single)
+    torchrun("--config-name", "cfg_chat", *args, "run_name=two")
+    runs = next(tmp_path.glob("*/one")).parent
+    a, b = (load_checkpoint(str(runs / run / "step_4.pt")) for run in ("one", "two"))
+    for name in a["model"]:
+        torch.testing.assert_close(a["model"][name], b["model"][name], rtol=1e-5, atol=1e-5)
+    final = [json.loads(line) for line in (runs / "two" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert final["test/loss"] == pytest.approx(results["test/loss"], rel=1e-4)
+    assert final["test/tokens"] == results["test/tokens"]
+    replies = [(runs / run / "samples.jsonl").read_text().splitlines() for run in ("one", "two")]
+    assert len(replies[0]) == len(single.dataset.eval_prompts) >= 3 and replies[1] == replies[0]
 
 
 def test_cuda_ranks_get_their_local_gpu_and_both_backends(monkeypatch):

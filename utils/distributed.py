@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -127,3 +127,21 @@ def gather_rows(t: torch.Tensor) -> torch.Tensor | None:
     if parts is None:
         return None
     return torch.cat(parts).to(t.dtype)
+
+
+def sharded(fn: Callable[..., list]) -> Callable[..., list]:
+    """`fn(items, *args) -> one result per item`, with the items dealt over the ranks (rank r takes items r, r + W,
+    ...) and every result back on every rank, in order. For work each rank would otherwise repeat (generating
+    the replies to evaluation prompts). Every rank must call it with the same items."""
+    def run(items: list, *args: Any) -> list:
+        if not (dist.is_initialized() and dist.get_world_size() > 1):
+            return fn(items, *args)
+        rank, world = dist.get_rank(), dist.get_world_size()
+        mine = items[rank::world]
+        parts: list = [None] * world
+        dist.all_gather_object(parts, fn(mine, *args) if mine else [])
+        results: list = [None] * len(items)
+        for r, part in enumerate(parts):
+            results[r::world] = part
+        return results
+    return run
