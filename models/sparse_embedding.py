@@ -22,6 +22,13 @@ class SparseEmbedding(nn.Module):
         self.register_buffer("local_weights", torch.zeros(batch_size, dim, requires_grad=True), persistent=False)
         self.register_buffer("local_ids", torch.zeros(batch_size, dtype=torch.long), persistent=False)
 
+    def _apply(self, fn, recurse: bool = True):
+        # .to(device) copies buffers through autograd: the scratch rows would stop being a leaf and never get a
+        # gradient, so the puzzle embeddings would silently stop training on the GPU
+        super()._apply(fn, recurse)
+        self.local_weights = self.local_weights.detach().requires_grad_()
+        return self
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return self.weights[ids].to(self.cast_to)
@@ -58,8 +65,9 @@ class SignSGD(torch.optim.Optimizer):
             dist.all_gather(all_ids, ids)
             grad, ids = torch.cat(grads), torch.cat(all_ids)
         uniq, inverse = ids.unique(return_inverse=True)
-        summed = torch.zeros(len(uniq), grad.shape[1], dtype=grad.dtype, device=grad.device)
-        summed.index_add_(0, inverse, grad)
+        # per-id sums as a matrix product, not index_add_ (atomic, so run-to-run different on CUDA): every rank
+        # must take the same sign, or their copies of the table drift apart
+        summed = (inverse == torch.arange(len(uniq), device=ids.device)[:, None]).to(grad.dtype) @ grad
         group = self.param_groups[0]
         rows = emb.weights[uniq]
         rows.mul_(1.0 - group["lr"] * group["weight_decay"]).add_(summed.sign(), alpha=-group["lr"])

@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from conftest import ROOT, compose
-from test_chat import synthetic_chat  # noqa: F401 (a fixture)
+from test_chat import synthetic_chat  # noqa: F401 (a fixture used below)
 from dataset.common import load_metadata, save_split
 from utils.checkpoint import load_checkpoint
 

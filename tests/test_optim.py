@@ -68,3 +68,17 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_factor(60, 10, 110, 0.1) == pytest.approx(0.1 + 0.9 * 0.5)
     assert lr_factor(110, 10, 110, 0.1) == pytest.approx(0.1)
     assert lr_factor(80, 10, 110, 1.0) == 1.0  # min ratio 1: constant
+
+
+def test_puzzle_embeddings_still_train_after_a_device_move():
+    """model.to(device) copies buffers; on a real move (CPU -> CUDA) the copy is not a leaf unless the embedding
+    makes it one again, and sign-SGD would then find no gradient. `_apply(clone)` is such a move on the CPU."""
+    from models.sparse_embedding import SparseEmbedding
+
+    emb = SparseEmbedding(4, 3, batch_size=2, init_std=0.0, cast_to=torch.float32)
+    emb._apply(lambda t: t.clone())  # what .to("cuda") does to every buffer
+    assert emb.local_weights.is_leaf and emb.local_weights.requires_grad
+    opt = SignSGD(emb, lr=0.1, weight_decay=0.0)
+    emb(torch.tensor([1, 3])).sum().backward()
+    opt.step()
+    assert torch.equal(emb.weights, torch.tensor([[0.0] * 3, [-0.1] * 3, [0.0] * 3, [-0.1] * 3]))
