@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import hydra
@@ -60,6 +61,7 @@ class TrainState:
 # ---------------------------------------------------------------- data
 
 # dataset.build.builder -> (module, its build config class); the module's build(config) writes the dataset
+DATASET_BUILD_TIMEOUT = timedelta(hours=4)  # ARC with 1000 augmentations takes ~10 minutes on one core
 PUZZLE_BUILDERS = {"sudoku": ("dataset.build_sudoku_dataset", "SudokuBuildConfig"),
                    "arc": ("dataset.build_arc_dataset", "ArcBuildConfig"),
                    "maze": ("dataset.build_maze_dataset", "MazeBuildConfig")}
@@ -76,7 +78,7 @@ def build_puzzle_data(cfg: DictConfig, rank: int, world_size: int) -> tuple[Puzz
         print(f"{cfg.data_paths[0]} not found: building it with the {builder} builder")
         module = importlib.import_module(PUZZLE_BUILDERS[builder][0])
         module.build(getattr(module, PUZZLE_BUILDERS[builder][1])(output_dir=cfg.data_paths[0], **build))
-    barrier()  # the other ranks wait for rank 0's build
+    barrier(timeout=DATASET_BUILD_TIMEOUT)  # the other ranks wait for rank 0's build
     for path in list(cfg.data_paths) + list(cfg.data_paths_test):
         if not os.path.isdir(path):
             raise FileNotFoundError(f"dataset directory {path} not found (build it with dataset/build_*_dataset.py "

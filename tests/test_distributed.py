@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +116,7 @@ def test_metrics_are_reduced_over_ranks(runs):
 
 def _collectives(rank: int, init_file: str) -> None:
     from models.sparse_embedding import SignSGD, SparseEmbedding
-    from utils.distributed import broadcast_object, gather_rows, reduce_sums, sharded, sum_gradients
+    from utils.distributed import barrier, broadcast_object, gather_rows, reduce_sums, sharded, sum_gradients
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
@@ -131,6 +132,7 @@ def _collectives(rank: int, init_file: str) -> None:
         assert torch.equal(p.grad, torch.full((3,), 3.0))
         assert reduce_sums({"count": torch.tensor(rank + 1.0)})["count"].item() == 3.0
         assert broadcast_object(f"rank {rank}") == "rank 0"
+        barrier(timeout=timedelta(minutes=5))  # the long wait for a dataset build: its own group, then gone
         # work dealt over the ranks: each does its share, everyone gets all the results in order
         work = sharded(lambda items, tag: [f"{tag}{x} by {rank}" for x in items])
         assert work(list("abc"), "#") == ["#a by 0", "#b by 1", "#c by 0"]

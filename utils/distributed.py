@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Callable
 
 import torch
@@ -111,9 +112,17 @@ def broadcast_object(obj: Any) -> Any:
     return box[0]
 
 
-def barrier() -> None:
-    if dist.is_initialized() and dist.get_world_size() > 1:
+def barrier(timeout: timedelta | None = None) -> None:
+    """Every rank waits for the others. `timeout`: a longer wait than the process group's (NCCL's is 10 minutes),
+    e.g. while rank 0 builds a dataset; torchrun still stops every rank at once if rank 0 fails meanwhile."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    if timeout is None:
         dist.barrier()
+        return
+    group = dist.new_group(backend="gloo", timeout=timeout)  # every rank creates it, as new_group requires
+    dist.barrier(group=group)
+    dist.destroy_process_group(group)
 
 
 def gather_rows(t: torch.Tensor) -> torch.Tensor | None:
