@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -27,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from dataset.chat_dataset import ChatDataset
+from dataset.common import atomic_write
 from dataset.mixture import build_mixture_data, plateau_value
 from dataset.puzzle_dataset import PuzzleDataset
 from dataset.text_dataset import TextDataset
@@ -327,14 +329,15 @@ def run_training(cfg: DictConfig, d: Dist, device: torch.device, run_dir: str | 
         run_dir = broadcast_object(run_dir or (new_run_dir(cfg) if d.is_main else None))  # rank 0 names it
     if d.is_main:
         os.makedirs(run_dir, exist_ok=True)
-        OmegaConf.save(cfg, os.path.join(run_dir, "config.yaml"), resolve=True)
+        yaml = OmegaConf.to_yaml(cfg, resolve=True).encode()  # atomic: a resume reads it back
+        atomic_write(Path(run_dir) / "config.yaml", lambda f: f.write(yaml))
     language = None
     if hasattr(train_data, "tokenizer"):  # a language model keeps its tokenizer, so generation needs nothing else
         tokenizer = train_data.tokenizer()
         saved = os.path.join(run_dir, "tokenizer")
         if cfg.resume and os.path.isdir(saved) and ChatTokenizer.load(saved).fingerprint() != tokenizer.fingerprint():
             raise ValueError(f"{cfg.data_paths[0]}: its tokenizer differs from the one of the run being resumed ({saved})")
-        if d.is_main:
+        if d.is_main and not (cfg.resume and os.path.isdir(saved)):  # a resumed run's was checked above
             tokenizer.save(saved)
         language = LanguageEvaluator(cfg.dataset, tokenizer)
 

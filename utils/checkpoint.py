@@ -4,10 +4,13 @@ from __future__ import annotations
 import glob
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from dataset.common import atomic_write
 
 STEP_FILE = re.compile(r"step_(\d+)(\.pt)?$")
 
@@ -15,16 +18,15 @@ STEP_FILE = re.compile(r"step_(\d+)(\.pt)?$")
 def save_checkpoint(path: str, state: dict[str, Any]) -> None:
     """Write to a temporary file, then rename: a crash never leaves a truncated checkpoint behind."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(Path(path), lambda f: torch.save(state, f))  # synced to disk before the rename
 
 
 def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        # mmap: the ranks of a torchrun job resuming together share the file's pages instead of a copy each
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except Exception as e:  # pickle with code in it, or a damaged file
         reason = (str(e).strip() or type(e).__name__).splitlines()[0]
         raise ValueError(f"{path}: cannot load as a safe (weights-only) checkpoint: {reason}") from e
