@@ -94,7 +94,7 @@ def build_chat_data(cfg: DictConfig, rank: int, world_size: int) -> tuple[ChatDa
     if len(cfg.data_paths) != 1:
         raise ValueError(f"dataset=chat trains on one built dataset, got data_paths={list(cfg.data_paths)}")
     kwargs = dict(global_batch_size=cfg.global_batch_size, seed=cfg.seed, rank=rank, world_size=world_size,
-                  pack=cfg.dataset.pack)
+                  pack=cfg.dataset.pack, seq_len=cfg.dataset.get("seq_len"))
     test_path = cfg.data_paths_test[0] if cfg.data_paths_test else cfg.data_paths[0]
     return ChatDataset(cfg.data_paths[0], "train", **kwargs), ChatDataset(test_path, "test", **kwargs)
 

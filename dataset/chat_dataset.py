@@ -26,7 +26,8 @@ class ChatDataset(TokenDataset):
         lengths = np.diff(self.arrays["offsets"]) - 1  # input positions of each conversation
         if len(lengths) and lengths.max() > self.seq_len:
             raise ValueError(f"{self.split_dir}: a conversation has {lengths.max()} positions, more than the "
-                             f"row length {self.seq_len}")
+                             f"row length {self.seq_len} (dataset.seq_len): rebuild the dataset with --max-length "
+                             f"{self.seq_len} or raise dataset.seq_len")
         self.lengths = lengths
         self.stream = EpochStream(len(lengths), seed) if split == "train" else None
 
