@@ -49,6 +49,7 @@ def test_resume_is_exact(sudoku_dir, tmp_path, optimizer):
     split_dir = tmp_path / "Sudoku-tiny-ACT-torch" / "split"
     with open(split_dir / "metrics.jsonl", "a") as f:  # a crash after logging steps past the last checkpoint
         f.writelines(json.dumps({"step": s, "train/lm_loss": 9.0}) + "\n" for s in (7, 8))
+        f.write('{"step": 9, "train/lm')  # cut off mid-line
     # resuming needs only the run: its saved config is used, with this command line's overrides on top
     overrides = [f"resume={split_dir}", "max_steps=12"]
     train(resume_config(compose(*overrides), overrides))

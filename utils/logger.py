@@ -32,8 +32,14 @@ def resolve_mode(mode: str) -> str:
 def drop_lines_after(path: str, step: int) -> int:
     """Remove the records of a .jsonl log whose step is past `step`; returns how many. A run that crashed after
     its last checkpoint logged steps that its resumed run logs again: without this they would appear twice."""
+    def logged_by_then(line: str) -> bool:
+        try:
+            return json.loads(line).get("step", 0) <= step
+        except json.JSONDecodeError:  # the half-written last line of a crash
+            return False
+
     lines = Path(path).read_text().splitlines(keepends=True)
-    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    kept = [line for line in lines if logged_by_then(line)]
     if len(kept) < len(lines):
         atomic_write(Path(path), lambda f: f.write("".join(kept).encode()))
     return len(lines) - len(kept)
