@@ -1,11 +1,14 @@
 """Talk to a trained model, or watch it solve a puzzle.
 
     python generate.py --checkpoint checkpoints/<project>/<run> --prompt "What is 23 + 45?"
-    python generate.py --checkpoint <run> --interactive                  # multi-turn chat, /help for commands
+    python generate.py --checkpoint <run>                                # multi-turn chat (--interactive), /help
+    python generate.py --checkpoint <run> --prompt "Tell a story." --temperature 0.8 --num-samples 3
     python generate.py --checkpoint <run> --input-file prompts.jsonl --output-file answers.jsonl
     python generate.py --checkpoint <sudoku run> --puzzle "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
 
 Everything needed comes from the run: the weights (EMA when saved), the model config and the tokenizer.
+--checkpoint takes a run directory, a step_<N>[.pt] file, <run>/latest, or a glob such as
+checkpoints/<project>/trm_chat-*/step_1000 (the newest matching run directory is used).
 Causal models generate with a KV cache (--no-cache recomputes the whole sequence for every token).
 """
 from __future__ import annotations
@@ -26,7 +29,7 @@ from dataset.build_maze_dataset import decode_maze, encode_maze, is_shortest_pat
 from dataset.build_sudoku_dataset import DatasetBuildError, is_valid_solution, parse_sudoku
 from dataset.common import atomic_write
 from models.losses import IGNORE_LABEL_ID
-from utils.checkpoint import find_checkpoint, load_trained_model
+from utils.checkpoint import find_checkpoint, load_trained_model, run_steps
 from utils.device import resolve_dtype, select_device
 from utils.sampling import (SamplingParams, act_steps, chat_stop_ids, context_length, fit_conversation,
                             generate_tokens, prompt_ids, stream_tokens)
@@ -37,15 +40,17 @@ HELP = """commands:
   /topp X     nucleus sampling threshold (1 = off)   /max N    answer length limit in tokens
   /system T   set the system prompt (empty clears)   /reset    forget the conversation
   /params     show the settings                      /help     this text
+  /models     list this run's checkpoints            /model N  switch to step N (or a file name, latest)
   /quit       leave (Ctrl-D too); Ctrl-C stops the current answer"""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--checkpoint", required=True, help="a run directory (latest step) or a step_<N>[.pt] file")
-    mode = ap.add_mutually_exclusive_group(required=True)
+    ap.add_argument("--checkpoint", required=True, help="a run directory (latest step), a step_<N>[.pt] file, "
+                    "<run>/latest, or a glob pattern (the newest matching run directory)")
+    mode = ap.add_mutually_exclusive_group()  # none given: --interactive (a puzzle run: says to pass --puzzle)
     mode.add_argument("--prompt", help="answer one message (chat runs) or continue the text (text runs)")
-    mode.add_argument("--interactive", action="store_true", help="multi-turn chat in the terminal")
+    mode.add_argument("--interactive", action="store_true", help="multi-turn chat in the terminal (the default)")
     mode.add_argument("--input-file", help="JSONL of {'prompt': ...} or {'messages': [...]}: one answer per line")
     mode.add_argument("--puzzle", help="a puzzle or a file holding one: Sudoku, 81 characters ('.' or '0' blank); "
                       "maze, 30 lines of 30 ('#' wall, ' ' open, 'S' start, 'G' goal)")
@@ -57,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--top-p", "--topp", dest="top_p", type=float, default=1.0)
     ap.add_argument("--repetition-penalty", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--num-samples", type=int, default=1, help="with --prompt or --input-file: N answers per prompt, "
+                    "sample i drawn with seed + i (needs --temperature > 0)")
     ap.add_argument("--batch-size", type=int, default=8, help="prompts generated together with --input-file")
     ap.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
@@ -69,6 +76,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--output-file goes with --input-file")
     if args.input_file and not args.output_file:
         ap.error("--input-file needs --output-file")
+    if args.num_samples < 1:
+        ap.error("--num-samples must be at least 1")
+    if args.num_samples > 1 and args.prompt is None and args.input_file is None:
+        ap.error("--num-samples goes with --prompt or --input-file")
+    if args.num_samples > 1 and args.temperature <= 0:
+        ap.error(f"--num-samples {args.num_samples} with greedy decoding (--temperature 0) would give "
+                 f"{args.num_samples} identical answers; set --temperature above 0")
     return args
 
 
@@ -84,8 +98,10 @@ class Generator:
     """A loaded run: model, tokenizer and the sampling settings, with the three text modes."""
 
     def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.file = find_checkpoint(args.checkpoint)
+        self.run_dir = os.path.dirname(self.file) or "."
         self.model, self.checkpoint, _ = load_model(args)
-        self.run_dir = os.path.dirname(find_checkpoint(args.checkpoint)) or "."
         self.params = SamplingParams(args.temperature, args.top_k, args.top_p, args.repetition_penalty,
                                      args.max_new_tokens, args.seed)
         self.use_cache = not args.no_cache
@@ -96,7 +112,7 @@ class Generator:
         self.tokenizer = self._load_tokenizer(args.tokenizer)
 
     def _load_tokenizer(self, path: str | None) -> ChatTokenizer:
-        path = path or os.path.join(self.run_dir, "tokenizer")
+        path = path or saved_tokenizer(self.file)
         if not os.path.isdir(path):
             raise FileNotFoundError(f"{path}: no tokenizer saved with this run (a puzzle run? use --puzzle)")
         tokenizer = ChatTokenizer.load(path)
@@ -207,14 +223,35 @@ class Generator:
             print("conversation cleared")
         elif name == "/params":
             print(", ".join(f"{k} = {v}" for k, v in vars(self.params).items()) + f", system = {self.system!r}")
+        elif name == "/models":
+            for _, file in run_steps(self.run_dir):
+                print(os.path.basename(file) + ("  (loaded)" if os.path.samefile(file, self.file) else ""))
+        elif name == "/model":
+            self.switch_model(value)
         elif name == "/help":
             print(HELP)
         else:
             print(f"unknown command {name}; /help lists them")
         return None
 
-    def answer_file(self, input_file: str, output_file: str) -> None:
-        """One answer per input line, in order, generated in batches; written atomically."""
+    def switch_model(self, name: str) -> None:
+        """Load another checkpoint of this run: a step number or a file name in the run directory (or latest)."""
+        if not name or os.sep in name:
+            print("/model needs a step number or a checkpoint file name of this run (/models lists them)")
+            return
+        try:
+            file = find_checkpoint(os.path.join(self.run_dir, f"step_{name}" if name.isdigit() else name))
+            args = argparse.Namespace(**{**vars(self.args), "checkpoint": file})
+            self.model, self.checkpoint, _ = load_model(args)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {e}")
+            return
+        self.file = file
+        print(f"loaded {file} (step {self.checkpoint.get('step', '?')}); the conversation goes on, /reset clears it")
+
+    def answer_file(self, input_file: str, output_file: str, num_samples: int = 1) -> None:
+        """One answer per input line (`response`), or `num_samples` of them (`responses`, sample i drawn with
+        seed + i), in order, generated in batches; written atomically."""
         records = read_prompts(input_file)
         prompts = []
         for where, record, turns in records:
@@ -222,13 +259,24 @@ class Generator:
                 prompts.append(self.encode_prompt(self.conversation(*turns)))
             except ValueError as e:
                 raise ValueError(f"{where}: {e}") from None
-        with tqdm(total=len(prompts), desc="generating", file=sys.stderr) as bar:
-            answers = generate_tokens(self.model, prompts, self.params, self.stop_ids(), self.use_cache,
-                                      self.batch_size, progress=bar.update)
-        lines = [json.dumps({**record, "response": self.tokenizer.decode(answer)}, ensure_ascii=False)
-                 for (_, record, _), answer in zip(records, answers)]
+        samples = []  # [sample][prompt] -> tokens
+        with tqdm(total=len(prompts) * num_samples, desc="generating", file=sys.stderr) as bar:
+            for i in range(num_samples):
+                params = dataclasses.replace(self.params, seed=self.params.seed + i)
+                samples.append(generate_tokens(self.model, prompts, params, self.stop_ids(), self.use_cache,
+                                               self.batch_size, progress=bar.update))
+        lines = []
+        for (_, record, _), answers in zip(records, zip(*samples)):
+            texts = [self.tokenizer.decode(answer) for answer in answers]
+            answer = {"response": texts[0]} if num_samples == 1 else {"responses": texts}
+            lines.append(json.dumps({**record, **answer}, ensure_ascii=False))
         atomic_write(Path(output_file), lambda f: f.write("".join(f"{line}\n" for line in lines).encode()))
         print(f"{len(lines)} answers written to {output_file}")
+
+
+def saved_tokenizer(checkpoint_file: str) -> str:
+    """Where a run keeps its tokenizer (puzzle runs have none)."""
+    return os.path.join(os.path.dirname(checkpoint_file) or ".", "tokenizer")
 
 
 def read_prompts(path: str) -> list[tuple[str, dict, list[tuple[str, str]]]]:
@@ -348,17 +396,26 @@ def solve_puzzle(model, text: str, device: torch.device) -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        args.checkpoint = find_checkpoint(args.checkpoint)  # once: a glob's choice is reported once
+        if args.puzzle is None and args.prompt is None and args.input_file is None:  # no mode given: chat
+            if not args.tokenizer and not os.path.isdir(saved_tokenizer(args.checkpoint)):
+                raise ValueError(f"{args.checkpoint}: a puzzle model (no tokenizer in its run): pass --puzzle with "
+                                 "a puzzle or a file holding one")
+            args.interactive = True
         if args.puzzle is not None:
             model, _, device = load_model(args)
             solve_puzzle(model, args.puzzle, device)
             return 0
         generator = Generator(args)
         if args.prompt is not None:
-            generator.stream(generator.conversation(("user", args.prompt)))
+            for i in range(args.num_samples):
+                if args.num_samples > 1:
+                    print(f"--- sample {i + 1}/{args.num_samples} (seed {args.seed + i}) ---", flush=True)
+                generator.stream(generator.conversation(("user", args.prompt)), seed_offset=i)
         elif args.interactive:
             generator.interactive()
         else:
-            generator.answer_file(args.input_file, args.output_file)
+            generator.answer_file(args.input_file, args.output_file, args.num_samples)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -179,21 +179,44 @@ def restore(state: TrainState, train_data, ckpt: dict[str, Any], device: torch.d
 
 
 CONFIG_GROUPS = ("arch", "dataset", "optimizer", "experiment")
+CHOICES_FILE = "hydra_choices.yaml"  # in the run directory: the config group options it was started with
+
+
+def hydra_choices() -> dict[str, str]:
+    """The config group options of this command line (e.g. arch: trm_chat); {} when the config was composed
+    without Hydra's runtime (tests use compose())."""
+    if not HydraConfig.initialized():
+        return {}
+    choices = HydraConfig.get().runtime.choices
+    return {group: choices[group] for group in CONFIG_GROUPS if choices.get(group) is not None}
 
 
 def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """A resumed run keeps the config it was started with; only this command line's `key=value`
-    overrides (e.g. max_steps, epochs, logger.mode) are applied on top of it."""
-    saved_path = os.path.join(os.path.dirname(find_checkpoint(cfg.resume)), "config.yaml")
+    overrides (e.g. max_steps, epochs, logger.mode) are applied on top of it. resume=true or resume=latest:
+    the newest run of this command line's project (checkpoint_dir/<project_name>/*). Repeating a config group
+    option the run was started with (dataset=text) is accepted; another option is refused."""
+    latest = cfg.resume is True or cfg.resume == "latest"
+    file = find_checkpoint(os.path.join(cfg.checkpoint_dir, project_name(cfg), "*", "latest") if latest else cfg.resume)
+    run_dir = os.path.dirname(file) or "."
+    saved_path = os.path.join(run_dir, "config.yaml")
     if not os.path.exists(saved_path):
         print(f"warning: {saved_path} not found; resuming with the config of this command line")
-        return cfg
+        return OmegaConf.merge(cfg, {"resume": file})
     saved = OmegaConf.load(saved_path)
+    choices_path = os.path.join(run_dir, CHOICES_FILE)
+    choices = OmegaConf.to_container(OmegaConf.load(choices_path)) if os.path.exists(choices_path) else {}
     for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
+        key, _, value = override.partition("=")
+        key = key.lstrip("+~")
         if key in CONFIG_GROUPS:
-            raise ValueError(f"resume: {override!r} would change the config group of the run being resumed")
+            if choices.get(key) == value and not override.startswith("~"):
+                continue  # the option the run was started with
+            started = f"it was started with {key}={choices[key]}" if key in choices else "its options were not saved"
+            raise ValueError(f"resume: {override!r} would change the config group of the run being resumed "
+                             f"({run_dir}: {started})")
         OmegaConf.update(saved, key, OmegaConf.select(cfg, key), merge=False, force_add=True)
+    saved.resume = file
     return saved
 
 
@@ -203,7 +226,8 @@ def project_name(cfg: DictConfig) -> str:
 
 def new_run_dir(cfg: DictConfig) -> str:
     project = project_name(cfg)
-    name = cfg.run_name or f"{cfg.arch.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    arch = hydra_choices().get("arch", cfg.arch.name)  # the option (trm_chat) when known, else the model (trm)
+    name = cfg.run_name or f"{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = os.path.join(cfg.checkpoint_dir, project, name)
     suffix = 1
     while os.path.exists(run_dir) and not cfg.run_name:  # two runs started in the same second
@@ -331,6 +355,8 @@ def run_training(cfg: DictConfig, d: Dist, device: torch.device, run_dir: str | 
         os.makedirs(run_dir, exist_ok=True)
         yaml = OmegaConf.to_yaml(cfg, resolve=True).encode()  # atomic: a resume reads it back
         atomic_write(Path(run_dir) / "config.yaml", lambda f: f.write(yaml))
+        if not cfg.resume and (choices := hydra_choices()):  # a resume checks its group overrides against these
+            atomic_write(Path(run_dir) / CHOICES_FILE, lambda f: f.write(OmegaConf.to_yaml(choices).encode()))
     language = None
     if hasattr(train_data, "tokenizer"):  # a language model keeps its tokenizer, so generation needs nothing else
         tokenizer = train_data.tokenizer()

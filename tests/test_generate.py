@@ -3,6 +3,7 @@ and the context window are honoured, and generate.py's modes and error messages 
 import contextlib
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -195,6 +196,55 @@ def test_interactive_session_through_stdin(chat_run):
     assert out.count("model> ") == 2
     assert "system prompt: 'Answer briefly.'" in out and "conversation cleared" in out
     assert "unknown command /bogus" in out
+
+
+def test_without_a_mode_a_language_model_chats_and_a_puzzle_model_asks_for_a_puzzle(chat_run, sudoku_run):
+    result = generate("--checkpoint", str(chat_run), "--max-new-tokens", "4", stdin="Hi\n/quit\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("chat with ") and result.stdout.count("model> ") == 1
+    result = generate("--checkpoint", str(sudoku_run))
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith("error: ") and "pass --puzzle" in result.stderr
+
+
+def test_num_samples_draws_one_answer_per_seed(chat_run, tmp_path):
+    sampling = ["--temperature", "1.0", "--max-new-tokens", "8"]
+    single = [generate("--checkpoint", str(chat_run), "--prompt", "What is 2 + 3?", "--seed", seed, *sampling).stdout
+              for seed in ("3", "4")]
+    result = generate("--checkpoint", str(chat_run), "--prompt", "What is 2 + 3?", "--seed", "3", "--num-samples", "2",
+                      *sampling)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"--- sample 1/2 (seed 3) ---\n{single[0]}--- sample 2/2 (seed 4) ---\n{single[1]}"
+    (tmp_path / "in.jsonl").write_text(json.dumps({"prompt": "What is 2 + 3?"}) + "\n")
+    result = generate("--checkpoint", str(chat_run), "--input-file", str(tmp_path / "in.jsonl"), "--output-file",
+                      str(tmp_path / "out.jsonl"), "--seed", "3", "--num-samples", "2", *sampling)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "out.jsonl").read_text())
+    assert record == {"prompt": "What is 2 + 3?", "responses": [single[0][:-1], single[1][:-1]]}
+
+
+def test_num_samples_is_refused_with_greedy_decoding(capsys):
+    import generate as cli
+
+    with pytest.raises(SystemExit) as exit:
+        cli.parse_args(["--checkpoint", "run", "--prompt", "Hi", "--num-samples", "3"])
+    assert exit.value.code == 2 and "would give 3 identical answers" in capsys.readouterr().err
+
+
+def test_models_lists_the_runs_checkpoints_and_model_switches_between_them(chat_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(chat_run, run)
+    earlier = torch.load(run / "step_3.pt", weights_only=True)
+    earlier["step"] = 1
+    torch.save(earlier, run / "step_1.pt")
+    session = "/models\n/model 1\n/models\n/model step_7\n/model latest\nHi\n/quit\n"
+    result = generate("--checkpoint", str(run), "--max-new-tokens", "2", stdin=session)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "step_1.pt\nstep_3.pt  (loaded)\n" in out and "step_1.pt  (loaded)\nstep_3.pt\n" in out
+    assert f"loaded {run}/step_1.pt (step 1)" in out and f"loaded {run}/step_3.pt (step 3)" in out
+    assert f"error: {run}/step_7: no such checkpoint; {run} holds step_1.pt, step_3.pt" in out
+    assert out.count("model> ") == 1
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "tokenizer", "empty", "too_long"])

@@ -1,5 +1,6 @@
 """End-to-end training: the loss falls, evaluation reports per-step accuracy, resume is exact, bad input fails clearly."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from conftest import ROOT, compose
-from pretrain import resume_config, train
+from pretrain import new_run_dir, resume_config, train
 from utils.checkpoint import find_checkpoint, load_checkpoint
 
 TINY = ["arch.hidden_size=32", "arch.num_heads=2", "arch.puzzle_emb_len=1", "arch.H_cycles=2", "arch.L_cycles=1",
@@ -73,6 +74,52 @@ def test_resume_refuses_to_change_a_config_group(sudoku_dir, tmp_path):
     train(tiny_cfg(sudoku_dir, tmp_path, "max_steps=1", "run_name=r", "eval_at_end=false"))
     overrides = [f"resume={tmp_path / 'Sudoku-tiny-ACT-torch' / 'r'}", "arch=transformer"]
     with pytest.raises(ValueError, match="arch=transformer"):
+        resume_config(compose(*overrides), overrides)
+
+
+@pytest.fixture
+def hydra_run(monkeypatch):
+    """compose() with Hydra's runtime set as `python pretrain.py OVERRIDES` has it (the group choices)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    def run(*overrides: str):
+        with initialize_config_dir(config_dir=str(ROOT / "config"), version_base="1.3"):
+            cfg = hydra_compose("cfg_pretrain", overrides=list(overrides), return_hydra_config=True)
+        monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # restored after the test
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return cfg
+    return run
+
+
+def test_runs_are_named_after_the_arch_option(hydra_run, tmp_path):
+    # composed without Hydra's runtime (tests): arch.name; as pretrain.py runs: the option chosen
+    assert Path(new_run_dir(compose("arch=trm_chat", f"checkpoint_dir={tmp_path}"))).name.startswith("trm-2")
+    assert Path(new_run_dir(hydra_run("arch=trm_chat", f"checkpoint_dir={tmp_path}"))).name.startswith("trm_chat-2")
+
+
+def test_resume_latest_takes_the_newest_run_and_accepts_its_own_group_options(sudoku_dir, tmp_path, hydra_run):
+    for run, age in (("old", 1000), ("new", 2000)):
+        train(hydra_run(*TINY[:-4], f"data_paths=[{sudoku_dir}]", f"checkpoint_dir={tmp_path}", "optimizer=adamw",
+                        "logger.mode=disabled", "max_steps=1", "eval_at_end=false", f"run_name={run}"))
+        os.utime(tmp_path / "Sudoku-tiny-ACT-torch" / run, (age, age))
+    project = tmp_path / "Sudoku-tiny-ACT-torch"
+    assert (project / "new" / "hydra_choices.yaml").read_text().count("optimizer: adamw") == 1
+    for resume in ("true", "latest"):
+        overrides = [f"resume={resume}", f"data_paths=[{sudoku_dir}]", f"checkpoint_dir={tmp_path}", "max_steps=2",
+                     "optimizer=adamw", "dataset=sudoku"]
+        cfg = resume_config(compose(*overrides), overrides)
+        assert cfg.resume == str(project / "new" / "step_1.pt") and cfg.max_steps == 2
+    train(cfg)
+    assert (project / "new" / "step_2.pt").exists() and not (project / "old" / "step_2.pt").exists()
+    overrides = ["resume=latest", f"data_paths=[{sudoku_dir}]", f"checkpoint_dir={tmp_path}", "optimizer=adam_atan2"]
+    with pytest.raises(ValueError, match="'optimizer=adam_atan2' would change .* started with optimizer=adamw"):
+        resume_config(compose(*overrides), overrides)
+    with pytest.raises(FileNotFoundError, match="Maze-ACT-torch/\\*/latest: the pattern matches no checkpoint"):
+        overrides = ["resume=latest", "data_paths=[data/maze]", f"checkpoint_dir={tmp_path}"]
         resume_config(compose(*overrides), overrides)
 
 

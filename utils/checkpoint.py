@@ -4,6 +4,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +33,63 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
         raise ValueError(f"{path}: cannot load as a safe (weights-only) checkpoint: {reason}") from e
 
 
+def step_of(file: str) -> int:
+    """N of a step_<N>[.pt] file; -1 for another name."""
+    return int(m.group(1)) if (m := STEP_FILE.search(os.path.basename(file))) else -1
+
+
+def run_steps(run_dir: str) -> list[tuple[int, str]]:
+    """(step, file) of every step_<N>[.pt] checkpoint in a run directory, lowest step first."""
+    return sorted((step_of(f), f) for f in glob.glob(os.path.join(glob.escape(run_dir), "step_*"))
+                  if step_of(f) >= 0 and os.path.isfile(f))
+
+
 def find_checkpoint(path: str) -> str:
-    """A checkpoint file as given (`.pt` may be left off), or the highest step_<N>[.pt] inside a run directory."""
+    """The checkpoint file meant by `path`:
+    - a file as given (`.pt` may be left off);
+    - a run directory, or `<run>/latest`: its highest step_<N>[.pt];
+    - a glob pattern (a shell pattern that did not expand, e.g. `checkpoints/<project>/trm_chat-*/step_1000`):
+      what each match means as above; when they lie in several run directories the newest directory (by
+      modification time) is taken, and said on stderr; within one directory the highest step."""
+    if glob.has_magic(path):
+        return _newest_match(path)
     if os.path.isfile(path):
         return path
     if os.path.isfile(f"{path}.pt"):
         return f"{path}.pt"
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: no such checkpoint file or run directory")
-    steps = [(int(m.group(1)), f) for f in glob.glob(os.path.join(path, "step_*"))
-             if (m := STEP_FILE.search(os.path.basename(f)))]
-    if not steps:
-        raise FileNotFoundError(f"{path}: run directory holds no step_<N>.pt checkpoint")
-    return max(steps)[1]
+    run, name = os.path.split(os.path.normpath(path))
+    if name in ("latest", "latest.pt") and os.path.isdir(run or "."):
+        path = run or "."
+    if os.path.isdir(path):
+        steps = run_steps(path)
+        if not steps:
+            raise FileNotFoundError(f"{path}: run directory holds no step_<N>.pt checkpoint")
+        return steps[-1][1]
+    if run and os.path.isdir(run) and (steps := run_steps(run)):
+        names = ", ".join(os.path.basename(f) for _, f in steps)
+        raise FileNotFoundError(f"{path}: no such checkpoint; {run} holds {names}")
+    raise FileNotFoundError(f"{path}: no such checkpoint file or run directory")
+
+
+def _newest_match(pattern: str) -> str:
+    run_pattern, name = os.path.split(os.path.normpath(pattern))
+    if name in ("latest", "latest.pt"):  # <pattern>/latest: the matching run directories
+        matches = glob.glob(run_pattern or ".")
+    else:
+        matches = glob.glob(pattern) + glob.glob(f"{pattern}.pt")
+    files = []
+    for match in matches:  # each match's checkpoint: a run directory's highest step, or the file itself
+        if os.path.isdir(match):
+            files += run_steps(match)[-1:]
+        elif STEP_FILE.search(os.path.basename(match)) or match.endswith(".pt"):
+            files.append((step_of(match), match))
+    if not files:
+        raise FileNotFoundError(f"{pattern}: the pattern matches no checkpoint file or run directory holding one")
+    runs = {os.path.dirname(f) for _, f in files}
+    run = max(runs, key=lambda d: (os.path.getmtime(d or "."), d))
+    if len(runs) > 1:
+        print(f"{pattern}: matches {len(runs)} run directories; using the newest, {run or '.'}", file=sys.stderr)
+    return max(f for f in files if os.path.dirname(f[1]) == run)[1]
 
 
 def model_state_from(checkpoint: dict[str, Any], use_ema: bool = False) -> dict[str, torch.Tensor]:
