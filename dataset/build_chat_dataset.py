@@ -32,8 +32,9 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dataset.chat_formats import BadRecordReport, Conversation, load_records, parse_records  # noqa: E402
-from dataset.common import (add_split_arguments, atomic_write, check_splits_not_empty, resolve_train_split,  # noqa: E402
-                            run_build_cli, save_arrays, split_indices, token_dtype)
+from dataset.common import (  # noqa: E402
+    add_split_arguments, atomic_write, check_splits_not_empty, resolve_train_split, run_build_cli, save_arrays,
+    split_indices, token_dtype)
 from utils.tokenizer import ChatTokenizer, make_tokenizer  # noqa: E402
 
 Turns = list[tuple[str, str]]
@@ -168,8 +169,8 @@ def build(cfg: ChatBuildConfig) -> dict:
     out = Path(cfg.output_dir)
     tok.save(str(out / "tokenizer"))
     meta = {"kind": "chat", "vocab_size": tok.vocab_size, "max_length": cfg.max_length, "pad_id": tok.pad_id,
-            "eot_id": tok.eot_id, "tokenizer_fingerprint": tok.fingerprint(), "build": asdict(cfg),
-            "bad_records": report.counts, "splits": {}}
+            "eot_id": tok.eot_id, "tokenizer_fingerprint": tok.fingerprint(),
+            "build": {**asdict(cfg), "train_split": train_split}, "bad_records": report.counts, "splits": {}}
     if cfg.valid_file:
         meta["valid_bad_records"] = valid_report.counts
     for name, (samples, stats) in encoded.items():
@@ -182,7 +183,8 @@ def build(cfg: ChatBuildConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--input-file", "--input", "--train-file", required=True, help="file, directory or hub dataset name")
+    ap.add_argument("--input-file", "--input", "--train-file", required=True,
+                    help="file, directory or hub dataset name")
     ap.add_argument("--output-dir", required=True)
     ap.add_argument("--format", default="auto", choices=["auto", "sharegpt", "messages", "alpaca", "oasst", "openassistant"])
     ap.add_argument("--tokenizer", default="byte",

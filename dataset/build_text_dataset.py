@@ -35,8 +35,9 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dataset.chat_formats import JSON_SUFFIXES, load_records  # noqa: E402
-from dataset.common import (add_split_arguments, atomic_write, check_splits_not_empty, resolve_train_split,  # noqa: E402
-                            run_build_cli, save_arrays, split_indices, token_dtype)
+from dataset.common import (  # noqa: E402
+    add_split_arguments, atomic_write, check_splits_not_empty, resolve_train_split, run_build_cli, save_arrays,
+    split_indices, token_dtype)
 from utils.tokenizer import ChatTokenizer, make_tokenizer  # noqa: E402
 
 TEXT_SUFFIXES = (".txt", ".md", ".text")
@@ -170,8 +171,8 @@ def build(cfg: TextBuildConfig) -> dict:
     out = Path(cfg.output_dir)
     tok.save(str(out / "tokenizer"))
     meta = {"kind": "text", "vocab_size": tok.vocab_size, "pad_id": tok.pad_id, "eot_id": tok.eot_id,
-            "tokenizer_fingerprint": tok.fingerprint(), "build": asdict(cfg), "bad_records": report.counts,
-            "skipped_files": len(report.skipped_files), "splits": {}}
+            "tokenizer_fingerprint": tok.fingerprint(), "build": {**asdict(cfg), "train_split": train_split},
+            "bad_records": report.counts, "skipped_files": len(report.skipped_files), "splits": {}}
     if cfg.valid_file:
         meta["valid_bad_records"] = valid_report.counts
     for name, split_docs in splits.items():

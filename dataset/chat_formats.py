@@ -121,7 +121,8 @@ def _describe(counts: dict[str, int], examples: dict[str, list[int]], details: d
     for key in sorted(counts, key=lambda k: -counts[k]):  # stable: ties keep first-seen order
         shown = ", ".join(map(str, examples[key])) + (", ..." if counts[key] > len(examples[key]) else "")
         what = "; ".join((details or {}).get(key, []))
-        parts.append(f"{counts[key]} {key} (record{'s' if counts[key] > 1 else ''} {shown}{': ' + what if what else ''})")
+        what = f": {what}" if what else ""
+        parts.append(f"{counts[key]} {key} (record{'s' if counts[key] > 1 else ''} {shown}{what})")
     return ", ".join(parts)
 
 
@@ -533,7 +534,9 @@ def _format_mismatch(records: Sequence[Any], fmt: str) -> str | None:
         looks = detect_format(records)
     except ValueError:  # no format, or several: nothing clear to suggest
         return None
-    return None if looks == fmt else f"the records look like the {looks} format, not {fmt} (use --format {looks} or auto)"
+    if looks == fmt:
+        return None
+    return f"the records look like the {looks} format, not {fmt} (use --format {looks} or auto)"
 
 
 def _checked(conversations: list[Conversation], report: BadRecordReport, records: Sequence[Any], fmt: str,

@@ -69,7 +69,8 @@ def test_one_document_per_line_and_an_empty_split_fails(tmp_path):
         build_text_main(["--input", str(lines), "--output-dir", str(out)])
     assert not out.exists()
     meta = build_text(TextBuildConfig(input=[str(lines)], output_dir=str(out), doc_separator="line", train_split=1.0))
-    assert meta["splits"]["train"]["documents"] == len(STORIES) and meta["bad_records"] == {}  # blank lines: no documents
+    assert meta["splits"]["train"]["documents"] == len(STORIES)
+    assert meta["bad_records"] == {}  # blank lines are no documents, not empty ones
     assert split_docs(out, "train", ChatTokenizer.load(str(out / "tokenizer"))) == STORIES
     build_text_main(["--input", str(lines), "--output-dir", str(out), "--doc-separator", "line"])
     meta = json.loads((out / "dataset.json").read_text())
@@ -90,7 +91,8 @@ def test_validation_documents_from_their_own_file(tmp_path):
                                    train_split=0.5))
     (raw / "bad.jsonl").write_text('{"title": "no text"}\n')
     with pytest.raises(ValueError, match="bad.jsonl: the valid split has no documents"):
-        build_text(TextBuildConfig(input=[str(raw / "a.txt")], output_dir=str(out), valid_file=[str(raw / "bad.jsonl")]))
+        build_text(TextBuildConfig(input=[str(raw / "a.txt")], output_dir=str(out),
+                                   valid_file=[str(raw / "bad.jsonl")]))
 
 
 @pytest.mark.parametrize("seq_len", [1, 7, 64])
