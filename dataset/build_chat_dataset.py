@@ -3,10 +3,12 @@
     python -m dataset.build_chat_dataset --input-file data.json --output-dir data/my-chat \\
         --format sharegpt --tokenizer byte --max-length 512 --train-split 0.95
 
-Input: a .json/.jsonl file, a directory of them, or (with network) a hub dataset name, read with `datasets`.
-Every record that cannot be used is counted by reason and reported; `--strict` stops at the first.
-Tokenizer: `byte` (built in, the default), `bpe` (trained here on the training split, `--vocab-size`), or a
-Hugging Face tokenizer name or local path. It is saved in `<output-dir>/tokenizer/`, so training and
+Input (`--train-file` is another name for `--input-file`): a .json/.jsonl file, a directory of them, or (with
+network) a hub dataset name, read with `datasets`. The validation conversations are a seeded share of it
+(`--train-split`), or come from their own files (`--valid-file`). Every record that cannot be used is counted
+by reason and reported; `--strict` stops at the first. A split left without samples is an error.
+Tokenizer: `byte` (built in, the default), `bpe` (trained here on the training split, `--vocab-size`), a
+saved tokenizer directory, a `tokenizer.json` file, or a Hugging Face tokenizer name or local path. It is saved in `<output-dir>/tokenizer/`, so training and
 generation always use the same one.
 
 Loss masking: only assistant text and each assistant end token are trained (`--train-on-all`: every token).
@@ -29,8 +31,10 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dataset.chat_formats import load_records, parse_records  # noqa: E402
-from dataset.common import atomic_write, run_build_cli, save_arrays, split_indices, token_dtype  # noqa: E402
+from dataset.chat_formats import BadRecordReport, Conversation, load_records, parse_records  # noqa: E402
+from dataset.common import (  # noqa: E402
+    add_split_arguments, atomic_write, check_splits_not_empty, resolve_train_split, run_build_cli, save_arrays,
+    split_indices, token_dtype)
 from utils.tokenizer import ChatTokenizer, make_tokenizer  # noqa: E402
 
 Turns = list[tuple[str, str]]
@@ -45,7 +49,8 @@ class ChatBuildConfig:
     tokenizer: str = "byte"  # byte | bpe | a Hugging Face tokenizer name or path
     vocab_size: int = 4096  # for bpe
     max_length: int = 2048  # input positions of a sample (the model's seq_len)
-    train_split: float = 0.95
+    train_split: float | None = None  # None: DEFAULT_TRAIN_SPLIT, or 1 with valid_file
+    valid_file: list[str] | None = None  # validation conversations from these files instead of a share of the input
     subsample_size: int | None = None
     long: str = "truncate"  # truncate | split
     train_on_all: bool = False
@@ -125,34 +130,52 @@ def save_split(directory: Path, samples: list[Sample], vocab_size: int) -> None:
     })
 
 
+def read_conversations(sources: list[str], cfg: ChatBuildConfig) -> tuple[list[Conversation], BadRecordReport]:
+    """The usable conversations of the records of `sources` (files, directories or a hub name), reported."""
+    records = [record for source in sources for record in load_records(source, cfg.hub_split)]
+    fmt = "oasst" if cfg.format == "openassistant" else cfg.format
+    conversations, report = parse_records(records, fmt, strict=cfg.strict)
+    where = ", ".join(sources)
+    print(f"{where}: {len(records)} records -> {len(conversations)} conversations; {report.summary()}")
+    if not conversations:
+        raise ValueError(f"{where}: no usable conversation")
+    return conversations, report
+
+
 def build(cfg: ChatBuildConfig) -> dict:
     """Build the dataset; returns its metadata (also written to <output_dir>/dataset.json)."""
     if cfg.long not in ("truncate", "split"):
         raise ValueError(f"--long must be truncate or split, got {cfg.long!r}")
-    records = load_records(cfg.input_file, cfg.hub_split)
-    fmt = "oasst" if cfg.format == "openassistant" else cfg.format
-    conversations, report = parse_records(records, fmt, strict=cfg.strict)
-    print(f"{cfg.input_file}: {len(records)} records -> {len(conversations)} conversations; {report.summary()}")
-    if not conversations:
-        raise ValueError(f"{cfg.input_file}: no usable conversation")
-
-    train, valid = split_indices(len(conversations), cfg.train_split, cfg.seed, cfg.subsample_size)
+    train_split = resolve_train_split(cfg.train_split, cfg.valid_file)
+    sources = {"train": cfg.input_file, "valid": ", ".join(cfg.valid_file or [cfg.input_file])}
+    conversations, report = read_conversations([cfg.input_file], cfg)
+    train, valid = split_indices(len(conversations), train_split, cfg.seed, cfg.subsample_size)
     splits = {"train": [conversations[i].turns for i in train], "valid": [conversations[i].turns for i in valid]}
+    if cfg.valid_file:
+        valid_conversations, valid_report = read_conversations(cfg.valid_file, cfg)
+        splits["valid"] = [c.turns for c in valid_conversations]
 
     tok = make_tokenizer(cfg.tokenizer, (text for turns in splits["train"] for _, text in turns), cfg.vocab_size)
-    out = Path(cfg.output_dir)
-    tok.save(str(out / "tokenizer"))
-    meta = {"kind": "chat", "vocab_size": tok.vocab_size, "max_length": cfg.max_length, "pad_id": tok.pad_id,
-            "eot_id": tok.eot_id, "tokenizer_fingerprint": tok.fingerprint(), "build": asdict(cfg),
-            "bad_records": report.counts, "splits": {}}
-    for name, turns in splits.items():
-        samples, stats = encode_split(tok, turns, cfg)
-        save_split(out / name, samples, tok.vocab_size)
-        meta["splits"][name] = asdict(stats)
+    encoded = {name: encode_split(tok, turns, cfg) for name, turns in splits.items()}
+    for name, (_, stats) in encoded.items():
         share = stats.trained_tokens / max(stats.tokens, 1)
         print(f"{name}: {stats.conversations} conversations, {stats.samples} samples, {stats.turns} turns, "
               f"{stats.tokens} tokens ({share:.1%} trained); {stats.truncated} truncated, {stats.split} split, "
               f"{stats.cut_mid_turn} cut mid-turn, {stats.dropped_untrained} without trained tokens")
+    note = "" if cfg.valid_file else f" ({len(conversations)} conversations in all, --train-split {train_split})"
+    check_splits_not_empty({name: len(samples) for name, (samples, _) in encoded.items()}, "samples", sources,
+                           validates=bool(cfg.valid_file) or train_split < 1, note=note)
+
+    out = Path(cfg.output_dir)
+    tok.save(str(out / "tokenizer"))
+    meta = {"kind": "chat", "vocab_size": tok.vocab_size, "max_length": cfg.max_length, "pad_id": tok.pad_id,
+            "eot_id": tok.eot_id, "tokenizer_fingerprint": tok.fingerprint(),
+            "build": {**asdict(cfg), "train_split": train_split}, "bad_records": report.counts, "splits": {}}
+    if cfg.valid_file:
+        meta["valid_bad_records"] = valid_report.counts
+    for name, (samples, stats) in encoded.items():
+        save_split(out / name, samples, tok.vocab_size)
+        meta["splits"][name] = asdict(stats)
     atomic_write(out / "dataset.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
     print(f"wrote {out} (vocabulary {tok.vocab_size}, max length {cfg.max_length})")
     return meta
@@ -160,18 +183,18 @@ def build(cfg: ChatBuildConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--input-file", "--input", required=True, help="file, directory or hub dataset name")
+    ap.add_argument("--input-file", "--input", "--train-file", required=True,
+                    help="file, directory or hub dataset name")
     ap.add_argument("--output-dir", required=True)
     ap.add_argument("--format", default="auto", choices=["auto", "sharegpt", "messages", "alpaca", "oasst", "openassistant"])
-    ap.add_argument("--tokenizer", default="byte", help="byte | bpe | a saved tokenizer directory | Hugging Face name")
+    ap.add_argument("--tokenizer", default="byte",
+                    help="byte | bpe | a saved tokenizer directory | a tokenizer.json file | Hugging Face name")
     ap.add_argument("--vocab-size", type=int, default=4096, help="for --tokenizer bpe")
     ap.add_argument("--max-length", type=int, default=2048)
-    ap.add_argument("--train-split", type=float, default=0.95)
-    ap.add_argument("--subsample-size", type=int)
+    add_split_arguments(ap, "conversation")
     ap.add_argument("--long", default="truncate", choices=["truncate", "split"])
     ap.add_argument("--train-on-all", action="store_true", help="train on every token, not only the assistant's")
     ap.add_argument("--strict", action="store_true", help="stop at the first bad record")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--hub-split", default="train")
     run_build_cli(build, ChatBuildConfig, ap.parse_args(argv))
 

@@ -3,19 +3,21 @@
     python -m dataset.build_text_dataset --input corpus/ stories.jsonl --output-dir data/my-text \\
         --tokenizer byte --train-split 0.95
 
-Input (several may be given): .txt/.md files, .json/.jsonl files of records with a text field
-(`--text-field`, default `text`), directories of such files (recursively, sorted), or, with network, a
-hub dataset name read with `datasets` (`--hub-split`). A text file is one document, or several with
-`--doc-separator` (`blank-line`, or a literal string such as `<|endoftext|>`). Records without a string
-text field, and empty documents, are counted by reason and reported; `--strict` stops at the first.
+Input (several may be given; `--train-file` is another name for `--input`): .txt/.md files, .json/.jsonl
+files of records with a text field (`--text-field`, default `text`), directories of such files (recursively,
+sorted), or, with network, a hub dataset name read with `datasets` (`--hub-split`). A text file is one
+document by default, or several with `--doc-separator`: `line` (every non-empty line is a document),
+`blank-line`, or a literal string such as `<|endoftext|>`. Records without a string text field, and empty
+documents, are counted by reason and reported; `--strict` stops at the first. A split left without documents
+is an error.
 
 Tokenizer: `byte` (default), `bpe` (trained on the training documents, `--vocab-size`), a tokenizer
-directory saved by `python -m utils.tokenizer train`, or a Hugging Face name or path; saved in
-`<output-dir>/tokenizer/`. Every document is followed by the end-of-text token. Documents are split into
-train/valid whole (seeded). Output per split (train/, valid/): `tokens.npy` (the stream; uint16 when the
-vocabulary allows), `offsets.npy` (document i is tokens[offsets[i]:offsets[i+1]], its end-of-text
-included); and dataset.json (metadata and statistics). dataset/text_dataset.py cuts the stream into rows
-of any length at training time.
+directory saved by `python -m utils.tokenizer train`, a `tokenizer.json` file, or a Hugging Face name or
+path; saved in `<output-dir>/tokenizer/`. Every document is followed by the end-of-text token. Documents are
+split into train/valid whole (seeded), or the validation documents come from their own files
+(`--valid-file`). Output per split (train/, valid/): `tokens.npy` (the stream; uint16 when the vocabulary allows), `offsets.npy`
+(document i is tokens[offsets[i]:offsets[i+1]], its end-of-text included); and dataset.json (metadata and
+statistics). dataset/text_dataset.py cuts the stream into rows of any length at training time.
 """
 from __future__ import annotations
 
@@ -33,7 +35,9 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dataset.chat_formats import JSON_SUFFIXES, load_records  # noqa: E402
-from dataset.common import atomic_write, run_build_cli, save_arrays, split_indices, token_dtype  # noqa: E402
+from dataset.common import (  # noqa: E402
+    add_split_arguments, atomic_write, check_splits_not_empty, resolve_train_split, run_build_cli, save_arrays,
+    split_indices, token_dtype)
 from utils.tokenizer import ChatTokenizer, make_tokenizer  # noqa: E402
 
 TEXT_SUFFIXES = (".txt", ".md", ".text")
@@ -45,10 +49,11 @@ class TextBuildConfig:
     input: list[str]
     output_dir: str
     text_field: str = "text"
-    doc_separator: str | None = None  # None: one document per text file; "blank-line"; or a literal string
+    doc_separator: str | None = None  # None: one document per text file; "line"; "blank-line"; or a literal string
     tokenizer: str = "byte"  # byte | bpe | saved tokenizer directory | Hugging Face name or path
     vocab_size: int = 4096  # for bpe
-    train_split: float = 0.95
+    train_split: float | None = None  # None: DEFAULT_TRAIN_SPLIT, or 1 with valid_file
+    valid_file: list[str] | None = None  # validation documents from these inputs instead of a share of `input`
     subsample_size: int | None = None  # documents
     strict: bool = False
     seed: int = 0
@@ -81,13 +86,15 @@ class Report:
 def split_text(text: str, separator: str | None) -> list[str]:
     if separator is None:
         return [text]
+    if separator == "line":  # blank lines are spacing, not empty documents
+        return [line for line in text.splitlines() if line.strip()]
     if separator == "blank-line":
         return re.split(r"\n[ \t]*\n+", text)
     return text.split(separator)
 
 
-def read_documents(cfg: TextBuildConfig, report: Report) -> Iterator[str]:
-    """Every non-empty document of the inputs, in order."""
+def read_documents(sources: list[str], cfg: TextBuildConfig, report: Report) -> Iterator[str]:
+    """Every non-empty document of `sources` (inputs as in cfg.input), in order."""
     def emit(text, where: str) -> Iterator[str]:
         if not isinstance(text, str):
             report.bad("missing_text" if text is None else "wrong_type", where, cfg.strict)
@@ -106,7 +113,7 @@ def read_documents(cfg: TextBuildConfig, report: Report) -> Iterator[str]:
                 text = record.get(cfg.text_field) if isinstance(record, dict) else None
                 yield from emit(text, f"{path} record {k}")
 
-    for source in cfg.input:
+    for source in sources:
         path = Path(source).expanduser()
         if path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
@@ -141,20 +148,33 @@ def encode_documents(tok: ChatTokenizer, docs: list[str]) -> dict[str, np.ndarra
 
 def build(cfg: TextBuildConfig) -> dict:
     """Build the dataset; returns its metadata (also written to <output_dir>/dataset.json)."""
+    sources = {"train": ", ".join(cfg.input), "valid": ", ".join(cfg.valid_file or cfg.input)}
+    train_split = resolve_train_split(cfg.train_split, cfg.valid_file)
     report = Report()
-    docs = list(read_documents(cfg, report))
-    print(f"{', '.join(cfg.input)}: {report.documents} documents; {report.summary()}")
+    docs = list(read_documents(cfg.input, cfg, report))
+    print(f"{sources['train']}: {report.documents} documents; {report.summary()}")
     if not docs:
-        raise ValueError(f"{', '.join(cfg.input)}: no usable document")
-    train, valid = split_indices(len(docs), cfg.train_split, cfg.seed, cfg.subsample_size)
+        raise ValueError(f"{sources['train']}: no usable document")
+    train, valid = split_indices(len(docs), train_split, cfg.seed, cfg.subsample_size)
     splits = {"train": [docs[i] for i in np.sort(train)], "valid": [docs[i] for i in np.sort(valid)]}
+    if cfg.valid_file:
+        valid_report = Report()
+        splits["valid"] = list(read_documents(cfg.valid_file, cfg, valid_report))
+        print(f"{sources['valid']}: {valid_report.documents} documents; {valid_report.summary()}")
+    note = "" if cfg.valid_file else f" ({len(docs)} documents in all, --train-split {train_split})"
+    if not cfg.doc_separator:
+        note += "; a text file is one document unless --doc-separator (line, blank-line, ...) splits it"
+    check_splits_not_empty({k: len(v) for k, v in splits.items()}, "documents", sources,
+                           validates=bool(cfg.valid_file) or train_split < 1, note=note)
 
     tok = make_tokenizer(cfg.tokenizer, iter(splits["train"]), cfg.vocab_size)
     out = Path(cfg.output_dir)
     tok.save(str(out / "tokenizer"))
     meta = {"kind": "text", "vocab_size": tok.vocab_size, "pad_id": tok.pad_id, "eot_id": tok.eot_id,
-            "tokenizer_fingerprint": tok.fingerprint(), "build": asdict(cfg), "bad_records": report.counts,
-            "skipped_files": len(report.skipped_files), "splits": {}}
+            "tokenizer_fingerprint": tok.fingerprint(), "build": {**asdict(cfg), "train_split": train_split},
+            "bad_records": report.counts, "skipped_files": len(report.skipped_files), "splits": {}}
+    if cfg.valid_file:
+        meta["valid_bad_records"] = valid_report.counts
     for name, split_docs in splits.items():
         arrays = encode_documents(tok, split_docs)
         save_arrays(out / name, arrays)
@@ -170,16 +190,17 @@ def build(cfg: TextBuildConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--input", "--input-file", nargs="+", required=True, help="files, directories or a hub dataset name")
+    ap.add_argument("--input", "--input-file", "--train-file", nargs="+", required=True,
+                    help="files, directories or a hub dataset name")
     ap.add_argument("--output-dir", required=True)
     ap.add_argument("--text-field", default="text", help="the text of a .json/.jsonl or hub record")
-    ap.add_argument("--doc-separator", help="split text files into documents: blank-line, or a literal string")
-    ap.add_argument("--tokenizer", default="byte", help="byte | bpe | a saved tokenizer directory | Hugging Face name")
+    ap.add_argument("--doc-separator", help="split text files into documents: line (each non-empty line), "
+                                            "blank-line, or a literal string; default: each file is one document")
+    ap.add_argument("--tokenizer", default="byte",
+                    help="byte | bpe | a saved tokenizer directory | a tokenizer.json file | Hugging Face name")
     ap.add_argument("--vocab-size", type=int, default=4096, help="for --tokenizer bpe")
-    ap.add_argument("--train-split", type=float, default=0.95, help="share of the documents for training")
-    ap.add_argument("--subsample-size", type=int, help="use this many documents")
+    add_split_arguments(ap, "document")
     ap.add_argument("--strict", action="store_true", help="stop at the first bad record")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--hub-split", default="train")
     run_build_cli(build, TextBuildConfig, ap.parse_args(argv))
 

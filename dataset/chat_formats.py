@@ -7,6 +7,7 @@ Formats:
   alpaca    {"instruction", "input"?, "output", "system"?}
   oasst     OpenAssistant message trees as flat records: message_id, parent_id, role, text, deleted?, rank?
   auto      detected from the keys of the first records
+An explicit format that fits none of the records while they look like another format is a ValueError naming it.
 
 Turn items of sharegpt and messages records may use either key pair (from/value or role/content): real files mix
 them. Roles are matched case-insensitively against ROLE_ALIASES.
@@ -52,6 +53,7 @@ REASONS = (  # fixed keys, so reports from different files can be added up
     "consecutive_user", "system_not_first", "orphan", "deleted", "duplicate_id",
 )
 NOTES = ("consecutive_user", "not_best")  # records worth knowing about that are not errors
+DETAILED = ("missing_field",)  # reasons whose summary also says what (which field), from the first few records
 JSON_SUFFIXES = (".json", ".jsonl")
 
 
@@ -78,14 +80,20 @@ class BadRecordReport:
     examples: dict[str, list[int]] = field(default_factory=dict)  # the first few indices per reason
     note_counts: dict[str, int] = field(default_factory=dict)  # by note (see NOTES)
     note_examples: dict[str, list[int]] = field(default_factory=dict)
+    details: dict[str, list[str]] = field(default_factory=dict)  # distinct details of the DETAILED reasons
     max_examples: int = 5
+    max_details: int = 3
 
     @property
     def skipped(self) -> int:
         return sum(self.counts.values())
 
-    def add(self, index: int, reason: str) -> None:
+    def add(self, index: int, reason: str, detail: str = "") -> None:
         _tally(self.counts, self.examples, index, reason, self.max_examples)
+        if reason in DETAILED and detail:
+            seen = self.details.setdefault(reason, [])
+            if detail not in seen and len(seen) < self.max_details:
+                seen.append(detail)
 
     def note(self, index: int, note: str) -> None:
         assert note in NOTES, note
@@ -94,7 +102,7 @@ class BadRecordReport:
     def summary(self) -> str:
         text = f"skipped {self.skipped} of {self.total} records"
         if self.counts:
-            text += ": " + _describe(self.counts, self.examples)
+            text += ": " + _describe(self.counts, self.examples, self.details)
         if self.note_counts:
             text += "; notes: " + _describe(self.note_counts, self.note_examples)
         return text
@@ -107,11 +115,14 @@ def _tally(counts: dict[str, int], examples: dict[str, list[int]], index: int, k
         shown.append(index)
 
 
-def _describe(counts: dict[str, int], examples: dict[str, list[int]]) -> str:
+def _describe(counts: dict[str, int], examples: dict[str, list[int]], details: dict[str, list[str]] | None = None
+              ) -> str:
     parts = []
     for key in sorted(counts, key=lambda k: -counts[k]):  # stable: ties keep first-seen order
         shown = ", ".join(map(str, examples[key])) + (", ..." if counts[key] > len(examples[key]) else "")
-        parts.append(f"{counts[key]} {key} (record{'s' if counts[key] > 1 else ''} {shown})")
+        what = "; ".join((details or {}).get(key, []))
+        what = f": {what}" if what else ""
+        parts.append(f"{counts[key]} {key} (record{'s' if counts[key] > 1 else ''} {shown}{what})")
     return ", ".join(parts)
 
 
@@ -485,13 +496,15 @@ def parse_records(records: Sequence[Any], fmt: str = "auto", strict: bool = Fals
     report = BadRecordReport(total=len(records))
     if not records:
         return [], report
-    if fmt == "auto":
+    explicit = fmt != "auto"
+    if not explicit:
         fmt = detect_format(records)
 
     def reject(index: int, e: BadRecord) -> None:
         if strict:
-            raise ValueError(f"record {index}: {e.reason}: {e.detail}")
-        report.add(index, e.reason)
+            mismatch = _format_mismatch(records, fmt) if explicit else None
+            raise ValueError(f"record {index}: {e.reason}: {e.detail}" + (f"; {mismatch}" if mismatch else ""))
+        report.add(index, e.reason, e.detail)
 
     if fmt == "oasst":
         conversations, dropped, notes = _parse_oasst(records, best_only)
@@ -499,7 +512,7 @@ def parse_records(records: Sequence[Any], fmt: str = "auto", strict: bool = Fals
             reject(i, dropped[i])
         for i in sorted(notes):
             report.note(i, notes[i])
-        return conversations, report
+        return _checked(conversations, report, records, fmt, explicit)
 
     parse = _RECORD_PARSERS[fmt]
     conversations = []
@@ -512,4 +525,25 @@ def parse_records(records: Sequence[Any], fmt: str = "auto", strict: bool = Fals
         if any(a[0] == b[0] == "user" for a, b in zip(turns, turns[1:])):
             report.note(i, "consecutive_user")
         conversations.append(Conversation(turns, i))
+    return _checked(conversations, report, records, fmt, explicit)
+
+
+def _format_mismatch(records: Sequence[Any], fmt: str) -> str | None:
+    """What to say when records read as `fmt` look like another format; None when they do not."""
+    try:
+        looks = detect_format(records)
+    except ValueError:  # no format, or several: nothing clear to suggest
+        return None
+    if looks == fmt:
+        return None
+    return f"the records look like the {looks} format, not {fmt} (use --format {looks} or auto)"
+
+
+def _checked(conversations: list[Conversation], report: BadRecordReport, records: Sequence[Any], fmt: str,
+             explicit: bool) -> tuple[list[Conversation], BadRecordReport]:
+    """An explicit format that no record fits while they look like another one is a mistake in the format, not
+    a file of bad records: say so instead of reporting every record as broken."""
+    mismatch = _format_mismatch(records, fmt) if explicit and records and not conversations else None
+    if mismatch:
+        raise ValueError(f"none of the {len(records)} records is usable as {fmt}: {mismatch}")
     return conversations, report

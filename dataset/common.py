@@ -110,6 +110,41 @@ def save_arrays(directory: Path, arrays: dict[str, np.ndarray]) -> None:
         atomic_write(directory / f"{name}.npy", lambda f, a=array: np.save(f, a))
 
 
+DEFAULT_TRAIN_SPLIT = 0.95
+
+
+def add_split_arguments(ap: argparse.ArgumentParser, unit: str) -> None:
+    """The options of a builder that splits its input into train/ and valid/ (see resolve_train_split)."""
+    ap.add_argument("--train-split", type=float,
+                    help=f"share of the {unit}s for training (default {DEFAULT_TRAIN_SPLIT}, the rest validates; "
+                         f"1 = no validation split); not with --valid-file")
+    ap.add_argument("--valid-file", nargs="+",
+                    help=f"read the validation {unit}s from these files/directories instead of splitting them off "
+                         "the input (which then all goes to training)")
+    ap.add_argument("--subsample-size", type=int, help=f"use this many {unit}s of the input (seeded choice)")
+    ap.add_argument("--seed", type=int, default=0)
+
+
+def resolve_train_split(train_split: float | None, valid_file: list[str] | None) -> float:
+    """The share of the input for training: DEFAULT_TRAIN_SPLIT when not given, and all of it when the validation
+    split comes from its own file(s), which any smaller share would contradict."""
+    if not valid_file:
+        return DEFAULT_TRAIN_SPLIT if train_split is None else train_split
+    if train_split not in (None, 1):
+        raise ValueError(f"--train-split {train_split} conflicts with --valid-file: the validation split comes "
+                         "from its own file(s) and the whole input trains; drop --train-split")
+    return 1.0
+
+
+def check_splits_not_empty(sizes: dict[str, int], unit: str, sources: dict[str, str], validates: bool,
+                           note: str = "") -> None:
+    """An empty train split, or an empty valid split when validation was asked for (validates), is an error here
+    rather than in training later. `sources` names each split's input; `note` says how it was split."""
+    for split, n in sizes.items():
+        if n == 0 and (split == "train" or validates):
+            raise ValueError(f"{sources[split]}: the {split} split has no {unit}{note}")
+
+
 def split_indices(n: int, train_split: float, seed: int, subsample: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A seeded split of n items (conversations, documents) into train and validation indices.
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from dataset.build_chat_dataset import ChatBuildConfig, build
+from dataset.build_chat_dataset import ChatBuildConfig, build, main as build_main
 from dataset.chat_dataset import ChatDataset
 from models import build_model
 from models.losses import IGNORE_LABEL_ID
@@ -77,6 +77,30 @@ def test_train_on_all_and_long_conversation_policies(tmp_path):
 def test_strict_mode_stops_at_the_first_bad_record(tmp_path):
     with pytest.raises(ValueError, match="record 2"):
         build_tiny(tmp_path, strict=True)
+
+
+def test_validation_conversations_from_their_own_file(tmp_path):
+    train_file = write(tmp_path / "train", CONVERSATIONS)
+    valid_file = write(tmp_path / "valid", [{"conversations": [{"from": "human", "value": "3+3?"},
+                                                               {"from": "gpt", "value": "6"}]}])
+    out = tmp_path / "built"
+    build_main(["--train-file", train_file, "--valid-file", valid_file, "--output-dir", str(out), "--max-length", "64"])
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["splits"]["train"]["conversations"] == 2 and meta["splits"]["valid"]["conversations"] == 1
+    assert meta["bad_records"] == {"unknown_role": 1, "empty_turn": 1} and meta["valid_bad_records"] == {}
+    tok = ChatTokenizer.load(str(out / "tokenizer"))
+    assert "3+3?" in tok.decode(conversation(out, "valid", 0)[0])
+    with pytest.raises(SystemExit, match="^error: --train-split 0.9 conflicts with --valid-file"):
+        build_main(["--input-file", train_file, "--valid-file", valid_file, "--output-dir", str(out),
+                    "--train-split", "0.9"])
+
+
+def test_a_split_left_without_samples_fails(tmp_path):
+    with pytest.raises(ValueError, match=r"chat.json: the train split has no samples \(1 conversations in all"):
+        build_tiny(tmp_path, CONVERSATIONS[1:2], train_split=0.95)  # one conversation: it goes to validation
+    with pytest.raises(ValueError, match="chat.json: the train split has no samples"):
+        build_tiny(tmp_path, max_length=2)  # every sample cut to its prompt: nothing to train on
+    assert not (tmp_path / "built").exists()
 
 
 def test_label_at_t_is_the_token_at_t_plus_1(tmp_path):

@@ -234,7 +234,8 @@ def test_every_bad_record_kind_is_counted():
                                "empty_turn": [4, 12], "no_assistant": [5, 16], "consecutive_assistant": [6],
                                "consecutive_user": [7], "system_not_first": [8]}
     assert report.summary() == (
-        "skipped 15 of 17 records: 3 missing_field (records 1, 10, 11), 3 wrong_type (records 2, 9, 13), "
+        "skipped 15 of 17 records: 3 missing_field (records 1, 10, 11: no 'conversations' (or 'messages') list; "
+        "turn 0 has no 'value' or 'content'; turn 0 has no 'from' or 'role'), 3 wrong_type (records 2, 9, 13), "
         "2 unknown_role (records 3, 15), 2 empty_turn (records 4, 12), 2 no_assistant (records 5, 16), "
         "1 consecutive_assistant (record 6), 1 consecutive_user (record 7), 1 system_not_first (record 8)")
 
@@ -253,6 +254,21 @@ def test_bad_messages_and_alpaca_records():
     with pytest.raises(BadRecord) as e:
         parse_alpaca({"instruction": "i"})
     assert e.value.reason == "missing_field" and e.value.detail == "no 'output'"
+
+
+def test_an_explicit_format_that_fits_no_record_names_the_format_they_look_like():
+    records = [msg(("user", f"Say {i}"), ("assistant", str(i))) for i in range(4)]
+    for strict in (False, True):
+        with pytest.raises(ValueError, match="look like the messages format, not oasst "
+                                             r"\(use --format messages or auto\)"):
+            parse_records(records, "oasst", strict=strict)
+    with pytest.raises(ValueError, match="look like the sharegpt format, not alpaca"):
+        parse_records([sg(("human", "q"), ("gpt", "a"))], "alpaca")
+    # records of no known format, or a file where some records fit, stay a report of bad records
+    convs, report = parse_records([{"prompt": "p"}] * 2, "oasst")
+    assert convs == [] and "2 missing_field (records 0, 1: no 'message_id')" in report.summary()
+    convs, report = parse_records(records + [{"instruction": "i"}], "messages")
+    assert len(convs) == 4 and "1 missing_field (record 4: no 'messages' list)" in report.summary()
 
 
 def test_examples_are_capped_but_all_counted():

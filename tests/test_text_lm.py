@@ -9,7 +9,7 @@ import torch
 
 from conftest import ROOT
 from dataset.build_chat_dataset import ChatBuildConfig, build as build_chat
-from dataset.build_text_dataset import TextBuildConfig, build as build_text
+from dataset.build_text_dataset import TextBuildConfig, build as build_text, main as build_text_main
 from dataset.text_dataset import TextDataset
 from evaluators.probes import is_exact_match, load_probes, score_probes
 from models.losses import IGNORE_LABEL_ID
@@ -57,6 +57,42 @@ def test_builder_splits_by_document_and_reports_bad_records(tmp_path):
     assert np.load(out / "train" / "tokens.npy").dtype == np.uint16
     with pytest.raises(ValueError, match="b.jsonl record 3: missing text"):
         build_corpus(tmp_path / "strict", strict=True)
+
+
+def test_one_document_per_line_and_an_empty_split_fails(tmp_path):
+    lines = tmp_path / "train.txt"
+    lines.write_text("\n".join(STORIES) + "\n\n  \n")
+    out = tmp_path / "built"
+    # read as one document, the file leaves nothing to train on: an error naming the split, the input and the fix
+    with pytest.raises(SystemExit, match=r"^error: .*train.txt: the train split has no documents "
+                                         r"\(1 documents in all, --train-split 0.95\).*--doc-separator"):
+        build_text_main(["--input", str(lines), "--output-dir", str(out)])
+    assert not out.exists()
+    meta = build_text(TextBuildConfig(input=[str(lines)], output_dir=str(out), doc_separator="line", train_split=1.0))
+    assert meta["splits"]["train"]["documents"] == len(STORIES)
+    assert meta["bad_records"] == {}  # blank lines are no documents, not empty ones
+    assert split_docs(out, "train", ChatTokenizer.load(str(out / "tokenizer"))) == STORIES
+    build_text_main(["--input", str(lines), "--output-dir", str(out), "--doc-separator", "line"])
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["splits"]["train"]["documents"] + meta["splits"]["valid"]["documents"] == len(STORIES)
+
+
+def test_validation_documents_from_their_own_file(tmp_path):
+    docs = write_corpus(tmp_path / "raw")
+    raw, out = tmp_path / "raw", tmp_path / "built"
+    build_text_main(["--train-file", str(raw / "a.txt"), "--valid-file", str(raw / "b.jsonl"), "--output-dir", str(out),
+                     "--doc-separator", "blank-line"])
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["bad_records"] == {} and meta["valid_bad_records"] == {"missing_text": 1, "empty": 1}
+    tok = ChatTokenizer.load(str(out / "tokenizer"))
+    assert split_docs(out, "train", tok) == docs[:3] and split_docs(out, "valid", tok) == docs[3:]
+    with pytest.raises(ValueError, match="--train-split 0.5 conflicts with --valid-file"):
+        build_text(TextBuildConfig(input=[str(raw / "a.txt")], output_dir=str(out), valid_file=[str(raw / "b.jsonl")],
+                                   train_split=0.5))
+    (raw / "bad.jsonl").write_text('{"title": "no text"}\n')
+    with pytest.raises(ValueError, match="bad.jsonl: the valid split has no documents"):
+        build_text(TextBuildConfig(input=[str(raw / "a.txt")], output_dir=str(out),
+                                   valid_file=[str(raw / "bad.jsonl")]))
 
 
 @pytest.mark.parametrize("seq_len", [1, 7, 64])

@@ -6,7 +6,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from utils.tokenizer import SPECIAL_TOKENS, ChatTokenizer, main
+from utils.tokenizer import SPECIAL_TOKENS, ChatTokenizer, main, make_tokenizer
 
 SAMPLES = [
     "Hello, world!",
@@ -232,6 +232,41 @@ def test_from_pretrained_local_directory(local_pretrained, tmp_path):
     assert loaded.encode_chat([("user", "hello"), ("assistant", "world")]) == (chat, mask)
 
 
+def test_from_pretrained_a_single_tokenizer_json_file(local_pretrained, tmp_path):
+    from_dir = ChatTokenizer.from_pretrained(local_pretrained)
+    file = str(tmp_path / "tokenizer.json")
+    PreTrainedTokenizerFast(tokenizer_file=f"{local_pretrained}/tokenizer.json").backend_tokenizer.save(file)
+    tok = make_tokenizer(file, [])  # the way a dataset builder takes --tokenizer
+    assert tok.kind == "pretrained" and tok.source == file
+    assert tok.eot_id == 9 and tok.special_ids == from_dir.special_ids  # its <|endoftext|> kept, ours added alike
+    assert tok.fingerprint() == from_dir.fingerprint()
+    chat = [("user", "hello how are you ?"), ("assistant", "world")]
+    assert tok.encode_chat(chat) == from_dir.encode_chat(chat)
+    assert tok.decode(tok.encode_chat(chat)[0]) == "hello how are you ? world"  # special tokens skipped
+    tok.save(str(tmp_path / "saved"))
+    assert ChatTokenizer.load(str(tmp_path / "saved")).encode_chat(chat) == tok.encode_chat(chat)
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match="notes.txt'?: a file, but not a tokenizer.json"):
+        ChatTokenizer.from_pretrained(str(tmp_path / "notes.txt"))
+    (tmp_path / "broken.json").write_text("{}")
+    with pytest.raises(ValueError, match="broken.json'?: not a tokenizers JSON file"):
+        ChatTokenizer.from_pretrained(str(tmp_path / "broken.json"))
+
+
+def test_hub_name_when_the_hub_cannot_be_reached(monkeypatch):
+    from huggingface_hub import constants
+
+    # a closed local port stands for a hub that cannot be reached; the name is in no cache
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(ValueError, match=r"'no-such-org/no-such-tokenizer': not a local path and not in the Hugging "
+                                         r"Face cache, and the hub \(http://127.0.0.1:9\) cannot be reached"):
+        ChatTokenizer.from_pretrained("no-such-org/no-such-tokenizer")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ValueError, match="not in the Hugging Face cache, and HF_HUB_OFFLINE is set"):
+        ChatTokenizer.from_pretrained("no-such-org/no-such-tokenizer")
+
+
 def test_from_pretrained_missing_path(tmp_path):
     missing = str(tmp_path / "no-such-tokenizer")
     with pytest.raises(ValueError, match="no-such-tokenizer") as err:
@@ -250,3 +285,18 @@ def test_train_cli(tmp_path, capsys):
     tok = ChatTokenizer.load(str(out))
     assert tok.kind == "bpe" and tok.vocab_size == 320
     assert tok.decode(tok.encode(CORPUS[2])) == CORPUS[2]
+
+
+def test_train_cli_min_frequency_default_vocab_size_and_json_output(tmp_path, capsys):
+    txt = tmp_path / "a.txt"
+    txt.write_text("ab ab ab cd cd\n")  # pairs: a b three times; c d, ' ' a and ' ' c twice
+    main(["train", "--files", str(txt), "--output", str(tmp_path / "all")])  # default --vocab-size 4096
+    main(["train", "--files", str(txt), "--min-frequency", "3", "--output", str(tmp_path / "frequent")])
+    every, frequent = ChatTokenizer.load(str(tmp_path / "all")), ChatTokenizer.load(str(tmp_path / "frequent"))
+    assert len(every.encode("ab")) == len(every.encode("cd")) == 1 and every.vocab_size < 4096
+    assert len(frequent.encode("ab")) == 1 and len(frequent.encode("cd")) == 2
+    assert frequent.vocab_size == 256 + len(SPECIAL_TOKENS) + 1  # the one merge seen three times
+    with pytest.raises(SystemExit):
+        main(["train", "--files", str(txt), "--output", str(tmp_path / "tok.json")])
+    assert "--output " + str(tmp_path / "tok.json") + ": expected a directory" in capsys.readouterr().err
+    assert not (tmp_path / "tok.json").exists()

@@ -3,7 +3,11 @@
 Every kind is a `transformers` fast tokenizer underneath, so all are saved, loaded and fingerprinted the
 same way, and all share one chat template (`encode_chat`) with our own special tokens.
 
-    python -m utils.tokenizer train --files a.txt b.jsonl --vocab-size 4096 --output data/tok-4k
+    python -m utils.tokenizer train --files a.txt b.jsonl --vocab-size 4096 --min-frequency 2 --output data/tok-4k
+
+`--output` is the directory to save into (tokenizer.json, tokenizer_config.json, chat_tokenizer.json); a path
+ending in .json is refused rather than made into a directory of that name. Wherever a tokenizer is asked for,
+a single tokenizer.json file of the `tokenizers` library works as well as a directory or a hub name.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ SPECIAL_TOKENS = {
 }
 ROLES = ("system", "user", "assistant")
 CONFIG_FILE = "chat_tokenizer.json"
+HUB_CHECK_TIMEOUT_S = 10  # the one quick request that tells an unreachable hub before the client's long retries
 
 
 def byte_symbols() -> list[str]:
@@ -82,30 +87,35 @@ class ChatTokenizer:
                                            clean_up_tokenization_spaces=False), "byte_level")
 
     @classmethod
-    def train_bpe(cls, texts: Iterable[str], vocab_size: int) -> ChatTokenizer:
-        """Byte-level BPE trained on `texts`; `vocab_size` includes the 256 bytes and the special tokens."""
+    def train_bpe(cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 0) -> ChatTokenizer:
+        """Byte-level BPE trained on `texts`; `vocab_size` includes the 256 bytes and the special tokens. Pairs seen
+        fewer than `min_frequency` times are not merged (so the vocabulary may stay smaller)."""
         floor = 256 + len(SPECIAL_TOKENS)
         if vocab_size < floor:
             raise ValueError(f"vocab_size must be at least {floor} (256 bytes + special tokens), got {vocab_size}")
         backend = Tokenizer(models.BPE())
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         backend.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_added_tokens(),
-                                      initial_alphabet=byte_symbols(), show_progress=False)
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                      special_tokens=special_added_tokens(), initial_alphabet=byte_symbols(),
+                                      show_progress=False)
         backend.train_from_iterator(texts, trainer=trainer)
         return cls(PreTrainedTokenizerFast(tokenizer_object=backend, clean_up_tokenization_spaces=False), "bpe")
 
     @classmethod
     def from_pretrained(cls, name_or_path: str) -> ChatTokenizer:
-        """Any fast tokenizer by local directory or hub name, with our special tokens added to it."""
+        """Any fast tokenizer by local directory, tokenizer.json file or hub name, with our special tokens added.
+        A hub name loads from the local Hugging Face cache when it is there, else from the hub."""
+        if os.path.isfile(name_or_path):
+            return cls(_tokenizer_file(name_or_path), "pretrained", name_or_path)
         if not os.path.isdir(name_or_path) and looks_local(name_or_path):
-            raise ValueError(f"tokenizer {name_or_path!r}: no such directory (and not a Hugging Face hub name)")
-        try:
-            tok = AutoTokenizer.from_pretrained(name_or_path, use_fast=True)
-        except Exception as e:  # hub errors are long and multi-line; keep the first line
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ValueError(f"tokenizer {name_or_path!r}: not a local directory and not loadable from the "
-                             f"Hugging Face hub: {first}") from e
+            raise ValueError(f"tokenizer {name_or_path!r}: no such file or directory (and not a Hugging Face hub name)")
+        try:  # local files only first: a directory, or a name already in the cache, needs no network
+            tok = AutoTokenizer.from_pretrained(name_or_path, use_fast=True, local_files_only=True)
+        except Exception as e:
+            if os.path.isdir(name_or_path):
+                raise ValueError(f"tokenizer {name_or_path!r}: cannot load this directory: {_first_line(e)}") from e
+            tok = _from_hub(name_or_path)
         return cls(tok, "pretrained", name_or_path)
 
     # ---- ids ----
@@ -215,9 +225,46 @@ class ChatTokenizer:
         return out
 
 
+def _first_line(e: BaseException) -> str:
+    """Hub and loader errors are long and multi-line: their first line."""
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _tokenizer_file(path: str) -> PreTrainedTokenizerFast:
+    """A tokenizer saved as a single tokenizer.json (`tokenizers`' Tokenizer.save). Its added tokens keep their
+    special flags, as when the file is read from a directory."""
+    if not path.endswith(".json"):
+        raise ValueError(f"tokenizer {path!r}: a file, but not a tokenizer.json (give a tokenizer .json file, a "
+                         f"tokenizer directory or a hub name)")
+    try:
+        return PreTrainedTokenizerFast(tokenizer_file=path, clean_up_tokenization_spaces=False)
+    except Exception as e:
+        raise ValueError(f"tokenizer {path!r}: not a tokenizers JSON file ({_first_line(e)})") from e
+
+
+def _from_hub(name: str) -> PreTrainedTokenizerFast:
+    """A hub tokenizer not in the local cache. Unless HF_HUB_OFFLINE is set, the hub is first checked once, quickly:
+    its client retries an unreachable hub for most of a minute before giving up."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    where = f"tokenizer {name!r}: not a local path and not in the Hugging Face cache"
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError(f"{where}, and HF_HUB_OFFLINE is set")
+    try:
+        get_session().head(constants.ENDPOINT, timeout=HUB_CHECK_TIMEOUT_S)
+    except Exception as e:  # DNS, refused, timeout, TLS: any answer at all would do
+        raise ValueError(f"{where}, and the hub ({constants.ENDPOINT}) cannot be reached: {_first_line(e)}") from e
+    try:
+        return AutoTokenizer.from_pretrained(name, use_fast=True)
+    except Exception as e:
+        raise ValueError(f"{where}, and loading it from the hub failed: {_first_line(e)}") from e
+
+
 def make_tokenizer(spec: str, train_texts: Iterable[str], vocab_size: int = 4096) -> ChatTokenizer:
     """The tokenizer a dataset builder asks for: `byte`, `bpe` (trained on `train_texts`), a directory saved by
-    ChatTokenizer.save (e.g. by `python -m utils.tokenizer train`), or a Hugging Face name or path."""
+    ChatTokenizer.save (e.g. by `python -m utils.tokenizer train`), a tokenizer.json file, or a Hugging Face name
+    or path."""
     if spec == "byte":
         return ChatTokenizer.byte_level()
     if spec == "bpe":
@@ -278,14 +325,22 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a byte-level BPE tokenizer and save it")
     train.add_argument("--files", nargs="+", required=True, help=".txt files, or .jsonl with a 'text' field")
-    train.add_argument("--vocab-size", type=int, required=True, help="total, including bytes and special tokens")
-    train.add_argument("--output", required=True, help="directory to save the tokenizer into")
+    train.add_argument("--vocab-size", type=int, default=4096,
+                       help="total, including bytes and special tokens (default 4096)")
+    train.add_argument("--min-frequency", type=int, default=0,
+                       help="merge only pairs seen at least this often (default 0: no limit)")
+    train.add_argument("--output", required=True,
+                       help="directory to save the tokenizer into (not a .json file name)")
     args = parser.parse_args(argv)
     for path in args.files:
         if not os.path.isfile(path):
             parser.error(f"{path}: no such file")
+    if args.output.endswith(".json"):  # a tokenizers-style file name; a directory named so would be a surprise
+        parser.error(f"--output {args.output}: expected a directory to save into (it gets tokenizer.json, "
+                     f"tokenizer_config.json and {CONFIG_FILE}), not a .json file name; e.g. --output "
+                     f"{os.path.dirname(args.output) or '.'}/tokenizer")
     try:
-        tok = ChatTokenizer.train_bpe(iter_texts(args.files), args.vocab_size)
+        tok = ChatTokenizer.train_bpe(iter_texts(args.files), args.vocab_size, args.min_frequency)
     except (ValueError, json.JSONDecodeError) as e:
         raise SystemExit(f"error: {e}") from None
     tok.save(args.output)
