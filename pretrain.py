@@ -450,7 +450,8 @@ def run_training(cfg: DictConfig, d: Dist, device: torch.device, run_dir: str | 
         print(f"test exact accuracy: {results['test/exact_accuracy']:.4f} "
               f"(token accuracy {results['test/accuracy']:.4f}) after {state.step} steps; run dir {run_dir}")
     elif "test/perplexity" in results:
-        print(f"validation perplexity: {results['test/perplexity']:.3f} (assistant-token accuracy "
+        trained = "next-token" if cfg.dataset.name == "text" else "trained-token"  # chat: the assistant's tokens
+        print(f"validation perplexity: {results['test/perplexity']:.3f} ({trained} accuracy "
               f"{results['test/accuracy']:.4f}) after {state.step} steps; run dir {run_dir}")
     return results
 
