@@ -38,6 +38,7 @@ from evaluators.puzzle import evaluate_puzzles
 from models import build_model
 from models.ema import EMA
 from models.losses import ACTLossHead
+from models.sparse_embedding import SignSGD
 from models.trm import Carry
 from utils.checkpoint import find_checkpoint, init_from_run, load_checkpoint, save_checkpoint
 from utils.curriculum import Stage
@@ -58,6 +59,7 @@ class TrainState:
     ema: EMA | None
     step: int = 0
     carry: Carry | None = None
+    first_row: int = 0  # of this rank's rows in the global batch
 
 
 # ---------------------------------------------------------------- data
@@ -239,10 +241,25 @@ def new_run_dir(cfg: DictConfig) -> str:
 
 def train_step(state: TrainState, forward, batch: dict[str, torch.Tensor], cfg: DictConfig,
                total_steps: int) -> dict[str, torch.Tensor]:
+    """One optimizer step on this rank's rows of a global batch, in cfg.grad_accum_steps micro-batches (each its
+    own forward and backward; their gradients add up to the batch's)."""
     if state.carry is None:
         state.carry = state.model.initial_carry(batch)
-    state.carry, loss, metrics, _ = forward(state.carry, batch)
-    (loss / cfg.global_batch_size).backward()
+    k = cfg.grad_accum_steps
+    n = len(batch["inputs"]) // k
+    carries, metrics = [], {}
+    for i in range(k):
+        rows = slice(i * n, (i + 1) * n)
+        state.model.model.batch_rows = (state.first_row + i * n, cfg.global_batch_size)  # its exploration draws
+        carry, loss, micro_metrics, _ = forward(state.carry.rows(rows) if k > 1 else state.carry,
+                                                {name: v[rows] for name, v in batch.items()} if k > 1 else batch)
+        (loss / cfg.global_batch_size).backward()
+        for opt in state.optimizers:  # sign-SGD sets each micro-batch's puzzle-embedding gradient aside
+            if isinstance(opt, SignSGD):
+                opt.collect()
+        carries.append(carry)
+        metrics = {name: metrics.get(name, 0) + v for name, v in micro_metrics.items()}
+    state.carry = Carry.cat(carries) if k > 1 else carries[0]
     sum_gradients(list(state.model.parameters()))  # torchrun: the ranks' parts add up to the global batch's gradient
     state.step += 1
     factor = lr_factor(state.step, cfg.lr_warmup_steps, total_steps, cfg.lr_min_ratio)
@@ -323,15 +340,18 @@ def run_training(cfg: DictConfig, d: Dist, device: torch.device, run_dir: str | 
     arch = OmegaConf.to_container(cfg.arch, resolve=True)
     arch["forward_dtype"] = resolve_dtype(arch["forward_dtype"], device)
     model_config = {**arch, **train_data.model_fields()}
-    model = build_model(model_config, batch_size=train_data.local_batch_size).to(device)
-    model.model.batch_rows = (rank * train_data.local_batch_size, cfg.global_batch_size)
+    if cfg.grad_accum_steps < 1 or train_data.local_batch_size % cfg.grad_accum_steps:
+        raise ValueError(f"grad_accum_steps={cfg.grad_accum_steps} must divide the batch of each process "
+                         f"({train_data.local_batch_size} = global_batch_size / {world_size} processes)")
+    model = build_model(model_config, batch_size=train_data.local_batch_size // cfg.grad_accum_steps).to(device)
     init_from = cfg.init_from or cfg.load_checkpoint  # load_checkpoint: the official code's name for it
     if cfg.init_from and cfg.load_checkpoint and cfg.init_from != cfg.load_checkpoint:
         raise ValueError(f"init_from={cfg.init_from} and load_checkpoint={cfg.load_checkpoint}: give one")
     if init_from and not cfg.resume:  # weights only: the optimizers below start afresh
         init_from_run(model, init_from, train_data.tokenizer() if hasattr(train_data, "tokenizer") else None)
     optimizers, base_lrs = make_optimizers(model, cfg, world_size)
-    state = TrainState(model, optimizers, base_lrs, EMA(model, cfg.ema_rate) if cfg.ema else None)
+    state = TrainState(model, optimizers, base_lrs, EMA(model, cfg.ema_rate) if cfg.ema else None,
+                       first_row=rank * train_data.local_batch_size)
     curriculum = getattr(train_data, "curriculum", None)
 
     steps_per_epoch = train_data.examples_per_epoch / cfg.global_batch_size

@@ -51,13 +51,25 @@ class SignSGD(torch.optim.Optimizer):
         super().__init__([embedding.weights], dict(lr=lr, weight_decay=weight_decay))
         self.embedding = embedding
         self.world_size = world_size
+        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (ids, gradient rows) of earlier micro-batches
+
+    @torch.no_grad()
+    def collect(self) -> None:
+        """Set the gradient of the micro-batch just back-propagated aside, freeing the scratch rows for the next
+        one (gradient accumulation); `step` uses every micro-batch's."""
+        emb = self.embedding
+        if emb.local_weights.grad is not None:
+            self.pending.append((emb.local_ids.clone(), emb.local_weights.grad))
+            emb.local_weights.grad = None
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
         emb = self.embedding
-        grad, ids = emb.local_weights.grad, emb.local_ids
-        if grad is None:
+        self.collect()
+        if not self.pending:
             return
+        ids, grad = (torch.cat(parts) for parts in zip(*self.pending))
+        self.pending = []
         if self.world_size > 1:
             grads = [torch.empty_like(grad) for _ in range(self.world_size)]
             all_ids = [torch.empty_like(ids) for _ in range(self.world_size)]
@@ -75,3 +87,4 @@ class SignSGD(torch.optim.Optimizer):
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.embedding.local_weights.grad = None
+        self.pending = []

@@ -95,6 +95,16 @@ class Carry:
         data = {k.removeprefix("data."): v for k, v in state.items() if k.startswith("data.")}
         return cls(InnerCarry(state["z_H"], state["z_L"]), state["steps"], state["halted"], data)
 
+    def rows(self, rows: slice) -> "Carry":
+        """The carry of some rows of the batch (a micro-batch)."""
+        return Carry.from_state_dict({k: v[rows] for k, v in self.state_dict().items()})
+
+    @staticmethod
+    def cat(parts: list["Carry"]) -> "Carry":
+        """The carries of consecutive micro-batches as one."""
+        states = [p.state_dict() for p in parts]
+        return Carry.from_state_dict({k: torch.cat([s[k] for s in states]) for k in states[0]})
+
 
 class TRMInner(nn.Module):
     """Embeddings, the shared reasoning network and the heads; `recurse` is one ACT step of latent updates."""
@@ -214,7 +224,8 @@ class ACTModel(nn.Module):
         super().__init__()
         self.inner = inner
         self.config = inner.config
-        # (first row, global batch size) of this process's rows under torchrun (set by the trainer)
+        # (first row, global batch size) of the rows of this call: this rank's under torchrun, this micro-batch's
+        # with gradient accumulation (set by the trainer)
         self.batch_rows: tuple[int, int] | None = None
 
     def initial_carry(self, batch: Batch) -> Carry:
