@@ -167,6 +167,9 @@ def _check_csr(name: str, offsets: np.ndarray, length: int, end: int) -> None:
         raise ValueError(f"{name} must be strictly increasing (every entry needs at least one member)")
 
 
+CHECK_ROWS = 1 << 16
+
+
 def _check_set(name: str, arrays: dict[str, np.ndarray], meta: PuzzleDatasetMetadata) -> tuple[int, int, int]:
     """Validate one set's arrays against the metadata; returns (examples, puzzles, groups)."""
     if set(arrays) != set(ARRAY_NAMES):
@@ -180,13 +183,16 @@ def _check_set(name: str, arrays: dict[str, np.ndarray], meta: PuzzleDatasetMeta
         raise ValueError(f"set {name!r}: inputs must have shape [N, {meta.seq_len}], got {list(inputs.shape)}")
     if labels.shape != inputs.shape:
         raise ValueError(f"set {name!r}: labels shape {list(labels.shape)} differs from inputs {list(inputs.shape)}")
-    if inputs.size and (inputs.min() < 0 or inputs.max() >= meta.vocab_size):
-        raise ValueError(f"set {name!r}: inputs must lie in [0, {meta.vocab_size}), got {inputs.min()}..{inputs.max()}")
-    bad_labels = (labels < 0) | (labels >= meta.vocab_size)
-    if meta.ignore_label_id is not None:
-        bad_labels &= labels != meta.ignore_label_id
-    if np.any(bad_labels):
-        raise ValueError(f"set {name!r}: labels must lie in [0, {meta.vocab_size}) or equal ignore_label_id")
+    for start in range(0, len(inputs), CHECK_ROWS):  # in blocks: a full-size boolean mask of ARC's ~4M rows is GBs
+        x, y = inputs[start:start + CHECK_ROWS], labels[start:start + CHECK_ROWS]
+        if x.min() < 0 or x.max() >= meta.vocab_size:
+            raise ValueError(f"set {name!r}: inputs must lie in [0, {meta.vocab_size}), got {x.min()}..{x.max()} "
+                             f"in rows {start}..{start + len(x) - 1}")
+        bad_labels = (y < 0) | (y >= meta.vocab_size)
+        if meta.ignore_label_id is not None:
+            bad_labels &= y != meta.ignore_label_id
+        if np.any(bad_labels):
+            raise ValueError(f"set {name!r}: labels must lie in [0, {meta.vocab_size}) or equal ignore_label_id")
 
     ids = a["puzzle_identifiers"]
     if ids.ndim != 1:

@@ -103,3 +103,20 @@ def test_test_mode_covers_every_example_once_with_padding(multi_example_dir, wor
 def test_missing_split_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         PuzzleDataset([str(tmp_path)], "train", 4)
+
+
+def test_save_split_checks_every_block_of_rows(multi_example_dir, tmp_path, monkeypatch):
+    """The range checks run block by block (no full-size masks); a bad value in a later block is still found."""
+    import dataset.common
+
+    _, arrays = multi_example_dir
+    monkeypatch.setattr(dataset.common, "CHECK_ROWS", 4)
+    meta_args = dict(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=51, seq_len=4,
+                     num_puzzle_identifiers=16, total_groups=5, total_puzzles=15,
+                     mean_puzzle_examples=len(arrays["inputs"]) / 15, sets=["all"])
+    for key, value, message in (("inputs", 51, r"inputs must lie in \[0, 51\), got 9..51 in rows 8..11"),
+                                ("labels", -3, "labels must lie in")):
+        bad = {**arrays, key: arrays[key].copy()}
+        bad[key][9, 2] = value
+        with pytest.raises(ValueError, match=message):
+            save_split(tmp_path / key, "train", PuzzleDatasetMetadata(**meta_args), {"all": bad})
