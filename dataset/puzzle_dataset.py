@@ -11,6 +11,7 @@ Test mode walks every example of each set in order; the last batch is padded (ig
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -36,6 +37,10 @@ def _merge_metadata(paths: list[str], metas: list[PuzzleDatasetMetadata]) -> Puz
         for key in ("seq_len", "vocab_size", "pad_id", "ignore_label_id", "blank_identifier_id"):
             if getattr(m, key) != getattr(first, key):
                 raise ValueError(f"{path}: {key}={getattr(m, key)} differs from {paths[0]} ({getattr(first, key)})")
+    with_ids = [p for p, m in zip(paths, metas) if m.num_puzzle_identifiers > 1]
+    if len(with_ids) > 1:  # (the official code shares the space too; our builders each number from 1)
+        warnings.warn(f"data_paths {with_ids} each have puzzle identifiers: they share one numbering, so puzzle "
+                      "i of every dataset trains the same embedding row; build them as one dataset to keep them apart")
     groups = sum(m.total_groups for m in metas)
     return PuzzleDatasetMetadata(
         pad_id=first.pad_id, ignore_label_id=first.ignore_label_id, blank_identifier_id=first.blank_identifier_id,

@@ -120,3 +120,12 @@ def test_save_split_checks_every_block_of_rows(multi_example_dir, tmp_path, monk
         bad[key][9, 2] = value
         with pytest.raises(ValueError, match=message):
             save_split(tmp_path / key, "train", PuzzleDatasetMetadata(**meta_args), {"all": bad})
+
+
+def test_two_datasets_with_puzzle_identifiers_warn_that_they_share_rows(multi_example_dir, tmp_path):
+    import shutil
+
+    path, _ = multi_example_dir
+    other = shutil.copytree(path, tmp_path / "other")
+    with pytest.warns(UserWarning, match="share one numbering"):
+        PuzzleDataset([path, str(other)], "train", global_batch_size=4)
