@@ -122,10 +122,10 @@ def test_save_split_checks_every_block_of_rows(multi_example_dir, tmp_path, monk
             save_split(tmp_path / key, "train", PuzzleDatasetMetadata(**meta_args), {"all": bad})
 
 
-def test_two_datasets_with_puzzle_identifiers_warn_that_they_share_rows(multi_example_dir, tmp_path):
+def test_two_datasets_with_puzzle_identifiers_warn_that_they_share_rows(multi_example_dir, tmp_path_factory):
     import shutil
 
     path, _ = multi_example_dir
-    other = shutil.copytree(path, tmp_path / "other")
+    other = shutil.copytree(path, tmp_path_factory.mktemp("copy") / "other")
     with pytest.warns(UserWarning, match="share one numbering"):
         PuzzleDataset([path, str(other)], "train", global_batch_size=4)
