@@ -17,7 +17,7 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from dataset.build_arc_dataset import ArcMetadata, decode_grid, grid_offset, loa
 from dataset.common import atomic_write
 from evaluators.puzzle import Batches, evaluate_puzzles
 from models.losses import ACTLossHead
+from utils.distributed import broadcast_object
 
 Grid = tuple[tuple[int, ...], ...]
 PASS_KS = (1, 2, 5, 10)
@@ -114,17 +115,14 @@ class ArcCollector:
                                                float(confidence[row])))
 
 
-def gather_predictions(predictions: list[Prediction],
-                       gather: Callable[[list[Prediction]], list[list[Prediction]]] | None = None) -> list[Prediction]:
-    """Every rank's predictions, on every rank: `gather` if given, else all_gather_object under torch.distributed."""
-    if gather is None and dist.is_available() and dist.is_initialized():
-        parts: list = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, predictions)
-    elif gather is not None:
-        parts = gather(predictions)
-    else:
+def gather_predictions(predictions: list[Prediction]) -> list[Prediction] | None:
+    """Every rank's predictions on rank 0 (None on the others); alone, `predictions`. Rank 0 alone votes: sending
+    them to every rank would hold world_size copies of a 1000-augmentation evaluation on each."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return predictions
-    return [p for part in parts for p in part]
+    parts: list | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(predictions, parts, dst=0)
+    return None if parts is None else [p for part in parts for p in part]
 
 
 def write_submission(path: str | os.PathLike, submission: dict) -> None:
@@ -135,17 +133,20 @@ def write_submission(path: str | os.PathLike, submission: dict) -> None:
 
 
 def evaluate_arc(model: ACTLossHead, batches: Batches, device: torch.device, dataset_dir: str,
-                 submission_path: str | os.PathLike | None = None, ks: Sequence[int] = PASS_KS, reduce=None,
-                 gather=None) -> dict[str, float]:
-    """The puzzle metrics plus pass@k; writes the submission (on rank 0) when a path is given. Votes are
-    collected afresh on every call."""
+                 submission_path: str | os.PathLike | None = None, ks: Sequence[int] = PASS_KS,
+                 reduce=None) -> dict[str, float]:
+    """The puzzle metrics plus pass@k (on every rank); writes the submission (on rank 0) when a path is given.
+    Votes are collected afresh on every call."""
     meta = load_arc_metadata(dataset_dir)
     collector = ArcCollector(meta)
     metrics = evaluate_puzzles(model, batches, device, reduce, on_outputs=collector.add)
-    ranked = rank_candidates(gather_predictions(collector.predictions, gather))
-    solutions = {t: [None if g is None else as_grid(g) for g in outs] for t, outs in meta.test_outputs.items()}
-    metrics.update(pass_at_k(ranked, solutions, ks))
-    rank0 = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-    if submission_path is not None and rank0:
-        write_submission(submission_path, make_submission(ranked, {t: len(v) for t, v in meta.test_inputs.items()}))
+    predictions = gather_predictions(collector.predictions)
+    scores = None
+    if predictions is not None:  # rank 0 (or alone)
+        ranked = rank_candidates(predictions)
+        solutions = {t: [None if g is None else as_grid(g) for g in outs] for t, outs in meta.test_outputs.items()}
+        scores = pass_at_k(ranked, solutions, ks)
+        if submission_path is not None:
+            write_submission(submission_path, make_submission(ranked, {t: len(v) for t, v in meta.test_inputs.items()}))
+    metrics.update(broadcast_object(scores))
     return metrics
