@@ -111,10 +111,11 @@ class Generator:
         self.text_mode = (dataset.get("prompt_mode") or ("text" if dataset.get("name") == "text" else "chat")) == "text"
         self.tokenizer = self._load_tokenizer(args.tokenizer)
 
-    def _load_tokenizer(self, path: str | None) -> ChatTokenizer:
-        path = path or saved_tokenizer(self.file)
+    def _load_tokenizer(self, given: str | None) -> ChatTokenizer:
+        path = given or saved_tokenizer(self.file)
         if not os.path.isdir(path):
-            raise FileNotFoundError(f"{path}: no tokenizer saved with this run (a puzzle run? use --puzzle)")
+            raise FileNotFoundError(f"--tokenizer {path}: not a tokenizer directory saved by training" if given else
+                                    f"{path}: no tokenizer saved with this run (a puzzle run? use --puzzle)")
         tokenizer = ChatTokenizer.load(path)
         vocab = self.model.model.config.vocab_size
         if len(tokenizer) > vocab:

@@ -64,8 +64,8 @@ class TrainState:
 
 # ---------------------------------------------------------------- data
 
-# dataset.build.builder -> (module, its build config class); the module's build(config) writes the dataset
 DATASET_BUILD_TIMEOUT = timedelta(hours=4)  # ARC with 1000 augmentations takes ~10 minutes on one core
+# dataset.build.builder -> (module, its build config class); the module's build(config) writes the dataset
 PUZZLE_BUILDERS = {"sudoku": ("dataset.build_sudoku_dataset", "SudokuBuildConfig"),
                    "arc": ("dataset.build_arc_dataset", "ArcBuildConfig"),
                    "maze": ("dataset.build_maze_dataset", "MazeBuildConfig")}

@@ -8,8 +8,8 @@ network) a hub dataset name, read with `datasets`. The validation conversations 
 (`--train-split`), or come from their own files (`--valid-file`). Every record that cannot be used is counted
 by reason and reported; `--strict` stops at the first. A split left without samples is an error.
 Tokenizer: `byte` (built in, the default), `bpe` (trained here on the training split, `--vocab-size`), a
-saved tokenizer directory, a `tokenizer.json` file, or a Hugging Face tokenizer name or local path. It is saved in `<output-dir>/tokenizer/`, so training and
-generation always use the same one.
+saved tokenizer directory, a `tokenizer.json` file, or a Hugging Face tokenizer name or local path. It is
+saved in `<output-dir>/tokenizer/`, so training and generation always use the same one.
 
 Loss masking: only assistant text and each assistant end token are trained (`--train-on-all`: every token).
 Conversations longer than --max-length positions: `--long truncate` (default) keeps the longest run of whole

@@ -15,9 +15,10 @@ Tokenizer: `byte` (default), `bpe` (trained on the training documents, `--vocab-
 directory saved by `python -m utils.tokenizer train`, a `tokenizer.json` file, or a Hugging Face name or
 path; saved in `<output-dir>/tokenizer/`. Every document is followed by the end-of-text token. Documents are
 split into train/valid whole (seeded), or the validation documents come from their own files
-(`--valid-file`). Output per split (train/, valid/): `tokens.npy` (the stream; uint16 when the vocabulary allows), `offsets.npy`
-(document i is tokens[offsets[i]:offsets[i+1]], its end-of-text included); and dataset.json (metadata and
-statistics). dataset/text_dataset.py cuts the stream into rows of any length at training time.
+(`--valid-file`). Output per split (train/, valid/): `tokens.npy` (the stream; uint16 when the vocabulary
+allows), `offsets.npy` (document i is tokens[offsets[i]:offsets[i+1]], its end-of-text included); and
+dataset.json (metadata and statistics). dataset/text_dataset.py cuts the stream into rows of any length at
+training time.
 """
 from __future__ import annotations
 

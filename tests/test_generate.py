@@ -247,7 +247,7 @@ def test_models_lists_the_runs_checkpoints_and_model_switches_between_them(chat_
     assert out.count("model> ") == 1
 
 
-@pytest.mark.parametrize("case", ["missing", "corrupt", "tokenizer", "empty", "too_long"])
+@pytest.mark.parametrize("case", ["missing", "corrupt", "tokenizer", "tokenizer_file", "empty", "too_long"])
 def test_bad_input_is_a_one_line_error(chat_run, tmp_path, case):
     args = ["--checkpoint", str(chat_run), "--prompt", "hello"]
     if case == "missing":
@@ -259,6 +259,9 @@ def test_bad_input_is_a_one_line_error(chat_run, tmp_path, case):
         big = ChatTokenizer.train_bpe(["the quick brown fox jumps over the lazy dog"] * 50, vocab_size=300)
         big.save(str(tmp_path / "tok"))
         args += ["--tokenizer", str(tmp_path / "tok")]
+    elif case == "tokenizer_file":  # a tokenizer.json, not the directory training saves
+        (tmp_path / "tokenizer.json").write_text("{}")
+        args += ["--tokenizer", str(tmp_path / "tokenizer.json")]
     elif case == "empty":
         args[3] = "   "
     else:
@@ -267,6 +270,7 @@ def test_bad_input_is_a_one_line_error(chat_run, tmp_path, case):
     assert result.returncode == 1
     assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
     expected = {"missing": "no such checkpoint", "corrupt": "cannot load", "tokenizer": "vocabulary of",
+                "tokenizer_file": "tokenizer.json: not a tokenizer directory saved by training",
                 "empty": "empty prompt", "too_long": "context is 64 tokens"}[case]
     assert expected in result.stderr
 
