@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "sample i drawn with seed + i (needs --temperature > 0)")
     ap.add_argument("--batch-size", type=int, default=8, help="prompts generated together with --input-file")
     ap.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
-    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16", "float64"],
                     help="forward dtype (auto: bfloat16 on CUDA, else float32)")
     ap.add_argument("--tokenizer", help="tokenizer directory (default: the one saved with the run)")
     ap.add_argument("--no-ema", action="store_true", help="use the raw weights even when EMA weights are saved")

@@ -57,9 +57,9 @@ class CastedEmbedding(nn.Module):
 
 
 def rms_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Weightless RMS norm over the last axis, computed in float32."""
+    """Weightless RMS norm over the last axis, computed in float32 (float64 inputs stay float64)."""
     dtype = x.dtype
-    x = x.float()
+    x = x.to(torch.promote_types(dtype, torch.float32))
     return (x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)).to(dtype)
 
 
@@ -84,10 +84,10 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [B, S, H, D]; cos/sin: [S, D]. Rotation is done in the tables' dtype (float32)."""
+    """x: [B, S, H, D]; cos/sin: [S, D]. Rotation is done in float32 (float64 inputs stay float64)."""
     dtype = x.dtype
-    x = x.to(cos.dtype)
-    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
+    x = x.to(torch.promote_types(dtype, cos.dtype))
+    cos, sin = cos.to(x.dtype).unsqueeze(-2), sin.to(x.dtype).unsqueeze(-2)
     return (x * cos + _rotate_half(x) * sin).to(dtype)
 
 

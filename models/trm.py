@@ -15,7 +15,8 @@ from models.layers import Block, CastedEmbedding, CastedLinear, ReasoningModule,
 from models.sparse_embedding import SparseEmbedding
 
 Batch = dict[str, torch.Tensor]
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# float64: exact reference computations (tests, debugging); the weights stay float32 masters either way
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
 @dataclass
