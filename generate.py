@@ -25,12 +25,12 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
+from constants import IGNORE_LABEL_ID
 from dataset.build_maze_dataset import decode_maze, encode_maze, is_shortest_path
 from dataset.build_sudoku_dataset import DatasetBuildError, is_valid_solution, parse_sudoku
-from dataset.common import atomic_write
-from models.losses import IGNORE_LABEL_ID
 from utils.checkpoint import find_checkpoint, load_trained_model, run_steps
 from utils.device import resolve_dtype, select_device
+from utils.files import atomic_write
 from utils.sampling import (SamplingParams, act_steps, chat_stop_ids, context_length, fit_conversation,
                             generate_tokens, prompt_ids, stream_tokens)
 from utils.tokenizer import ChatTokenizer

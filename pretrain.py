@@ -28,7 +28,6 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from dataset.chat_dataset import ChatDataset
-from dataset.common import atomic_write
 from dataset.mixture import build_mixture_data, plateau_value
 from dataset.puzzle_dataset import PuzzleDataset
 from dataset.text_dataset import TextDataset
@@ -45,6 +44,7 @@ from utils.curriculum import Stage
 from utils.device import resolve_dtype
 from utils.distributed import (Dist, all_reduce_sum, barrier, broadcast_object, gather_rows, init_distributed,
                                reduce_sums, shutdown, sum_gradients)
+from utils.files import atomic_write
 from utils.logger import RunLogger
 from utils.optim import build_optimizers, lr_factor
 from utils.sweep_summary import network_passes_per_act_step, write_run_summary

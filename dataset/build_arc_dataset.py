@@ -42,8 +42,9 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dataset.common import (NUM_DIHEDRAL, PuzzleDatasetMetadata, atomic_write, dihedral, inverse_dihedral,
-                            run_build_cli, save_identifiers, save_split)
+from dataset.common import (NUM_DIHEDRAL, PuzzleDatasetMetadata, dihedral, inverse_dihedral,
+                            run_build_cli, save_identifiers, save_split)  # noqa: E402
+from utils.files import atomic_write  # noqa: E402
 
 GRID_SIZE = 30
 PAD, EOS, COLOUR_OFFSET = 0, 1, 2  # token = colour + COLOUR_OFFSET

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dataset.sampling import EpochStream
+from dataset.epochs import EpochStream
 from dataset.token_dataset import TokenDataset, next_token_pairs
 
 

@@ -25,6 +25,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from utils.files import atomic_write
+
 ARRAY_NAMES = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
 
 
@@ -55,16 +57,6 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "total_puzzles": (int,),
     "sets": (list,),
 }
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file and rename, so readers never see a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 PUZZLE_CSV_HEADER = ["source", "question", "answer", "rating"]  # the official Sudoku-Extreme and Maze-Hard files

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from dataset.chat_dataset import ChatDataset
-from dataset.sampling import rank_rows
+from dataset.epochs import rank_rows
 from dataset.text_dataset import TextDataset
 from dataset.token_dataset import TokenDataset
 from utils.curriculum import Curriculum, Stage

@@ -18,9 +18,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from constants import IGNORE_LABEL_ID
 from dataset.common import PuzzleDatasetMetadata, load_metadata
-from dataset.sampling import EpochStream, rank_rows
-from models.losses import IGNORE_LABEL_ID
+from dataset.epochs import EpochStream, rank_rows
 
 FIELDS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
 

@@ -13,8 +13,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from dataset.sampling import EpochStream, rank_rows
-from models.losses import IGNORE_LABEL_ID
+from constants import IGNORE_LABEL_ID
+from dataset.epochs import EpochStream, rank_rows
 
 SPLIT_DIRS = {"train": "train", "test": "valid"}
 

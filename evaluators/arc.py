@@ -24,10 +24,10 @@ import torch
 import torch.distributed as dist
 
 from dataset.build_arc_dataset import ArcMetadata, decode_grid, grid_offset, load_arc_metadata
-from dataset.common import atomic_write
 from evaluators.puzzle import Batches, evaluate_puzzles
 from models.losses import ACTLossHead
 from utils.distributed import broadcast_object
+from utils.files import atomic_write
 
 Grid = tuple[tuple[int, ...], ...]
 PASS_KS = (1, 2, 5, 10)

@@ -7,7 +7,8 @@ from typing import Callable, Iterable
 
 import torch
 
-from models.losses import IGNORE_LABEL_ID, ACTLossHead
+from constants import IGNORE_LABEL_ID
+from models.losses import ACTLossHead
 from utils.sampling import act_steps
 
 Batches = Iterable[tuple[str, dict[str, torch.Tensor], int]]

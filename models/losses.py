@@ -5,9 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from constants import IGNORE_LABEL_ID
 from models.trm import ACTModel, Batch, Carry
-
-IGNORE_LABEL_ID = -100
 
 
 def log_stablemax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from conftest import ROOT
+from constants import IGNORE_LABEL_ID
 from dataset.build_chat_dataset import ChatBuildConfig, build, main as build_main
 from dataset.chat_dataset import ChatDataset
 from models import build_model
-from models.losses import IGNORE_LABEL_ID
 from pretrain import train
 from utils.checkpoint import load_model_weights, save_checkpoint
 from utils.sampling import sample_token

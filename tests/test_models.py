@@ -5,10 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from constants import IGNORE_LABEL_ID
 from models import build_model
 from models.ema import EMA
 from models.layers import Attention, Block, RotaryEmbedding, SwiGLU, apply_rope, rms_norm, swiglu_width, trunc_normal_
-from models.losses import IGNORE_LABEL_ID, log_stablemax, softmax_cross_entropy, stablemax_cross_entropy
+from models.losses import log_stablemax, softmax_cross_entropy, stablemax_cross_entropy
 from models.sparse_embedding import SignSGD, SparseEmbedding
 
 SEQ, VOCAB, B = 12, 7, 3

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from conftest import ROOT
+from constants import IGNORE_LABEL_ID
 from dataset.build_chat_dataset import ChatBuildConfig, build as build_chat
 from dataset.build_text_dataset import TextBuildConfig, build as build_text, main as build_text_main
 from dataset.text_dataset import TextDataset
 from evaluators.probes import is_exact_match, load_probes, score_probes
-from models.losses import IGNORE_LABEL_ID
 from pretrain import train
 from utils import plot_metrics
 from utils.checkpoint import find_checkpoint, load_checkpoint
