@@ -272,25 +272,3 @@ def load_metadata(split_dir: str | os.PathLike) -> PuzzleDatasetMetadata:
     if not all(isinstance(s, str) for s in raw["sets"]):
         raise ValueError(f"{path}: sets must be a list of strings, got {raw['sets']!r}")
     return PuzzleDatasetMetadata(**raw)
-
-
-# ----------------------------------------------------------------------------- grid augmentation (ARC, Maze)
-# The 8 symmetries of a square: t = 0..3 rotate by t * 90 degrees counter-clockwise, t = 4..7 do the same
-# then transpose. Shared by the builders and the evaluators that undo them.
-NUM_DIHEDRAL = 8
-
-
-def dihedral(grid: np.ndarray, t: int) -> np.ndarray:
-    """Apply symmetry t (0..7) to the last two axes of `grid`."""
-    if not 0 <= t < NUM_DIHEDRAL:
-        raise ValueError(f"dihedral transform must be in 0..7, got {t}")
-    out = np.rot90(grid, t % 4, axes=(-2, -1))
-    return np.ascontiguousarray(np.swapaxes(out, -2, -1) if t >= 4 else out)
-
-
-def inverse_dihedral(grid: np.ndarray, t: int) -> np.ndarray:
-    """Undo dihedral(., t)."""
-    if not 0 <= t < NUM_DIHEDRAL:
-        raise ValueError(f"dihedral transform must be in 0..7, got {t}")
-    out = np.swapaxes(grid, -2, -1) if t >= 4 else grid
-    return np.ascontiguousarray(np.rot90(out, -(t % 4), axes=(-2, -1)))

@@ -107,7 +107,7 @@ def plateau_value(metrics: dict[str, float], key: str) -> float:
     return metrics[key]
 
 
-def build_mixture_data(cfg, rank: int, world_size: int) -> tuple[MixtureDataset, dict[str, TokenDataset]]:
+def open_mixture(cfg, rank: int, world_size: int) -> tuple[MixtureDataset, dict[str, TokenDataset]]:
     """(training mixture, {source name: validation split}) from cfg.dataset (see config/dataset/mixture.yaml)."""
     d = cfg.dataset
     if not d.sources:

@@ -36,6 +36,14 @@ def load_token_metadata(path: str, kind: str) -> dict:
     return meta
 
 
+def single_paths(cfg) -> tuple[str, str]:
+    """(train, test) directories of a language-model run, which trains on one built dataset (its valid split
+    tests unless data_paths_test names another)."""
+    if len(cfg.data_paths) != 1:
+        raise ValueError(f"dataset={cfg.dataset.name} trains on one built dataset, got data_paths={list(cfg.data_paths)}")
+    return cfg.data_paths[0], cfg.data_paths_test[0] if cfg.data_paths_test else cfg.data_paths[0]
+
+
 class TokenDataset:
     kind = ""  # the `kind` of dataset.json this loader reads
     stream: EpochStream | None = None

@@ -9,9 +9,10 @@ from conftest import ROOT
 from dataset.build_chat_dataset import ChatBuildConfig, build as build_chat
 from dataset.build_text_dataset import TextBuildConfig, build as build_text
 from dataset.mixture import MixtureDataset, open_source, plateau_value
-from pretrain import resume_config, train
+from pretrain import train
 from utils.checkpoint import find_checkpoint, load_checkpoint
 from utils.curriculum import Curriculum, PlateauDetector, PlateauRule, Stage
+from utils.run import resume_config
 from utils.tokenizer import ChatTokenizer
 
 # falls by 1 per check, then is flat at 5 from check 5 on

@@ -311,8 +311,9 @@ def test_puzzle_mode_reads_a_maze_file(tmp_path):
     import numpy as np
 
     from conftest import compose
-    from dataset.build_maze_dataset import MazeBuildConfig, build, decode_maze
+    from dataset.build_maze_dataset import MazeBuildConfig, build
     from pretrain import train
+    from tasks.maze import decode_maze
 
     build(MazeBuildConfig(output_dir=str(tmp_path / "maze"), num_train=4, num_test=2, min_path_length=30, seed=0,
                           augment=False, quiet=True))

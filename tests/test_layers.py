@@ -29,3 +29,11 @@ def test_each_layer_imports_only_the_layers_below_it():
              for rank, layer in enumerate(LAYERS) for path in modules(layer) for name in project_imports(path)
              if LAYERS.index(name.split(".")[0]) > rank]
     assert not wrong
+
+
+def test_only_tests_import_the_builder_scripts():
+    """Task knowledge lives in tasks/; the trainer reaches a builder through dataset/puzzle_dataset.py's registry."""
+    files = sorted(ROOT.glob("*.py")) + [path for layer in LAYERS for path in modules(layer)]
+    wrong = [f"{path.relative_to(ROOT)} imports {name}" for path in files for name in project_imports(path)
+             if name.startswith("dataset.build_") and path.parent.name != "dataset"]
+    assert not wrong

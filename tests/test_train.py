@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from conftest import ROOT, compose
-from pretrain import new_run_dir, resume_config, train
+from pretrain import train
 from utils.checkpoint import find_checkpoint, load_checkpoint
+from utils.run import new_run_dir, resume_config
 
 TINY = ["arch.hidden_size=32", "arch.num_heads=2", "arch.puzzle_emb_len=1", "arch.H_cycles=2", "arch.L_cycles=1",
         "arch.halt_max_steps=3", "global_batch_size=16", "lr=3e-3", "puzzle_emb_lr=3e-3", "lr_warmup_steps=5",
