@@ -115,7 +115,7 @@ class Generator:
             raise FileNotFoundError(f"--tokenizer {path}: not a tokenizer directory saved by training" if given else
                                     f"{path}: no tokenizer saved with this run (a puzzle run? use --puzzle)")
         tokenizer = ChatTokenizer.load(path)
-        vocab = self.model.model.config.vocab_size
+        vocab = self.model.config.vocab_size
         if len(tokenizer) > vocab:
             raise ValueError(f"{path}: the tokenizer has {len(tokenizer)} tokens but the checkpoint's model has a "
                              f"vocabulary of {vocab}")
@@ -327,7 +327,7 @@ def run_task(checkpoint: dict, seq_len: int, vocab_size: int) -> str | None:
 def solve_puzzle(model, checkpoint: dict, text: str, device: torch.device) -> bool:
     """Run every ACT step on one puzzle, printing the predicted grid, the halting confidence and the cells that
     changed; return whether the last grid is a valid solution."""
-    config = model.model.config
+    config = model.config
     task = run_task(checkpoint, config.seq_len, config.vocab_size)
     if task is None:
         raise ValueError(f"this checkpoint's model reads {config.seq_len} tokens of a {config.vocab_size}-token "

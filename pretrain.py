@@ -56,9 +56,9 @@ def train_step(state: TrainState, forward, batch: dict[str, torch.Tensor], cfg: 
     carries, metrics = [], {}
     for i in range(k):
         rows = slice(i * n, (i + 1) * n)
-        state.model.model.batch_rows = (state.first_row + i * n, cfg.global_batch_size)  # its exploration draws
         carry, loss, micro_metrics, _ = forward(state.carry.rows(rows) if k > 1 else state.carry,
-                                                {name: v[rows] for name, v in batch.items()} if k > 1 else batch)
+                                                {name: v[rows] for name, v in batch.items()} if k > 1 else batch,
+                                                (state.first_row + i * n, cfg.global_batch_size))  # exploration rows
         (loss / cfg.global_batch_size).backward()
         for opt in state.optimizers:  # sign-SGD sets each micro-batch's puzzle-embedding gradient aside
             if isinstance(opt, SignSGD):

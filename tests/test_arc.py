@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, compose
+from conftest import ROOT, compose, grid_task, write_tasks
 from dataset.build_arc_dataset import ArcBuildConfig, build, load_combined
 from dataset.puzzle_dataset import PuzzleDataset
 from evaluators.arc import ArcCollector, Prediction, as_grid, make_submission, pass_at_k, rank_candidates
@@ -121,25 +121,6 @@ def test_every_real_pair_round_trips_through_augmentation_and_encoding(subset):
 
 
 # ----------------------------------------------------------------------------- builder
-
-
-def write_tasks(root: Path, subset: str, tasks: dict) -> None:
-    (root / subset).mkdir(parents=True, exist_ok=True)
-    for name, task in tasks.items():
-        (root / subset / f"{name}.json").write_text(json.dumps(task))
-
-
-def grid_task(seed: int, n_train: int = 2, n_test: int = 1, with_outputs: bool = True) -> dict:
-    """A task whose output is the input flipped left-right."""
-    rng = np.random.default_rng(seed)
-
-    def pair():
-        x = rng.integers(0, 10, (int(rng.integers(1, 6)), int(rng.integers(1, 6))))
-        return {"input": x.tolist(), "output": x[:, ::-1].tolist()}
-    test = [pair() for _ in range(n_test)]
-    if not with_outputs:
-        test = [{"input": p["input"]} for p in test]
-    return {"train": [pair() for _ in range(n_train)], "test": test}
 
 
 @pytest.fixture(scope="module")

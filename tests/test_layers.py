@@ -37,3 +37,11 @@ def test_only_tests_import_the_builder_scripts():
     wrong = [f"{path.relative_to(ROOT)} imports {name}" for path in files for name in project_imports(path)
              if name.startswith("dataset.build_") and path.parent.name != "dataset"]
     assert not wrong
+
+
+def test_no_test_module_imports_another():
+    """Shared test helpers live in conftest.py."""
+    wrong = [f"{path.name} imports {node.module}" for path in sorted((ROOT / "tests").glob("test_*.py"))
+             for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("test_")]
+    assert not wrong
