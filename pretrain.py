@@ -8,8 +8,9 @@
     python pretrain.py -m arch.H_cycles=1,2,3 arch.L_cycles=2,4  # a sweep; python -m utils.sweep_summary <dir>
 
 The composed config is config/cfg_pretrain.yaml with the groups arch/, dataset/, optimizer/. This file is the
-loop: composing the parts of a run, the train step and the evaluation schedule; the data open in dataset/,
-the evaluators live in evaluators/, the run directory and checkpoint state in utils/run.py.
+loop: composing the parts of a run, the train step and the evaluation schedule. The data open in dataset/,
+the evaluators live in evaluators/, the run directory in utils/run.py, the state and checkpoints in
+utils/train_state.py.
 """
 from __future__ import annotations
 
@@ -30,17 +31,14 @@ from tqdm import tqdm
 from dataset.loaders import open_data
 from dataset.mixture import plateau_value
 from evaluators import Evaluator, make_evaluator
-from models import build_model
-from models.ema import EMA
 from models.sparse_embedding import SignSGD
 from models.trm import Carry
 from utils.curriculum import Curriculum
-from utils.device import resolve_dtype
 from utils.distributed import Dist, all_reduce_sum, barrier, init_distributed, reduce_sums, shutdown, sum_gradients
 from utils.logger import RunLogger
-from utils.optim import lr_factor, optimizers_from_config
-from utils.run import (TrainState, enter_stage, init_weights, open_run_dir, project_name, report, resume_config,
-                       run_tokenizer, save_run_checkpoint)
+from utils.optim import lr_factor
+from utils.run import open_run_dir, project_name, report, resume_config, run_tokenizer
+from utils.train_state import TrainState, enter_stage, save_run_checkpoint, start_state
 
 
 # ---------------------------------------------------------------- the step
@@ -102,28 +100,12 @@ class Run:
     curriculum: Curriculum | None
 
 
-def start_model(cfg: DictConfig, device: torch.device, train_data, d: Dist):
-    """(state, model_config): the network (from init_from's weights when given) and its optimizers."""
-    arch = OmegaConf.to_container(cfg.arch, resolve=True)
-    arch["forward_dtype"] = resolve_dtype(arch["forward_dtype"], device)
-    model_config = {**arch, **train_data.model_fields()}
-    if cfg.grad_accum_steps < 1 or train_data.local_batch_size % cfg.grad_accum_steps:
-        raise ValueError(f"grad_accum_steps={cfg.grad_accum_steps} must divide the batch of each process "
-                         f"({train_data.local_batch_size} = global_batch_size / {d.world_size} processes)")
-    model = build_model(model_config, batch_size=train_data.local_batch_size // cfg.grad_accum_steps).to(device)
-    init_weights(cfg, model, train_data)
-    optimizers, base_lrs = optimizers_from_config(model, cfg, d.world_size)
-    state = TrainState(model, optimizers, base_lrs, EMA(model, cfg.ema_rate) if cfg.ema else None,
-                       first_row=d.rank * train_data.local_batch_size)
-    return state, model_config
-
-
 def start_run(cfg: DictConfig, d: Dist, device: torch.device, run_dir: str | None) -> Run:
     """Data, model, optimizers and schedule; the run directory (a new one, or the resumed run's with its state
     restored), its logger and evaluator."""
     torch.manual_seed(cfg.seed)  # weights and the ACT exploration draws: the same on every rank
     train_data, test_data = open_data(cfg, d.rank, d.world_size)
-    state, model_config = start_model(cfg, device, train_data, d)
+    state, model_config = start_state(cfg, device, train_data, d)
     steps_per_epoch = train_data.examples_per_epoch / cfg.global_batch_size
     total_steps = max(1, int(cfg.epochs * steps_per_epoch))
     # evaluate after every eval_interval epochs (the last one at the end), skipping the first min_eval_interval

@@ -1,52 +1,24 @@
-"""A training run's life outside the loop: its state, its directory (named, or found again to resume) with the
-config, Hydra choices and tokenizer saved in it, the checkpoint state (what is saved, and restoring it), and
-the summary it leaves at the end."""
+"""A training run's directory: named, or found again to resume (with the config it was started with); the config,
+Hydra choices and tokenizer saved in it; the summary it leaves at the end. (Its state: utils/train_state.py.)"""
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from models.ema import EMA
-from models.losses import ACTLossHead
-from models.trm import Carry
-from utils.checkpoint import find_checkpoint, init_from_run, load_checkpoint, save_checkpoint
-from utils.distributed import Dist, broadcast_object, gather_rows
-from utils.curriculum import Stage
+from utils.checkpoint import find_checkpoint, load_checkpoint
+from utils.distributed import Dist, broadcast_object
 from utils.files import atomic_write
-from utils.optim import optimizers_from_config
 from utils.sweep_summary import network_passes_per_act_step, write_run_summary
 from utils.tokenizer import ChatTokenizer
+from utils.train_state import TrainState, restore
 
 CONFIG_GROUPS = ("arch", "dataset", "optimizer", "experiment")
 CHOICES_FILE = "hydra_choices.yaml"  # in the run directory: the config group options it was started with
-
-
-@dataclass
-class TrainState:
-    model: ACTLossHead
-    optimizers: list[torch.optim.Optimizer]
-    base_lrs: list[float]
-    ema: EMA | None
-    step: int = 0
-    carry: Carry | None = None
-    first_row: int = 0  # of this rank's rows in the global batch
-
-
-def enter_stage(state: TrainState, stage: Stage, cfg: DictConfig, world_size: int, run_lrs: list[float],
-                reset: bool) -> None:
-    """Apply a curriculum stage: its learning rate scales the run's (`run_lrs`, one per optimizer), and it may
-    start the optimizers afresh. (The data weights are read by the mixture itself.)"""
-    if reset and stage.reset_optimizer:
-        state.optimizers, _ = optimizers_from_config(state.model, cfg, world_size)
-    scale = (stage.lr if stage.lr is not None else cfg.lr) / cfg.lr
-    state.base_lrs = [lr * scale for lr in run_lrs]
 
 
 # ---------------------------------------------------------------- run directories
@@ -144,85 +116,6 @@ def run_tokenizer(cfg: DictConfig, train_data, run_dir: str, is_main: bool) -> C
     if is_main and not (cfg.resume and os.path.isdir(saved)):  # a resumed run's was checked above
         tokenizer.save(saved)
     return tokenizer
-
-
-# ---------------------------------------------------------------- checkpoint state
-
-def global_carry(carry: Carry | None) -> dict[str, torch.Tensor] | None:
-    """The ACT carry of the whole global batch (every rank's rows, in rank order) on rank 0: a checkpoint
-    holds the same carry whatever the number of processes that trained it. Called on every rank."""
-    if carry is None:
-        return None
-    return {k: gather_rows(v) for k, v in carry.state_dict().items()}
-
-
-def init_weights(cfg: DictConfig, model: ACTLossHead, train_data) -> None:
-    """init_from (or load_checkpoint, the official code's name for it): start from a run's weights alone (the
-    optimizers start afresh); nothing when resuming."""
-    init_from = cfg.init_from or cfg.load_checkpoint
-    if cfg.init_from and cfg.load_checkpoint and cfg.init_from != cfg.load_checkpoint:
-        raise ValueError(f"init_from={cfg.init_from} and load_checkpoint={cfg.load_checkpoint}: give one")
-    if init_from and not cfg.resume:
-        init_from_run(model, init_from, train_data.tokenizer() if hasattr(train_data, "tokenizer") else None)
-
-
-def save_run_checkpoint(state: TrainState, train_data, cfg: DictConfig, model_config: dict[str, Any], run_dir: str,
-                        device: torch.device, is_main: bool) -> None:
-    """<run_dir>/step_<N>.pt. Every rank takes part (the carry is gathered); rank 0 writes."""
-    carry = global_carry(state.carry)
-    if is_main:
-        save_checkpoint(os.path.join(run_dir, f"step_{state.step}.pt"),
-                        checkpoint_state(state, train_data, cfg, model_config, carry, device))
-
-
-def checkpoint_state(state: TrainState, train_data, cfg: DictConfig, model_config: dict[str, Any],
-                     carry: dict[str, torch.Tensor] | None, device: torch.device) -> dict[str, Any]:
-    # the RNG state is the same on every rank (the exploration draws cover the global batch), so rank 0's is kept
-    rng = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(device)
-    if torch.backends.mps.is_available():
-        rng["mps"] = torch.mps.get_rng_state()
-    return {
-        "model": state.model.state_dict(),
-        "ema": state.ema.state_dict() if state.ema else None,
-        "optimizers": [o.state_dict() for o in state.optimizers],
-        "step": state.step,
-        "carry": carry,
-        "data": train_data.state_dict(),
-        "rng": rng,
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "model_config": model_config,  # build_model(**model_config) rebuilds the network without the data
-    }
-
-
-def restore(state: TrainState, train_data, ckpt: dict[str, Any], device: torch.device, rows: slice,
-            global_batch_size: int) -> None:
-    """Load a checkpoint into this rank's state; `rows` are the rank's rows of the saved global-batch carry."""
-    state.model.load_state_dict(ckpt["model"])
-    for opt, opt_state in zip(state.optimizers, ckpt["optimizers"], strict=True):
-        opt.load_state_dict(opt_state)
-    if state.ema is not None:
-        if not ckpt.get("ema"):
-            raise ValueError("resume: ema=true but the checkpoint has no EMA weights")
-        state.ema.load_state_dict(ckpt["ema"])
-    state.step = int(ckpt["step"])
-    if ckpt["carry"] is not None:
-        saved_rows = len(ckpt["carry"]["steps"])
-        if saved_rows != global_batch_size:
-            raise ValueError(f"resume: the checkpoint's ACT carry holds {saved_rows} rows but global_batch_size is "
-                             f"{global_batch_size}; resume with the run's global_batch_size")
-        state.carry = Carry.from_state_dict({k: v[rows].to(device) for k, v in ckpt["carry"].items()})
-    train_data.load_state_dict(ckpt["data"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    if "cuda" in ckpt["rng"] and device.type == "cuda":
-        cuda_rng = ckpt["rng"]["cuda"]  # this device's state (a list of every device's in older checkpoints)
-        if isinstance(cuda_rng, list):
-            torch.cuda.set_rng_state_all(cuda_rng)
-        else:
-            torch.cuda.set_rng_state(cuda_rng, device)
-    if "mps" in ckpt["rng"] and torch.backends.mps.is_available():
-        torch.mps.set_rng_state(ckpt["rng"]["mps"])
 
 
 # ---------------------------------------------------------------- the end of a run
