@@ -24,6 +24,7 @@ column c + w right of it (where they fit on the canvas). Labels use the same enc
 Besides the splits, the build writes what the ARC evaluator needs to undo every augmentation:
   arc_augmentations.npz  per identifier: task index (-1 for the blank), transform, colour map
   arc_tasks.json         task ids and subsets, the test set, and the original test inputs / outputs
+The task format, the augmentations and the encoding live in tasks/arc.py.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ Examples:
 A maze is a 900-character string, row by row: '#' wall, ' ' open, 'S' start, 'G' goal; in the answer the
 cells of the path between S and G are 'o'. Tokens: 0 = PAD, then '#', ' ', 'S', 'G', 'o' = 1..5 (the
 official TRM encoding). Each train maze and its 7 other dihedral transforms form one group; the test split
-is not augmented.
+is not augmented. The maze itself (encoding, shortest paths, generator) lives in tasks/maze.py.
 """
 from __future__ import annotations
 
@@ -34,6 +34,10 @@ from dataset.common import (PUZZLE_CSV_HEADER, PuzzleDatasetMetadata, puzzle_csv
                             save_identifiers, save_split)
 from tasks.common import NUM_DIHEDRAL, dihedral  # noqa: E402
 from tasks.maze import CHARSET, OPEN, PATH, SIZE, encode_maze, endpoints, generate_maze  # noqa: E402
+
+
+# ----------------------------------------------------------------------------- CSV
+
 
 def read_csv_file(path: str) -> tuple[list[str], list[str]]:
     """Questions and answers of an official maze CSV, each row checked."""

@@ -11,7 +11,8 @@ Examples:
       --subsample-size 1000 --num-aug 1000
 
 Grids are flat arrays of 81 cells in row-major order, 0 = blank, 1..9 = digits.
-On disk a cell is value + 1: 0 = PAD, 1 = blank, 2..10 = digits 1..9 (the official TRM encoding).
+On disk a cell is value + 1: 0 = PAD, 1 = blank, 2..10 = digits 1..9 (the official TRM encoding). The solver,
+the generator and the augmentation live in tasks/sudoku.py.
 """
 from __future__ import annotations
 
@@ -33,7 +34,6 @@ from dataset.common import (PUZZLE_CSV_HEADER, PuzzleDatasetMetadata, puzzle_csv
                             save_split)
 from tasks.sudoku import (PUZZLE_CHARS, augment, check_grid_string, fail, find_conflict, generate_puzzle,  # noqa: E402
                           parse_digits, rate, solve)
-
 
 
 # ----------------------------------------------------------------------------- puzzle sets

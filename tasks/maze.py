@@ -155,7 +155,7 @@ def generate_maze(rng: np.random.Generator, min_path_length: int, openings: int 
                      "lower min_path_length or openings")
 
 
-# ----------------------------------------------------------------------------- CSV
+# ----------------------------------------------------------------------------- text
 
 
 def encode_text(text: str, where: str) -> list[int]:
