@@ -103,9 +103,9 @@ def build_tiny(tmp_path, records=CONVERSATIONS, **kw) -> tuple[Path, dict]:
     return out, build_chat(ChatBuildConfig(**{**cfg, **kw}))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def synthetic_chat(tmp_path_factory) -> str:
-    """600 synthetic conversations (examples/make_synthetic_chat.py), built once per session."""
+    """600 synthetic conversations (examples/make_synthetic_chat.py), built once per test module."""
     from dataset.build_chat_dataset import ChatBuildConfig, build as build_chat
 
     spec = importlib.util.spec_from_file_location("synth", ROOT / "examples" / "make_synthetic_chat.py")
