@@ -18,19 +18,17 @@ import dataclasses
 import json
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm import tqdm
 
-from dataset.build_maze_dataset import decode_maze, encode_maze, is_shortest_path
-from dataset.build_sudoku_dataset import DatasetBuildError, is_valid_solution, parse_sudoku
-from dataset.common import atomic_write
-from models.losses import IGNORE_LABEL_ID
+from constants import IGNORE_LABEL_ID
+from tasks import task_module
+from tasks.sudoku import DatasetBuildError
 from utils.checkpoint import find_checkpoint, load_trained_model, run_steps
 from utils.device import resolve_dtype, select_device
+from utils.files import atomic_write
 from utils.sampling import (SamplingParams, act_steps, chat_stop_ids, context_length, fit_conversation,
                             generate_tokens, prompt_ids, stream_tokens)
 from utils.tokenizer import ChatTokenizer
@@ -117,7 +115,7 @@ class Generator:
             raise FileNotFoundError(f"--tokenizer {path}: not a tokenizer directory saved by training" if given else
                                     f"{path}: no tokenizer saved with this run (a puzzle run? use --puzzle)")
         tokenizer = ChatTokenizer.load(path)
-        vocab = self.model.model.config.vocab_size
+        vocab = self.model.config.vocab_size
         if len(tokenizer) > vocab:
             raise ValueError(f"{path}: the tokenizer has {len(tokenizer)} tokens but the checkpoint's model has a "
                              f"vocabulary of {vocab}")
@@ -311,72 +309,37 @@ def read_prompts(path: str) -> list[tuple[str, dict, list[tuple[str, str]]]]:
 
 # ---------------------------------------------------------------- puzzles
 
-@dataclass
-class PuzzleKind:
-    """How one puzzle type reads from text, maps to and from the model's tokens, prints and is checked."""
-    name: str
-    seq_len: int
-    parse: Callable[[str, str], list[int]]  # (text, where) -> tokens
-    cells: Callable[[list[int]], list[str]]  # tokens -> one character per cell
-    width: int
-    check: Callable[[list[int], list[int]], bool]  # (puzzle tokens, predicted tokens) -> solved
-    box: int = 0  # Sudoku: draw the 3x3 boxes
+# dataset facts (seq_len, vocab_size) -> task, for runs saved before the config recorded dataset.task
+TASK_OF_SHAPE = {(81, 11): "sudoku", (900, 6): "maze", (900, 12): "arc"}
 
 
-def _sudoku_tokens(text: str, where: str) -> list[int]:
-    return [d + 1 for d in parse_sudoku(text, where)]  # on disk: 0 PAD, 1 blank, 2..10 digits
+def run_task(checkpoint: dict, seq_len: int, vocab_size: int) -> str | None:
+    """The task a puzzle run was trained on: its config's dataset.task; for older runs, the builder or evaluator
+    its config names, or the shape of its data."""
+    dataset = (checkpoint.get("config") or {}).get("dataset") or {}
+    if dataset.get("task"):
+        return dataset["task"]
+    if (dataset.get("build") or {}).get("builder"):
+        return dataset["build"]["builder"]
+    return "arc" if dataset.get("evaluator") == "arc" else TASK_OF_SHAPE.get((seq_len, vocab_size))
 
 
-def _maze_tokens(text: str, where: str) -> list[int]:
-    rows = text.splitlines() if "\n" in text else [text]  # spaces are open cells: keep them
-    try:
-        return encode_maze("".join(rows)).tolist()
-    except ValueError as e:
-        raise ValueError(f"{where}: {e}") from None
-
-
-PUZZLES = [
-    PuzzleKind("Sudoku", 81, _sudoku_tokens, lambda t: [str(v - 1) if v > 1 else "." for v in t], 9,
-               lambda p, y: is_valid_solution([max(v - 1, 0) for v in y], [max(v - 1, 0) for v in p]), box=3),
-    PuzzleKind("maze", 900, _maze_tokens, lambda t: list(decode_maze(t)), 30,
-               lambda p, y: is_shortest_path(decode_maze(p), decode_maze(y))),
-]
-
-
-def read_puzzle(kind: PuzzleKind, text: str) -> list[int]:
-    """The puzzle in `text`, or in the file named by it."""
-    if os.path.isfile(text):
-        with open(text) as f:
-            return kind.parse(f.read().strip("\n"), text)
-    return kind.parse(text, "puzzle")
-
-
-def show_grid(kind: PuzzleKind, tokens: list[int]) -> str:
-    cells = kind.cells(tokens)
-    rows = [cells[i:i + kind.width] for i in range(0, len(cells), kind.width)]
-    if not kind.box:
-        return "\n".join("".join(row) for row in rows)
-    b = kind.box
-    lines = [" | ".join(" ".join(row[i:i + b]) for i in range(0, len(row), b)) for row in rows]
-    rule = "-+-".join("-" * (2 * b - 1) for _ in range(kind.width // b))
-    out = []
-    for r, line in enumerate(lines):
-        out += [rule, line] if r and r % b == 0 else [line]
-    return "\n".join(out)
-
-
-def solve_puzzle(model, text: str, device: torch.device) -> bool:
+def solve_puzzle(model, checkpoint: dict, text: str, device: torch.device) -> bool:
     """Run every ACT step on one puzzle, printing the predicted grid, the halting confidence and the cells that
     changed; return whether the last grid is a valid solution."""
-    config = model.model.config
-    kind = next((k for k in PUZZLES if k.seq_len == config.seq_len), None)
+    config = model.config
+    task = run_task(checkpoint, config.seq_len, config.vocab_size)
+    if task is None:
+        raise ValueError(f"this checkpoint's model reads {config.seq_len} tokens of a {config.vocab_size}-token "
+                         "vocabulary: not a Sudoku or maze model")
+    kind = task_module(task).TEXT
     if kind is None:
-        raise ValueError(f"this checkpoint's model reads {config.seq_len} tokens: not a Sudoku (81) or maze (900) model")
-    puzzle = read_puzzle(kind, text)
+        raise ValueError(f"this run's task is {task}: --puzzle solves Sudoku and maze puzzles only")
+    puzzle = kind.read(text)
     inputs = torch.tensor([puzzle], device=device)
     batch = {"inputs": inputs, "labels": torch.full_like(inputs, IGNORE_LABEL_ID),
              "puzzle_identifiers": torch.zeros(1, dtype=torch.long, device=device)}
-    print(f"{kind.name}:\n{show_grid(kind, puzzle)}\n")
+    print(f"{kind.name}:\n{kind.show(puzzle)}\n")
     previous, halted_at = puzzle, None
     with torch.no_grad():
         for step, (_, outputs) in enumerate(act_steps(model, batch), start=1):
@@ -387,7 +350,7 @@ def solve_puzzle(model, text: str, device: torch.device) -> bool:
                 halted_at = step
             note = " (the model would stop here)" if halted_at == step else ""
             print(f"ACT step {step}: halting confidence {confidence:.3f}, {changed} cells changed{note}\n"
-                  f"{show_grid(kind, tokens)}\n")
+                  f"{kind.show(tokens)}\n")
             previous = tokens
     solved = kind.check(puzzle, previous)
     print("valid solution" if solved else "not a valid solution")
@@ -404,8 +367,8 @@ def main(argv: list[str] | None = None) -> int:
                                  "a puzzle or a file holding one")
             args.interactive = True
         if args.puzzle is not None:
-            model, _, device = load_model(args)
-            solve_puzzle(model, args.puzzle, device)
+            model, checkpoint, device = load_model(args)
+            solve_puzzle(model, checkpoint, args.puzzle, device)
             return 0
         generator = Generator(args)
         if args.prompt is not None:

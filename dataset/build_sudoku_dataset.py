@@ -11,7 +11,8 @@ Examples:
       --subsample-size 1000 --num-aug 1000
 
 Grids are flat arrays of 81 cells in row-major order, 0 = blank, 1..9 = digits.
-On disk a cell is value + 1: 0 = PAD, 1 = blank, 2..10 = digits 1..9 (the official TRM encoding).
+On disk a cell is value + 1: 0 = PAD, 1 = blank, 2..10 = digits 1..9 (the official TRM encoding). The solver,
+the generator and the augmentation live in tasks/sudoku.py.
 """
 from __future__ import annotations
 
@@ -29,198 +30,10 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dataset.common import PUZZLE_CSV_HEADER, PuzzleDatasetMetadata, puzzle_csv_rows, save_identifiers, save_split
-
-
-
-class DatasetBuildError(SystemExit):
-    """Bad input or options: exits the CLI with status 1 and a one-line message, catchable by callers."""
-
-
-def _fail(message: str) -> DatasetBuildError:
-    return DatasetBuildError(f"error: {message}")
-
-
-# ----------------------------------------------------------------------------- solver
-# Bitmask backtracking: every empty cell keeps a 9-bit mask of its candidate digits. Placing a digit removes it
-# from the 20 peers and places any peer left with one candidate (naked singles); when nothing is forced the
-# search branches on the empty cell with the fewest candidates.
-
-_ROW = [i // 9 for i in range(81)]
-_COL = [i % 9 for i in range(81)]
-_BOX = [(i // 27) * 3 + (i % 9) // 3 for i in range(81)]
-_POPCOUNT = [bin(m).count("1") for m in range(512)]
-_BITS = [[1 << d for d in range(9) if m >> d & 1] for m in range(512)]  # candidate bits, low digit first
-_DIGIT = {1 << d: d + 1 for d in range(9)}
-_FULL = 0x1FF
-_PEERS = [  # the 20 cells sharing a row, column or box with each cell
-    [j for j in range(81) if j != i and (_ROW[i] == _ROW[j] or _COL[i] == _COL[j] or _BOX[i] == _BOX[j])]
-    for i in range(81)
-]
-
-
-@dataclass
-class SolveResult:
-    num_solutions: int  # capped at the search limit
-    solution: list[int] | None  # the first solution found
-    dead_ends: int  # guesses that ran into a contradiction: a difficulty measure
-
-
-def find_conflict(grid: Sequence[int]) -> str | None:
-    """Describe the first repeated digit in a row, column or box, or None when the clues agree."""
-    for kind, unit_of in (("row", _ROW), ("column", _COL), ("box", _BOX)):
-        seen: dict[tuple[int, int], int] = {}
-        for i, v in enumerate(grid):
-            if v:
-                key = (unit_of[i], v)
-                if key in seen:
-                    return f"digit {v} appears twice in {kind} {unit_of[i] + 1}"
-                seen[key] = i
-    return None
-
-
-def solve(grid: Sequence[int], limit: int = 2, rng: np.random.Generator | None = None) -> SolveResult:
-    """Search for up to `limit` solutions. With `rng`, candidates are tried in random order."""
-    cells = [int(v) for v in grid]
-    if len(cells) != 81 or min(cells) < 0 or max(cells) > 9:
-        raise ValueError("a grid is 81 values in 0..9")
-    return _solve(cells, limit, rng)
-
-
-def _solve(cells: list[int], limit: int, rng: np.random.Generator | None) -> SolveResult:
-    """solve() on a list it may modify, without input checks (the generator calls this thousands of times)."""
-    ROW, COL, BOX, POPCOUNT, BITS, DIGIT, PEERS = _ROW, _COL, _BOX, _POPCOUNT, _BITS, _DIGIT, _PEERS
-    rows, cols, boxes = [0] * 9, [0] * 9, [0] * 9
-    for i, v in enumerate(cells):
-        if v:
-            bit = 1 << (v - 1)
-            r, c, b = ROW[i], COL[i], BOX[i]
-            if (rows[r] | cols[c] | boxes[b]) & bit:
-                return SolveResult(0, None, 0)
-            rows[r] |= bit
-            cols[c] |= bit
-            boxes[b] |= bit
-    empties = [i for i in range(81) if not cells[i]]
-    cand = [0] * 81  # candidate digits of each empty cell
-    for i in empties:
-        cand[i] = _FULL & ~(rows[ROW[i]] | cols[COL[i]] | boxes[BOX[i]])
-    solutions: list[list[int]] = []
-    dead_ends = 0
-
-    def assign(i: int, bit: int) -> bool:
-        """Place a digit, drop it from the peers' candidates, then place the peers left with one candidate.
-        False on a contradiction (a cell without candidates)."""
-        cells[i] = DIGIT[bit]
-        forced = []
-        for p in PEERS[i]:  # eliminate everywhere first: a forced peer must see all of this placement
-            cp = cand[p]
-            if cp & bit and not cells[p]:
-                cp ^= bit
-                cand[p] = cp
-                if not cp:
-                    return False
-                if POPCOUNT[cp] == 1:
-                    forced.append(p)
-        for p in forced:
-            if not cells[p] and not assign(p, cand[p]):
-                return False
-        return True
-
-    def search() -> bool:  # True once `limit` solutions are found
-        nonlocal dead_ends
-        best, best_count = -1, 10
-        for i in empties:  # after propagation every empty cell has >= 2 candidates
-            if not cells[i]:
-                count = POPCOUNT[cand[i]]
-                if count < best_count:
-                    best, best_count = i, count
-                    if count == 2:
-                        break
-        if best < 0:
-            solutions.append(cells.copy())
-            return len(solutions) >= limit
-        bits = BITS[cand[best]]
-        if rng is not None:
-            bits = [bits[t] for t in rng.permutation(best_count)]
-        saved_cells, saved_cand = cells.copy(), cand.copy()  # cheaper to restore than an undo log
-        for bit in bits:
-            if assign(best, bit):
-                if search():
-                    return True
-            else:
-                dead_ends += 1
-            cells[:] = saved_cells
-            cand[:] = saved_cand
-        return False
-
-    for i in empties:  # place the cells forced by the clues alone
-        if not cells[i] and (not cand[i] or (POPCOUNT[cand[i]] == 1 and not assign(i, cand[i]))):
-            return SolveResult(0, None, 1)
-    search()
-    return SolveResult(len(solutions), solutions[0] if solutions else None, dead_ends)
-
-
-def is_valid_solution(solution: Sequence[int], puzzle: Sequence[int] | None = None) -> bool:
-    """A complete grid with every row, column and box a permutation of 1..9 (and agreeing with `puzzle`)."""
-    grid = np.asarray(solution).reshape(9, 9)
-    digits = np.arange(1, 10)
-    boxes = grid.reshape(3, 3, 3, 3).transpose(0, 2, 1, 3).reshape(9, 9)
-    if not all(np.array_equal(np.sort(g, axis=1), np.broadcast_to(digits, (9, 9))) for g in (grid, grid.T, boxes)):
-        return False
-    if puzzle is not None:
-        p = np.asarray(puzzle).reshape(9, 9)
-        return bool(np.all((p == 0) | (p == grid)))
-    return True
-
-
-def rate(puzzle: Sequence[int]) -> int:
-    """Difficulty: guesses that failed while proving uniqueness (an exhaustive search, so relabelling the
-    digits does not change it). 0 means naked singles alone solve the puzzle."""
-    return solve(puzzle, limit=2).dead_ends
-
-
-# ----------------------------------------------------------------------------- generator
-
-
-def random_full_grid(rng: np.random.Generator) -> list[int]:
-    result = _solve([0] * 81, 1, rng)
-    assert result.solution is not None  # the empty grid always has a solution
-    return result.solution
-
-
-def _stays_unique(puzzle: list[int], cell: int, value: int) -> bool:
-    """`puzzle` (with `cell` just blanked) had a unique solution holding `value` at `cell`:
-    it stays unique iff no other digit at `cell` leads to a solution."""
-    used = 0
-    for j in _PEERS[cell]:
-        if puzzle[j]:
-            used |= 1 << (puzzle[j] - 1)
-    others = _FULL & ~used & ~(1 << (value - 1))
-    for bit in _BITS[others]:  # usually none while many clues remain: the cell is forced by its peers
-        trial = puzzle.copy()
-        trial[cell] = _DIGIT[bit]
-        if _solve(trial, 1, None).num_solutions:
-            return False
-    return True
-
-
-def generate_puzzle(rng: np.random.Generator, min_clues: int, max_clues: int) -> tuple[list[int], list[int]] | None:
-    """Random full grid, then blank cells in random order while the solution stays unique, until a
-    target clue count drawn from [min_clues, max_clues]. None when the grid cannot get down to max_clues."""
-    solution = random_full_grid(rng)
-    target = int(rng.integers(min_clues, max_clues + 1))
-    puzzle = solution.copy()
-    clues = 81
-    for cell in rng.permutation(81).tolist():
-        if clues <= target:
-            break
-        value = puzzle[cell]
-        puzzle[cell] = 0
-        if _stays_unique(puzzle, cell, value):
-            clues -= 1
-        else:
-            puzzle[cell] = value
-    return (puzzle, solution) if clues <= max_clues else None
+from dataset.common import (PUZZLE_CSV_HEADER, PuzzleDatasetMetadata, puzzle_csv_rows, save_identifiers,  # noqa: E402
+                            save_split)
+from tasks.sudoku import (PUZZLE_CHARS, augment, check_grid_string, fail, find_conflict, generate_puzzle,  # noqa: E402
+                          parse_digits, rate, solve)
 
 
 # ----------------------------------------------------------------------------- puzzle sets
@@ -267,7 +80,7 @@ def generate_set(
     discarded, max_attempts = 0, 50 * count + 1000
     while len(puzzles) < count:
         if len(puzzles) + discarded >= max_attempts:
-            raise _fail(
+            raise fail(
                 f"only {len(puzzles)} of {count} puzzles met the constraints after {max_attempts} attempts "
                 f"(clues {min_clues}..{max_clues}, min difficulty {min_difficulty}); relax them"
             )
@@ -286,37 +99,6 @@ def generate_set(
         solutions.append(solution)
         ratings.append(rating)
     return PuzzleSet.from_lists(puzzles, solutions, ratings), discarded
-
-
-# ----------------------------------------------------------------------------- augmentation
-
-
-def augment(
-    puzzle: np.ndarray, solution: np.ndarray, count: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """`count` random validity-preserving transforms of one puzzle, the same transform for puzzle and solution:
-    relabel digits 1..9 (blank stays blank), transpose with probability 1/2, permute the bands and the rows
-    inside each band, permute the stacks and the columns inside each stack. Returns two [count, 81] arrays."""
-    digit_map = np.zeros((count, 10), dtype=np.uint8)
-    digit_map[:, 1:] = rng.permuted(np.tile(np.arange(1, 10, dtype=np.uint8), (count, 1)), axis=1)
-    transpose = rng.random(count) < 0.5
-
-    def line_permutation() -> np.ndarray:  # [count, 9]: new line -> old line, bands kept whole
-        blocks = rng.permuted(np.tile(np.arange(3), (count, 1)), axis=1)
-        inner = rng.permuted(np.tile(np.arange(3), (count, 3, 1)), axis=2)
-        return (blocks[:, :, None] * 3 + inner).reshape(count, 9)
-
-    row_perm, col_perm = line_permutation(), line_permutation()
-    # New cell (r, c) reads old cell (row_perm[r], col_perm[c]) of the (possibly transposed) grid.
-    source_cell = (row_perm[:, :, None] * 9 + col_perm[:, None, :]).reshape(count, 81)
-
-    def apply(grid: np.ndarray) -> np.ndarray:
-        grid = np.asarray(grid, dtype=np.uint8).reshape(9, 9)
-        base = np.where(transpose[:, None], grid.T.reshape(1, 81), grid.reshape(1, 81))
-        moved = np.take_along_axis(base, source_cell, axis=1)
-        return np.take_along_axis(digit_map, moved.astype(np.intp), axis=1)
-
-    return apply(puzzle), apply(solution)
 
 
 def _split_arrays(ps: PuzzleSet, num_aug: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -363,31 +145,6 @@ def write_split(output_dir: Path, split: str, ps: PuzzleSet, num_aug: int, rng: 
 # ----------------------------------------------------------------------------- readers
 
 
-_BLANK_CHARS = ".0"
-_PUZZLE_CHARS = ".0123456789"
-
-
-def _check_grid_string(text: str, where: str, what: str, allowed: str) -> None:
-    """Raise a precise error for a malformed 81-character grid string."""
-    if len(text) != 81:
-        raise _fail(f"{where}: {what} has {len(text)} characters, expected 81")
-    for pos, ch in enumerate(text, 1):
-        if ch not in allowed:
-            expected = "1-9, '.' or '0' for a blank" if "." in allowed else "1-9"
-            raise _fail(f"{where}: {what} has invalid character {ch!r} at position {pos} (expected {expected})")
-
-
-def _parse_puzzle(text: str) -> list[int]:
-    return [0 if ch in _BLANK_CHARS else ord(ch) - 48 for ch in text]
-
-
-def parse_sudoku(text: str, where: str = "puzzle") -> list[int]:
-    """81 cells (1-9, '.' or '0' blank; whitespace ignored) -> digits with 0 for blanks; clear error otherwise."""
-    text = "".join(text.split())
-    _check_grid_string(text, where, "the grid", _PUZZLE_CHARS)
-    return _parse_puzzle(text)
-
-
 def _char_table(allowed: str) -> np.ndarray:
     table = np.zeros(256, dtype=bool)
     table[np.frombuffer(allowed.encode(), np.uint8)] = True
@@ -403,32 +160,32 @@ def read_csv_rows(name: str, rows: Iterable[tuple[int, Sequence[object]]], chunk
     for line, row in rows:
         where = f"{name}:{line}"
         if len(row) != 4:
-            raise _fail(f"{where}: expected 4 fields (source,question,answer,rating), got {len(row)}")
+            raise fail(f"{where}: expected 4 fields (source,question,answer,rating), got {len(row)}")
         _, question, answer, rating = row
         question, answer = str(question), str(answer)
         if len(question) != 81 or not question.isascii():
-            _check_grid_string(question, where, "question", _PUZZLE_CHARS)
+            check_grid_string(question, where, "question", PUZZLE_CHARS)
         if len(answer) != 81 or not answer.isascii():
-            _check_grid_string(answer, where, "answer", "123456789")
+            check_grid_string(answer, where, "answer", "123456789")
         try:
             ratings.append(int(rating))
         except (TypeError, ValueError):
-            raise _fail(f"{where}: rating must be an integer, got {rating!r}") from None
+            raise fail(f"{where}: rating must be an integer, got {rating!r}") from None
         questions += question.encode()
         answers += answer.encode()
         lines.append(line)
 
     puzzles = np.frombuffer(questions, np.uint8).reshape(-1, 81).copy()
     solutions = np.frombuffer(answers, np.uint8).reshape(-1, 81).copy()
-    puzzle_ok, answer_ok = _char_table(_PUZZLE_CHARS), _char_table("123456789")
+    puzzle_ok, answer_ok = _char_table(PUZZLE_CHARS), _char_table("123456789")
     for start in range(0, len(puzzles), chunk):
         q, a = puzzles[start : start + chunk], solutions[start : start + chunk]
         bad_chars = ~puzzle_ok[q].all(axis=1) | ~answer_ok[a].all(axis=1)
         if bad_chars.any():
             k = start + int(np.argmax(bad_chars))
             where = f"{name}:{lines[k]}"
-            _check_grid_string(puzzles[k].tobytes().decode(), where, "question", _PUZZLE_CHARS)
-            _check_grid_string(solutions[k].tobytes().decode(), where, "answer", "123456789")
+            check_grid_string(puzzles[k].tobytes().decode(), where, "question", PUZZLE_CHARS)
+            check_grid_string(solutions[k].tobytes().decode(), where, "answer", "123456789")
         np.subtract(q, ord("0"), out=q, where=q != ord("."))
         q[q == ord(".")] = 0
         a -= ord("0")
@@ -438,9 +195,9 @@ def read_csv_rows(name: str, rows: Iterable[tuple[int, Sequence[object]]], chunk
             where = f"{name}:{lines[k]}"
             conflict = find_conflict(solutions[k].tolist())
             if conflict:
-                raise _fail(f"{where}: answer is not a valid Sudoku grid ({conflict})")
+                raise fail(f"{where}: answer is not a valid Sudoku grid ({conflict})")
             cell = int(np.argmax((puzzles[k] != 0) & (puzzles[k] != solutions[k])))
-            raise _fail(f"{where}: answer disagrees with the question at row {cell // 9 + 1}, column {cell % 9 + 1}")
+            raise fail(f"{where}: answer disagrees with the question at row {cell // 9 + 1}, column {cell % 9 + 1}")
     return PuzzleSet(puzzles, solutions, np.asarray(ratings, dtype=np.int64))
 
 
@@ -460,7 +217,7 @@ def read_csv_file(path: str) -> PuzzleSet:
     try:
         return read_csv_rows(path, puzzle_csv_rows(path))
     except (FileNotFoundError, ValueError) as e:  # a missing file, its header or its encoding
-        raise _fail(str(e)) from None
+        raise fail(str(e)) from None
 
 
 def read_hub_csv(repo: str, split: str) -> PuzzleSet:
@@ -468,7 +225,7 @@ def read_hub_csv(repo: str, split: str) -> PuzzleSet:
     try:
         import datasets  # imported lazily: only this path needs it (and the network)
     except ImportError:
-        raise _fail("the hub path needs the `datasets` package; install it or pass --train-file/--test-file") from None
+        raise fail("the hub path needs the `datasets` package; install it or pass --train-file/--test-file") from None
     filename = f"{split}.csv"
     # Explicit string columns: inferred types would turn the all-digit answers into (overflowing) integers.
     text = datasets.Value("string")
@@ -476,7 +233,7 @@ def read_hub_csv(repo: str, split: str) -> PuzzleSet:
     try:
         ds = datasets.load_dataset(repo, data_files={split: filename}, split=split, features=features)
     except Exception as e:  # network, authentication, missing file, bad rows: all end the same way
-        raise _fail(f"cannot load {filename} from {repo} ({type(e).__name__}: {e})") from None
+        raise fail(f"cannot load {filename} from {repo} ({type(e).__name__}: {e})") from None
     rows = zip(*(ds[c] for c in PUZZLE_CSV_HEADER))
     return read_csv_rows(f"{repo}/{filename}", enumerate(rows, start=2))  # line 1 is the header
 
@@ -501,9 +258,9 @@ def read_list_file(path: str) -> tuple[PuzzleSet, ListRejections, int]:
     try:
         text = Path(path).read_text()
     except FileNotFoundError:
-        raise _fail(f"{path}: file not found") from None
+        raise fail(f"{path}: file not found") from None
     except (UnicodeDecodeError, OSError) as e:
-        raise _fail(f"{path}: cannot read ({e})") from None
+        raise fail(f"{path}: cannot read ({e})") from None
     puzzles, solutions, ratings = [], [], []
     rejected = ListRejections([], [])
     total = 0
@@ -512,11 +269,11 @@ def read_list_file(path: str) -> tuple[PuzzleSet, ListRejections, int]:
         if not line or line.startswith("#"):
             continue
         where = f"{path}:{line_no}"
-        _check_grid_string(line, where, "puzzle", _PUZZLE_CHARS)
-        grid = _parse_puzzle(line)
+        check_grid_string(line, where, "puzzle", PUZZLE_CHARS)
+        grid = parse_digits(line)
         conflict = find_conflict(grid)
         if conflict:
-            raise _fail(f"{where}: the clues conflict ({conflict})")
+            raise fail(f"{where}: the clues conflict ({conflict})")
         total += 1
         result = solve(grid, limit=2)
         if result.num_solutions == 0:
@@ -569,7 +326,7 @@ class SudokuBuildConfig:
 def _check_config(cfg: SudokuBuildConfig) -> None:
     def need(ok: bool, message: str) -> None:
         if not ok:
-            raise _fail(message)
+            raise fail(message)
 
     need(cfg.source in ("generate", "csv", "list"), f"unknown source {cfg.source!r} (generate, csv or list)")
     need(bool(cfg.output_dir), "an output directory is required")
@@ -643,7 +400,7 @@ def build(config: SudokuBuildConfig) -> None:
         train = train.take(np.sort(pick))
         say(f"subsampled {cfg.subsample_size} train puzzles")
     if len(train) == 0:
-        raise _fail("no train puzzles left to write (check the input files and --min-difficulty)")
+        raise fail("no train puzzles left to write (check the input files and --min-difficulty)")
 
     out = Path(cfg.output_dir)
     train_total = write_split(out, "train", train, cfg.num_aug, _rng(cfg.seed, "augment"))

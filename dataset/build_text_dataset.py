@@ -37,8 +37,9 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from dataset.chat_formats import JSON_SUFFIXES, load_records  # noqa: E402
 from dataset.common import (  # noqa: E402
-    add_split_arguments, atomic_write, check_splits_not_empty, resolve_train_split, run_build_cli, save_arrays,
+    add_split_arguments, check_splits_not_empty, resolve_train_split, run_build_cli, save_arrays,
     split_indices, token_dtype)
+from utils.files import atomic_write  # noqa: E402
 from utils.tokenizer import ChatTokenizer, make_tokenizer  # noqa: E402
 
 TEXT_SUFFIXES = (".txt", ".md", ".text")

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dataset.sampling import EpochStream
-from dataset.token_dataset import TokenDataset, next_token_pairs
+from dataset.epochs import EpochStream
+from dataset.token_dataset import TokenDataset, next_token_pairs, single_paths
 
 
 class ChatDataset(TokenDataset):
@@ -79,3 +79,10 @@ class ChatDataset(TokenDataset):
             current.append(i)
             used += int(n)
         return rows + ([current] if current else [])
+
+
+def open_chat(cfg, rank: int, world_size: int) -> tuple[ChatDataset, ChatDataset]:
+    train_path, test_path = single_paths(cfg)
+    kwargs = dict(global_batch_size=cfg.global_batch_size, seed=cfg.seed, rank=rank, world_size=world_size,
+                  pack=cfg.dataset.pack, seq_len=cfg.dataset.get("seq_len"))
+    return ChatDataset(train_path, "train", **kwargs), ChatDataset(test_path, "test", **kwargs)

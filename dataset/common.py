@@ -25,6 +25,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from utils.files import atomic_write
+
 ARRAY_NAMES = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
 
 
@@ -55,16 +57,6 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "total_puzzles": (int,),
     "sets": (list,),
 }
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file and rename, so readers never see a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 PUZZLE_CSV_HEADER = ["source", "question", "answer", "rating"]  # the official Sudoku-Extreme and Maze-Hard files
@@ -280,25 +272,3 @@ def load_metadata(split_dir: str | os.PathLike) -> PuzzleDatasetMetadata:
     if not all(isinstance(s, str) for s in raw["sets"]):
         raise ValueError(f"{path}: sets must be a list of strings, got {raw['sets']!r}")
     return PuzzleDatasetMetadata(**raw)
-
-
-# ----------------------------------------------------------------------------- grid augmentation (ARC, Maze)
-# The 8 symmetries of a square: t = 0..3 rotate by t * 90 degrees counter-clockwise, t = 4..7 do the same
-# then transpose. Shared by the builders and the evaluators that undo them.
-NUM_DIHEDRAL = 8
-
-
-def dihedral(grid: np.ndarray, t: int) -> np.ndarray:
-    """Apply symmetry t (0..7) to the last two axes of `grid`."""
-    if not 0 <= t < NUM_DIHEDRAL:
-        raise ValueError(f"dihedral transform must be in 0..7, got {t}")
-    out = np.rot90(grid, t % 4, axes=(-2, -1))
-    return np.ascontiguousarray(np.swapaxes(out, -2, -1) if t >= 4 else out)
-
-
-def inverse_dihedral(grid: np.ndarray, t: int) -> np.ndarray:
-    """Undo dihedral(., t)."""
-    if not 0 <= t < NUM_DIHEDRAL:
-        raise ValueError(f"dihedral transform must be in 0..7, got {t}")
-    out = np.swapaxes(grid, -2, -1) if t >= 4 else grid
-    return np.ascontiguousarray(np.rot90(out, -(t % 4), axes=(-2, -1)))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from dataset.chat_dataset import ChatDataset
-from dataset.sampling import rank_rows
+from dataset.epochs import rank_rows
 from dataset.text_dataset import TextDataset
 from dataset.token_dataset import TokenDataset
 from utils.curriculum import Curriculum, Stage
@@ -107,7 +107,7 @@ def plateau_value(metrics: dict[str, float], key: str) -> float:
     return metrics[key]
 
 
-def build_mixture_data(cfg, rank: int, world_size: int) -> tuple[MixtureDataset, dict[str, TokenDataset]]:
+def open_mixture(cfg, rank: int, world_size: int) -> tuple[MixtureDataset, dict[str, TokenDataset]]:
     """(training mixture, {source name: validation split}) from cfg.dataset (see config/dataset/mixture.yaml)."""
     d = cfg.dataset
     if not d.sources:

@@ -10,17 +10,21 @@ Test mode walks every example of each set in order; the last batch is padded (ig
 """
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Iterator
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 
+from constants import IGNORE_LABEL_ID
 from dataset.common import PuzzleDatasetMetadata, load_metadata
-from dataset.sampling import EpochStream, rank_rows
-from models.losses import IGNORE_LABEL_ID
+from dataset.epochs import EpochStream, rank_rows
+from utils.distributed import barrier
 
 FIELDS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
 
@@ -163,3 +167,37 @@ class PuzzleDataset:
     def __iter__(self) -> Iterator[tuple[str, dict[str, torch.Tensor], int]]:
         """Yields (set name, local batch, global effective batch size)."""
         return self._iter_train() if self.split == "train" else self._iter_test()
+
+
+DATASET_BUILD_TIMEOUT = timedelta(hours=4)  # ARC with 1000 augmentations takes ~10 minutes on one core
+# task -> (its builder module, the module's build config class); the module's build(config) writes the dataset
+PUZZLE_BUILDERS = {"sudoku": ("dataset.build_sudoku_dataset", "SudokuBuildConfig"),
+                   "arc": ("dataset.build_arc_dataset", "ArcBuildConfig"),
+                   "maze": ("dataset.build_maze_dataset", "MazeBuildConfig")}
+
+
+def build_missing(cfg: DictConfig) -> None:
+    """Write data_paths[0] with the builder of dataset.task and the options dataset.build, when it is missing."""
+    build = dict(OmegaConf.to_container(cfg.dataset.build, resolve=True))
+    task = build.pop("builder", None) or cfg.dataset.get("task")  # builder: the key of configs saved before `task`
+    if task not in PUZZLE_BUILDERS:
+        raise ValueError(f"dataset.task: no builder for the task {task!r}; choose one of {sorted(PUZZLE_BUILDERS)}")
+    print(f"{cfg.data_paths[0]} not found: building it with the {task} builder")
+    module = importlib.import_module(PUZZLE_BUILDERS[task][0])
+    module.build(getattr(module, PUZZLE_BUILDERS[task][1])(output_dir=cfg.data_paths[0], **build))
+
+
+def open_puzzle(cfg: DictConfig, rank: int, world_size: int) -> tuple[PuzzleDataset, PuzzleDataset]:
+    """(train, test) puzzle data of data_paths (test: data_paths_test when given); rank 0 first builds a
+    missing dataset when dataset.build says how."""
+    train_dir = os.path.join(cfg.data_paths[0], "train")
+    if cfg.dataset.get("build") and rank == 0 and not os.path.exists(os.path.join(train_dir, "dataset.json")):
+        build_missing(cfg)
+    barrier(timeout=DATASET_BUILD_TIMEOUT)  # the other ranks wait for rank 0's build
+    for path in list(cfg.data_paths) + list(cfg.data_paths_test):
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"dataset directory {path} not found (build it with dataset/build_*_dataset.py "
+                                    "or set data_paths=[...])")
+    kwargs = dict(global_batch_size=cfg.global_batch_size, seed=cfg.seed, rank=rank, world_size=world_size)
+    return (PuzzleDataset(list(cfg.data_paths), "train", **kwargs),
+            PuzzleDataset(list(cfg.data_paths_test or cfg.data_paths), "test", **kwargs))

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dataset.sampling import EpochStream
-from dataset.token_dataset import TokenDataset, next_token_pairs
+from dataset.epochs import EpochStream
+from dataset.token_dataset import TokenDataset, next_token_pairs, single_paths
 
 
 class TextDataset(TokenDataset):
@@ -45,3 +45,10 @@ class TextDataset(TokenDataset):
 
     def _test_rows(self) -> list[int]:
         return list(range(self.num_rows))
+
+
+def open_text(cfg, rank: int, world_size: int) -> tuple[TextDataset, TextDataset]:
+    train_path, test_path = single_paths(cfg)
+    kwargs = dict(seq_len=cfg.dataset.seq_len, global_batch_size=cfg.global_batch_size, seed=cfg.seed, rank=rank,
+                  world_size=world_size, pack=cfg.dataset.pack)
+    return TextDataset(train_path, "train", **kwargs), TextDataset(test_path, "test", **kwargs)

@@ -13,8 +13,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from dataset.sampling import EpochStream, rank_rows
-from models.losses import IGNORE_LABEL_ID
+from constants import IGNORE_LABEL_ID
+from dataset.epochs import EpochStream, rank_rows
 
 SPLIT_DIRS = {"train": "train", "test": "valid"}
 
@@ -34,6 +34,14 @@ def load_token_metadata(path: str, kind: str) -> dict:
     if meta.get("kind") != kind:
         raise ValueError(f"{meta_path}: not a {kind} dataset (kind={meta.get('kind')!r})")
     return meta
+
+
+def single_paths(cfg) -> tuple[str, str]:
+    """(train, test) directories of a language-model run, which trains on one built dataset (its valid split
+    tests unless data_paths_test names another)."""
+    if len(cfg.data_paths) != 1:
+        raise ValueError(f"dataset={cfg.dataset.name} trains on one built dataset, got data_paths={list(cfg.data_paths)}")
+    return cfg.data_paths[0], cfg.data_paths_test[0] if cfg.data_paths_test else cfg.data_paths[0]
 
 
 class TokenDataset:

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from dataset.build_arc_dataset import ArcMetadata, decode_grid, grid_offset, load_arc_metadata
-from dataset.common import atomic_write
 from evaluators.puzzle import Batches, evaluate_puzzles
 from models.losses import ACTLossHead
+from tasks.arc import ArcMetadata, decode_grid, grid_offset, load_arc_metadata
 from utils.distributed import broadcast_object
+from utils.files import atomic_write
 
 Grid = tuple[tuple[int, ...], ...]
 PASS_KS = (1, 2, 5, 10)
@@ -150,3 +150,17 @@ def evaluate_arc(model: ACTLossHead, batches: Batches, device: torch.device, dat
             write_submission(submission_path, make_submission(ranked, {t: len(v) for t, v in meta.test_inputs.items()}))
     metrics.update(broadcast_object(scores))
     return metrics
+
+
+class ArcEvaluator:
+    """dataset.evaluator=arc: puzzle metrics and pass@k on the first test dataset; each evaluation writes
+    <run_dir>/submission_step_<N>.json."""
+
+    def __init__(self, cfg, run_dir: str | None = None, tokenizer=None, reduce=None):
+        self.dataset_dir = (cfg.data_paths_test or cfg.data_paths)[0]
+        self.run_dir, self.reduce = run_dir, reduce
+
+    def evaluate(self, model: ACTLossHead, test_data: Batches, device: torch.device,
+                 step: int) -> tuple[dict[str, float], dict[str, list[dict]]]:
+        submission = os.path.join(self.run_dir, f"submission_step_{step}.json") if self.run_dir else None
+        return evaluate_arc(model, test_data, device, self.dataset_dir, submission, reduce=self.reduce), {}

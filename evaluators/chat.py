@@ -12,7 +12,8 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 
-from models.losses import IGNORE_LABEL_ID, ACTLossHead
+from constants import IGNORE_LABEL_ID
+from models.losses import ACTLossHead
 from utils.sampling import SamplingParams, final_outputs, generate_replies
 
 

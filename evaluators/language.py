@@ -46,8 +46,13 @@ def combine(per_set: dict[str, dict[str, float]]) -> dict[str, float]:
 
 
 class LanguageEvaluator:
-    def __init__(self, dataset_cfg, tokenizer):
-        self.tokenizer = tokenizer
+    """dataset.evaluator=language (text, chat and mixture runs, which keep a tokenizer)."""
+
+    def __init__(self, cfg, run_dir: str | None = None, tokenizer=None, reduce=None):
+        if tokenizer is None:
+            raise ValueError("dataset.evaluator=language needs the tokenizer of a text, chat or mixture dataset")
+        dataset_cfg = cfg.dataset
+        self.tokenizer, self.reduce = tokenizer, reduce
         self.mode = dataset_cfg.get("prompt_mode") or ("text" if dataset_cfg.name == "text" else "chat")
         self.prompts = list(dataset_cfg.get("eval_prompts") or [])
         self.max_new_tokens = int(dataset_cfg.get("max_new_tokens", 48))
@@ -65,13 +70,13 @@ class LanguageEvaluator:
                                      "the file name names the metric, rename one")
                 self.probes[probe_name(file)] = {"mode": mode, "rows": load_probes(file)}
 
-    def __call__(self, model: ACTLossHead, test_data, device: torch.device,
-                 reduce=None) -> tuple[dict[str, float], dict[str, list]]:
+    def evaluate(self, model: ACTLossHead, test_data, device: torch.device,
+                 step: int) -> tuple[dict[str, float], dict[str, list]]:
         """(metrics, tables): metrics per validation set (prefixed with its name for a mixture; summed over ranks
-        by `reduce`), the overall ones, probe accuracies as probe/<file name>; tables of samples and probe
+        by self.reduce), the overall ones, probe accuracies as probe/<file name>; tables of samples and probe
         outputs (every rank has them all)."""
         sets = test_data if isinstance(test_data, dict) else {"": test_data}
-        per_set = {name: evaluate_chat(model, data, device, reduce) for name, data in sets.items()}
+        per_set = {name: evaluate_chat(model, data, device, self.reduce) for name, data in sets.items()}
         metrics = dict(per_set[""]) if "" in per_set else combine(per_set)
         for name, m in per_set.items():
             metrics.update({f"{name}/{k}": v for k, v in m.items() if name})

@@ -7,7 +7,8 @@ from typing import Callable, Iterable
 
 import torch
 
-from models.losses import IGNORE_LABEL_ID, ACTLossHead
+from constants import IGNORE_LABEL_ID
+from models.losses import ACTLossHead
 from utils.sampling import act_steps
 
 Batches = Iterable[tuple[str, dict[str, torch.Tensor], int]]
@@ -46,3 +47,14 @@ def evaluate_puzzles(model: ACTLossHead, batches: Batches, device: torch.device,
         results.update({f"{prefix}{k}": v / count for k, v in totals.items()})
         results[f"{prefix}count"] = count
     return results
+
+
+class PuzzleEvaluator:
+    """dataset.evaluator=puzzle: the accuracy metrics above (no tables)."""
+
+    def __init__(self, cfg, run_dir: str | None = None, tokenizer=None, reduce=None):
+        self.reduce = reduce
+
+    def evaluate(self, model: ACTLossHead, test_data: Batches, device: torch.device,
+                 step: int) -> tuple[dict[str, float], dict[str, list[dict]]]:
+        return evaluate_puzzles(model, test_data, device, self.reduce), {}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import einops
 import torch
@@ -11,6 +12,20 @@ from torch import nn
 from models.kv_cache import KVCache
 
 CosSin = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SeqInfo:
+    """What one application of the network needs besides the hidden states, the same for every application of
+    an ACT step: rotary tables of the positions ([S, D], or [B, S, D] per sample), the attention mask (bool
+    [B, 1, S, S_keys], True = may attend; it replaces the causal flag: packed rows give it causality and their
+    boundaries) and the cache of earlier positions' keys/values (generation)."""
+    cos_sin: CosSin | None = None
+    mask: torch.Tensor | None = None
+    cache: KVCache | None = None
+
+
+NO_SEQ_INFO = SeqInfo()
 
 
 def trunc_normal_(tensor: torch.Tensor, std: float = 1.0, lower: float = -2.0, upper: float = 2.0) -> torch.Tensor:
@@ -105,11 +120,9 @@ class Attention(nn.Module):
         self.qkv_proj = CastedLinear(hidden_size, (num_heads + 2 * self.num_kv_heads) * self.head_dim)
         self.o_proj = CastedLinear(num_heads * self.head_dim, hidden_size)
 
-    def forward(self, x: torch.Tensor, cos_sin: CosSin | None = None, mask: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> torch.Tensor:
-        """cos_sin: [S, D] tables, or [B, S, D] for per-sample positions; mask: bool [B, 1, S, S_keys] (True = may
-        attend), which replaces the causal flag (packed rows give it causality and their boundaries); cache:
-        the keys/values of earlier positions (generation), extended with this call's."""
+    def forward(self, x: torch.Tensor, seq_info: SeqInfo = NO_SEQ_INFO) -> torch.Tensor:
+        """seq_info: positions (rotary tables), mask and cache (extended with this call's keys/values)."""
+        cos_sin, mask, cache = seq_info.cos_sin, seq_info.mask, seq_info.cache
         B, S, _ = x.shape
         qkv = self.qkv_proj(x).view(B, S, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
         q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=2)
@@ -158,14 +171,13 @@ class Block(nn.Module):
             self.self_attn = Attention(hidden_size, num_heads, num_kv_heads, causal=causal)
         self.mlp = SwiGLU(hidden_size, expansion)
 
-    def forward(self, h: torch.Tensor, cos_sin: CosSin | None = None, mask: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, seq_info: SeqInfo = NO_SEQ_INFO) -> torch.Tensor:
         if hasattr(self, "mlp_t"):
             # Mix along the sequence: [B, S, D] -> [B, D, S]; the norm then runs over the sequence axis, as in TRM.
             h = h.transpose(1, 2)
             h = rms_norm(h + self.mlp_t(h), self.norm_eps).transpose(1, 2)
         else:
-            h = rms_norm(h + self.self_attn(h, cos_sin, mask, cache), self.norm_eps)
+            h = rms_norm(h + self.self_attn(h, seq_info), self.norm_eps)
         return rms_norm(h + self.mlp(h), self.norm_eps)
 
 
@@ -176,9 +188,8 @@ class ReasoningModule(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(layers)
 
-    def forward(self, h: torch.Tensor, injection: torch.Tensor, cos_sin: CosSin | None = None,
-                mask: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, injection: torch.Tensor, seq_info: SeqInfo = NO_SEQ_INFO) -> torch.Tensor:
         h = h + injection
         for layer in self.layers:
-            h = layer(h, cos_sin, mask, cache)
+            h = layer(h, seq_info)
         return h

@@ -5,9 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.trm import ACTModel, Batch, Carry
-
-IGNORE_LABEL_ID = -100
+from constants import IGNORE_LABEL_ID
+from models.trm import ACTModel, Batch, Carry, TRMConfig
 
 
 def log_stablemax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -46,11 +45,17 @@ class ACTLossHead(nn.Module):
         self.model = model
         self.loss_fn = LOSSES[loss_type]
 
+    @property
+    def config(self) -> TRMConfig:
+        return self.model.config
+
     def initial_carry(self, batch: Batch) -> Carry:
         return self.model.initial_carry(batch)
 
-    def forward(self, carry: Carry, batch: Batch) -> tuple[Carry, torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        carry, outputs = self.model(carry, batch)
+    def forward(self, carry: Carry, batch: Batch, batch_rows: tuple[int, int] | None = None
+                ) -> tuple[Carry, torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """batch_rows: see ACTModel.forward."""
+        carry, outputs = self.model(carry, batch, batch_rows)
         labels, logits = carry.data["labels"], outputs["logits"]
 
         with torch.no_grad():

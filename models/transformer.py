@@ -17,5 +17,5 @@ class TransformerInner(TRMInner):
     def reset_carry(self, reset, carry):
         return type(carry)(*(torch.where(reset.view(-1, 1, 1), 0, z) for z in (carry.z_H, carry.z_L)))
 
-    def recurse(self, z_H, z_L, x, cos_sin, mask, cache=None):
-        return self.L_level(z_H, x, cos_sin, mask, cache), z_L
+    def recurse(self, z_H, z_L, x, seq_info):
+        return self.L_level(z_H, x, seq_info), z_L

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from models.kv_cache import KVCache
-from models.layers import Block, CastedEmbedding, CastedLinear, ReasoningModule, RotaryEmbedding, trunc_normal_
+from models.layers import Block, CastedEmbedding, CastedLinear, ReasoningModule, RotaryEmbedding, SeqInfo, trunc_normal_
 from models.sparse_embedding import SparseEmbedding
 
 Batch = dict[str, torch.Tensor]
@@ -186,30 +186,28 @@ class TRMInner(nn.Module):
         return InnerCarry(torch.where(r, self.H_init.to(self.forward_dtype), carry.z_H),
                           torch.where(r, self.L_init.to(self.forward_dtype), carry.z_L))
 
-    def recurse(self, z_H: torch.Tensor, z_L: torch.Tensor, x: torch.Tensor, cos_sin, mask,
-                cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def recurse(self, z_H: torch.Tensor, z_L: torch.Tensor, x: torch.Tensor,
+                seq_info: SeqInfo) -> tuple[torch.Tensor, torch.Tensor]:
         """H_cycles x (L_cycles updates of z_L, then one of z_H); gradient only through the last H cycle."""
         c = self.config
         with torch.no_grad():
             for _ in range(c.H_cycles - 1):
                 for _ in range(c.L_cycles):
-                    z_L = self.L_level(z_L, z_H + x, cos_sin, mask, cache)
-                z_H = self.L_level(z_H, z_L, cos_sin, mask, cache)
+                    z_L = self.L_level(z_L, z_H + x, seq_info)
+                z_H = self.L_level(z_H, z_L, seq_info)
         for _ in range(c.L_cycles):
-            z_L = self.L_level(z_L, z_H + x, cos_sin, mask, cache)
-        z_H = self.L_level(z_H, z_L, cos_sin, mask, cache)
+            z_L = self.L_level(z_L, z_H + x, seq_info)
+        z_H = self.L_level(z_H, z_L, seq_info)
         return z_H, z_L
 
     def forward(self, carry: InnerCarry, batch: Batch,
                 cache: KVCache | None = None) -> tuple[InnerCarry, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """With a cache (generation), `batch` and `carry` hold only the new positions of the current chunk."""
         positions = self.positions(batch)
-        cos_sin = None
-        if hasattr(self, "rotary_emb"):
-            cos_sin = tuple(t[positions] for t in self.rotary_emb())
+        cos_sin = tuple(t[positions] for t in self.rotary_emb()) if hasattr(self, "rotary_emb") else None
+        seq_info = SeqInfo(cos_sin, cache.mask if cache is not None else self.attention_mask(batch), cache)
         x = self.input_embeddings(batch, positions)
-        mask = cache.mask if cache is not None else self.attention_mask(batch)
-        z_H, z_L = self.recurse(carry.z_H, carry.z_L, x, cos_sin, mask, cache)
+        z_H, z_L = self.recurse(carry.z_H, carry.z_L, x, seq_info)
         logits = self.lm_head(z_H)[:, self.prefix_len:]
         # The Q-head reads one state row. Non-causal: the first (a puzzle-embedding row, which sees everything).
         # Causal: the last, the only row that has seen the whole sequence.
@@ -225,9 +223,6 @@ class ACTModel(nn.Module):
         super().__init__()
         self.inner = inner
         self.config = inner.config
-        # (first row, global batch size) of the rows of this call: this rank's under torchrun, this micro-batch's
-        # with gradient accumulation (set by the trainer)
-        self.batch_rows: tuple[int, int] | None = None
 
     def initial_carry(self, batch: Batch) -> Carry:
         (B, S), device = batch["inputs"].shape, batch["inputs"].device
@@ -236,7 +231,10 @@ class ACTModel(nn.Module):
                      halted=torch.ones(B, dtype=torch.bool, device=device),  # all halted: the first call loads data
                      data={k: torch.empty_like(v) for k, v in batch.items()})
 
-    def forward(self, carry: Carry, batch: Batch) -> tuple[Carry, dict[str, torch.Tensor]]:
+    def forward(self, carry: Carry, batch: Batch,
+                batch_rows: tuple[int, int] | None = None) -> tuple[Carry, dict[str, torch.Tensor]]:
+        """One ACT step. batch_rows: (first row, global batch size) of this call's rows, which steer the exploration
+        draws (this rank's rows under torchrun, this micro-batch's with gradient accumulation); None: all."""
         c = self.config
         inner_carry = self.inner.reset_carry(carry.halted, carry.inner)
         steps = torch.where(carry.halted, 0, carry.steps)
@@ -255,7 +253,7 @@ class ACTModel(nn.Module):
                 # exploration: some samples must run at least a random number of steps in [2, halt_max_steps].
                 # Drawn for the whole global batch, of which this rank keeps its rows: every rank draws the same
                 # numbers (and keeps the same RNG state) as one process with the whole batch would.
-                start, total = self.batch_rows or (0, len(q_halt))
+                start, total = batch_rows or (0, len(q_halt))
                 rows = slice(start, start + len(q_halt))
                 explore = torch.rand(total, device=q_halt.device)[rows] < c.halt_exploration_prob
                 min_steps = explore * torch.randint(2, c.halt_max_steps + 1, (total,), dtype=steps.dtype,

@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, compose
-from dataset.build_arc_dataset import (EOS, IDENTITY, PAD, ArcBuildConfig, Augmentation, Task, Pair, build,
-                                       decode_grid, draw_augmentations, encode_grid, grid_offset, load_arc_metadata,
-                                       load_combined)
-from dataset.common import dihedral, inverse_dihedral
+from conftest import ROOT, compose, grid_task, write_tasks
+from dataset.build_arc_dataset import ArcBuildConfig, build, load_combined
 from dataset.puzzle_dataset import PuzzleDataset
 from evaluators.arc import ArcCollector, Prediction, as_grid, make_submission, pass_at_k, rank_candidates
+from generate import main as generate_main, run_task
 from pretrain import train
+from tasks.arc import (EOS, IDENTITY, PAD, Augmentation, Pair, Task, decode_grid, draw_augmentations, encode_grid,
+                       grid_offset, load_arc_metadata)
+from tasks.common import dihedral, inverse_dihedral
 
 
 def _arc_dir() -> Path | None:
@@ -120,25 +121,6 @@ def test_every_real_pair_round_trips_through_augmentation_and_encoding(subset):
 
 
 # ----------------------------------------------------------------------------- builder
-
-
-def write_tasks(root: Path, subset: str, tasks: dict) -> None:
-    (root / subset).mkdir(parents=True, exist_ok=True)
-    for name, task in tasks.items():
-        (root / subset / f"{name}.json").write_text(json.dumps(task))
-
-
-def grid_task(seed: int, n_train: int = 2, n_test: int = 1, with_outputs: bool = True) -> dict:
-    """A task whose output is the input flipped left-right."""
-    rng = np.random.default_rng(seed)
-
-    def pair():
-        x = rng.integers(0, 10, (int(rng.integers(1, 6)), int(rng.integers(1, 6))))
-        return {"input": x.tolist(), "output": x[:, ::-1].tolist()}
-    test = [pair() for _ in range(n_test)]
-    if not with_outputs:
-        test = [{"input": p["input"]} for p in test]
-    return {"train": [pair() for _ in range(n_train)], "test": test}
 
 
 @pytest.fixture(scope="module")
@@ -316,7 +298,7 @@ def test_collector_undoes_the_augmentations(tiny_arc):
 # ----------------------------------------------------------------------------- training
 
 
-def test_tiny_arc_training_run_writes_a_submission(tiny_arc, tmp_path):
+def test_tiny_arc_training_run_writes_a_submission(tiny_arc, tmp_path, capsys):
     src, _ = tiny_arc
     data = tmp_path / "built-on-first-run"
     cfg = compose("dataset=arc", f"data_paths=[{data}]", f"checkpoint_dir={tmp_path}", "run_name=arc",
@@ -335,3 +317,16 @@ def test_tiny_arc_training_run_writes_a_submission(tiny_arc, tmp_path):
         for a in attempts:
             assert set(a) == {"attempt_1", "attempt_2"}
             assert all(isinstance(row, list) and all(0 <= v <= 9 for v in row) for row in a["attempt_1"])
+    # its 30x30 grids are as long as a maze's: generate.py --puzzle knows the run's task and refuses it
+    capsys.readouterr()
+    assert generate_main(["--checkpoint", str(tmp_path / "Built-on-first-run-ACT-torch" / "arc"), "--puzzle", "x"]) == 1
+    assert capsys.readouterr().err == "error: this run's task is arc: --puzzle solves Sudoku and maze puzzles only\n"
+
+
+@pytest.mark.parametrize("dataset, shape, task", [
+    ({"task": "maze"}, (900, 12), "maze"),  # recorded: wins over everything else
+    ({"build": {"builder": "arc"}}, (900, 6), "arc"),  # runs saved before dataset.task: the builder,
+    ({"evaluator": "arc"}, (900, 6), "arc"),  # the evaluator,
+    ({}, (900, 12), "arc"), ({}, (900, 6), "maze"), ({}, (81, 11), "sudoku"), ({}, (81, 12), None)])  # the shape
+def test_generate_knows_the_task_of_old_and_new_runs(dataset, shape, task):
+    assert run_task({"config": {"dataset": dataset}}, *shape) == task

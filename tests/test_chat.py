@@ -7,38 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
-from dataset.build_chat_dataset import ChatBuildConfig, build, main as build_main
+from conftest import CONVERSATIONS, build_tiny, compose_chat, write_records
+from constants import IGNORE_LABEL_ID
+from dataset.build_chat_dataset import main as build_main
 from dataset.chat_dataset import ChatDataset
 from models import build_model
-from models.losses import IGNORE_LABEL_ID
 from pretrain import train
 from utils.checkpoint import load_model_weights, save_checkpoint
 from utils.sampling import sample_token
 from utils.tokenizer import ChatTokenizer
-
-CONVERSATIONS = [
-    {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"},
-                       {"from": "gpt", "value": "Hello!"}, {"from": "human", "value": "Bye"},
-                       {"from": "gpt", "value": "See you."}]},
-    {"conversations": [{"from": "human", "value": "2+2?"}, {"from": "gpt", "value": "4"}]},
-    {"conversations": [{"from": "narrator", "value": "x"}, {"from": "gpt", "value": "y"}]},  # unknown role
-    {"conversations": [{"from": "human", "value": "  "}, {"from": "gpt", "value": "y"}]},  # empty turn
-]
-
-
-def write(tmp_path: Path, records) -> str:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "chat.json"
-    path.write_text(json.dumps(records))
-    return str(path)
-
-
-def build_tiny(tmp_path, records=CONVERSATIONS, **kw) -> tuple[Path, dict]:
-    out = tmp_path / "built"
-    cfg = dict(input_file=write(tmp_path, records), output_dir=str(out), max_length=64, train_split=1.0)
-    return out, build(ChatBuildConfig(**{**cfg, **kw}))
-
 
 def conversation(out: Path, split: str, i: int):
     a = {n: np.load(out / split / f"{n}.npy") for n in ("tokens", "trained", "offsets")}
@@ -80,8 +57,8 @@ def test_strict_mode_stops_at_the_first_bad_record(tmp_path):
 
 
 def test_validation_conversations_from_their_own_file(tmp_path):
-    train_file = write(tmp_path / "train", CONVERSATIONS)
-    valid_file = write(tmp_path / "valid", [{"conversations": [{"from": "human", "value": "3+3?"},
+    train_file = write_records(tmp_path / "train", CONVERSATIONS)
+    valid_file = write_records(tmp_path / "valid", [{"conversations": [{"from": "human", "value": "3+3?"},
                                                                {"from": "gpt", "value": "6"}]}])
     out = tmp_path / "built"
     build_main(["--train-file", train_file, "--valid-file", valid_file, "--output-dir", str(out), "--max-length", "64"])
@@ -130,40 +107,18 @@ def test_packed_rows_keep_conversations_apart(tmp_path):
     assert batch["labels"][0, last_of_first] == IGNORE_LABEL_ID  # no label crosses into the next conversation
 
 
-@pytest.fixture(scope="module")
-def synthetic_chat(tmp_path_factory) -> str:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("synth", ROOT / "examples" / "make_synthetic_chat.py")
-    synth = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(synth)
-    tmp = tmp_path_factory.mktemp("chat")
-    train_records, _, _ = synth.generate(600, seed=0)
-    (tmp / "train.json").write_text(json.dumps(train_records))
-    build(ChatBuildConfig(input_file=str(tmp / "train.json"), output_dir=str(tmp / "built"), max_length=128,
-                          train_split=0.9))
-    return str(tmp / "built")
-
-
 @pytest.mark.parametrize("arch", ["trm_chat", "transformer_chat"])
 def test_tiny_chat_training_lowers_validation_loss(synthetic_chat, tmp_path, arch):
     common = [f"arch={arch}", f"data_paths=[{synthetic_chat}]", f"checkpoint_dir={tmp_path}", "arch.hidden_size=32",
               "arch.num_heads=2", "global_batch_size=8", "lr=3e-3", "lr_warmup_steps=5", "logger.mode=disabled",
               "dataset.max_new_tokens=4", "epochs=50", "eval_interval=50"]
-    before = train(_chat_cfg(*common, "max_steps=1", "run_name=a"))
-    after = train(_chat_cfg(*common, "max_steps=40", "run_name=b"))
+    before = train(compose_chat(*common, "max_steps=1", "run_name=a"))
+    after = train(compose_chat(*common, "max_steps=40", "run_name=b"))
     assert after["test/loss"] < 0.85 * before["test/loss"]
     assert after["test/perplexity"] < before["test/perplexity"]
     run = next(Path(tmp_path).glob("*/b"))
     assert (run / "tokenizer" / "chat_tokenizer.json").exists()
     assert len((run / "samples.jsonl").read_text().splitlines()) == 3  # the configured prompts, answered
-
-
-def _chat_cfg(*overrides):
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(ROOT / "config"), version_base="1.3"):
-        return hydra_compose("cfg_chat", overrides=list(overrides))
 
 
 def test_grown_vocabulary_keeps_trained_rows(tmp_path):

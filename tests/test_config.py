@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import ROOT, compose
+from conftest import ROOT, build_tiny, compose, compose_chat
 from models import build_model
 from pretrain import train
 
@@ -71,13 +71,12 @@ def test_paper_preset_starts_on_cpu_with_a_tiny_override(preset, sudoku_dir, tmp
 def test_chat_row_length_is_a_dataset_override(tmp_path):
     """dataset.seq_len (the chat fork's arch.seq_len) sets the chat rows' length; too short for a built
     conversation, it fails naming the fix."""
-    from pretrain import build_data
-    from test_chat import _chat_cfg, build_tiny
+    from dataset.loaders import open_data
 
     out, _ = build_tiny(tmp_path)  # --max-length 64
-    train_data, test_data = build_data(_chat_cfg(f"data_paths=[{out}]", "dataset.seq_len=128"), 0, 1)
+    train_data, test_data = open_data(compose_chat(f"data_paths=[{out}]", "dataset.seq_len=128"), 0, 1)
     assert train_data.model_fields()["seq_len"] == test_data.seq_len == 128
     _, batch, _ = next(iter(train_data))
     assert batch["inputs"].shape[1] == 128
     with pytest.raises(ValueError, match="more than the row length 8 .*--max-length 8"):
-        build_data(_chat_cfg(f"data_paths=[{out}]", "dataset.seq_len=8"), 0, 1)
+        open_data(compose_chat(f"data_paths=[{out}]", "dataset.seq_len=8"), 0, 1)

@@ -5,13 +5,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import TINY_LM, compose_chat
 from dataset.build_chat_dataset import ChatBuildConfig, build as build_chat
 from dataset.build_text_dataset import TextBuildConfig, build as build_text
 from dataset.mixture import MixtureDataset, open_source, plateau_value
-from pretrain import resume_config, train
+from pretrain import train
 from utils.checkpoint import find_checkpoint, load_checkpoint
 from utils.curriculum import Curriculum, PlateauDetector, PlateauRule, Stage
+from utils.run import resume_config
 from utils.tokenizer import ChatTokenizer
 
 # falls by 1 per check, then is flat at 5 from check 5 on
@@ -124,17 +125,13 @@ def test_unknown_source_in_a_stage_is_a_clear_error(sources):
 
 
 def mixture_cfg(sources, tmp: Path, *extra):
-    from hydra import compose, initialize_config_dir
-
-    overrides = ["arch=transformer_chat", "arch.hidden_size=16", "arch.num_heads=2", "arch.L_layers=1",
-                 "dataset=mixture", "dataset.seq_len=32", f"dataset.sources.text.path={sources['text']}",
+    overrides = [*TINY_LM, "dataset=mixture", "dataset.seq_len=32", f"dataset.sources.text.path={sources['text']}",
                  f"dataset.sources.chat.path={sources['chat']}", "dataset.eval_prompts=[]", "global_batch_size=4",
                  "logger.mode=disabled", "log_interval=1", "lr_warmup_steps=2", "epochs=100", "eval_interval=100",
                  "eval_at_end=false", f"checkpoint_dir={tmp}",
                  "dataset.stages=[{name:text,weights:{text:1.0},steps:3},"
                  "{name:both,weights:{text:0.5,chat:0.5},lr:3e-4,reset_optimizer:true}]", *extra]
-    with initialize_config_dir(config_dir=str(ROOT / "config"), version_base="1.3"):
-        return compose("cfg_chat", overrides=overrides)
+    return compose_chat(*overrides)
 
 
 def test_stage_changes_survive_resume_exactly(sources, tmp_path):

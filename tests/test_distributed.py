@@ -6,36 +6,19 @@ import shutil
 import subprocess
 import sys
 from datetime import timedelta
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import ROOT, compose
-from test_chat import synthetic_chat  # noqa: F401 (a fixture used below)
-from dataset.common import load_metadata, save_split
+from conftest import ROOT, TINY, compose, compose_chat, grid_task, tiny_cfg, with_puzzle_ids, write_tasks
 from utils.checkpoint import load_checkpoint
 
 PROJECT = "Sudoku-ids-ACT-torch"
 # 8 steps (2 epochs of 4) with an evaluation and a checkpoint after each epoch; exploration on (its draws must
 # not depend on the number of ranks), EMA on
 COMMON = ["epochs=2", "eval_interval=1", "ema=true", "arch.halt_exploration_prob=0.5", "compile=false", "device=cpu"]
-
-
-def with_puzzle_ids(src: str, dst: Path) -> str:
-    """The tiny Sudoku with 5 puzzle identifiers shared by many rows (the generated one has only the blank id),
-    so that the sign-SGD update of the puzzle embedding sums gradients of equal ids across ranks."""
-    for split in ("train", "test"):
-        meta = load_metadata(os.path.join(src, split))
-        arrays = {f: np.load(os.path.join(src, split, f"all__{f}.npy"))
-                  for f in ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")}
-        arrays["puzzle_identifiers"] = (np.arange(len(arrays["puzzle_identifiers"])) % 5 + 1).astype(np.int32)
-        meta.num_puzzle_identifiers = 6
-        save_split(dst, split, meta, {"all": arrays})
-    return str(dst)
 
 
 def torchrun(*overrides: str) -> subprocess.CompletedProcess:
@@ -51,7 +34,6 @@ def torchrun(*overrides: str) -> subprocess.CompletedProcess:
 def runs(sudoku_dir, tmp_path_factory):
     """One process for 8 steps; torchrun with 2 processes for 4 steps, then resumed under torchrun to 8."""
     from pretrain import train  # imported here: the spawned processes of the last test import this module
-    from test_train import TINY, tiny_cfg
 
     tmp = tmp_path_factory.mktemp("ddp")
     data = with_puzzle_ids(sudoku_dir, tmp / "sudoku-ids")
@@ -168,8 +150,6 @@ def test_arc_predictions_are_gathered_to_rank_zero(tmp_path):
     them: the submission and pass@k equal those of one process."""
     from dataset.build_arc_dataset import ArcBuildConfig, build
     from pretrain import train
-    from test_arc import grid_task, write_tasks
-    from test_train import TINY
 
     write_tasks(tmp_path / "src", "training", {"tr1": grid_task(1)})
     write_tasks(tmp_path / "src", "evaluation", {"ev1": grid_task(3), "ev2": grid_task(4, n_train=3, n_test=2)})
@@ -190,14 +170,12 @@ def test_arc_predictions_are_gathered_to_rank_zero(tmp_path):
 def test_chat_under_torchrun_trains_and_answers_like_one_process(synthetic_chat, tmp_path):
     """The chat path under torchrun (packed rows, no puzzle embedding): the same weights and validation loss as
     one process, and the evaluation prompts, shared out over the ranks, get the same replies."""
-    from test_chat import _chat_cfg
-
     args = [f"data_paths=[{synthetic_chat}]", f"checkpoint_dir={tmp_path}", "arch.hidden_size=32", "arch.num_heads=2",
             "global_batch_size=8", "dataset.max_new_tokens=6", "max_steps=4", "epochs=50", "eval_interval=50",
             "logger.mode=disabled", "compile=false", "device=cpu"]
     from pretrain import train
 
-    single = _chat_cfg(*args, "run_name=one")
+    single = compose_chat(*args, "run_name=one")
     results = train(single)
     torchrun("--config-name", "cfg_chat", *args, "run_name=two")
     runs = next(tmp_path.glob("*/one")).parent

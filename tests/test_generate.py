@@ -155,8 +155,7 @@ def test_context_trimming_drops_oldest_turns_and_keeps_the_system_prompt():
 @pytest.fixture(scope="module")
 def chat_run(tmp_path_factory) -> Path:
     """A causal TRM trained for a few steps on a tiny chat dataset, as pretrain.py writes it."""
-    from hydra import compose, initialize_config_dir
-
+    from conftest import compose_chat
     from dataset.build_chat_dataset import ChatBuildConfig, build
     from pretrain import train
 
@@ -169,8 +168,7 @@ def chat_run(tmp_path_factory) -> Path:
     overrides = [f"data_paths=[{tmp / 'data'}]", f"checkpoint_dir={tmp}", "run_name=run", "arch.hidden_size=32",
                  "arch.num_heads=2", "arch.halt_max_steps=2", "global_batch_size=8", "max_steps=3",
                  "logger.mode=disabled", "dataset.max_new_tokens=2"]
-    with initialize_config_dir(config_dir=str(ROOT / "config"), version_base="1.3"):
-        train(compose("cfg_chat", overrides=overrides))
+    train(compose_chat(*overrides))
     return next(tmp.glob("*/run"))
 
 
@@ -350,8 +348,9 @@ def test_puzzle_mode_reads_a_maze_file(tmp_path):
     import numpy as np
 
     from conftest import compose
-    from dataset.build_maze_dataset import MazeBuildConfig, build, decode_maze
+    from dataset.build_maze_dataset import MazeBuildConfig, build
     from pretrain import train
+    from tasks.maze import decode_maze
 
     build(MazeBuildConfig(output_dir=str(tmp_path / "maze"), num_train=4, num_test=2, min_path_length=30, seed=0,
                           augment=False, quiet=True))

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from conftest import compose
-from dataset.build_maze_dataset import (MazeBuildConfig, build, decode_maze, encode_maze, generate_maze,
-                                        is_shortest_path, read_csv_file, solve_maze, write_csv)
-from dataset.common import inverse_dihedral
+from dataset.build_maze_dataset import MazeBuildConfig, build, read_csv_file, write_csv
 from pretrain import train
+from tasks.common import inverse_dihedral
+from tasks.maze import decode_maze, encode_maze, generate_maze, is_shortest_path, solve_maze
 
 
 def grid_distance(maze: str, allowed: str) -> int | None:

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
+from constants import IGNORE_LABEL_ID
 from dataset.common import PuzzleDatasetMetadata, save_split
 from dataset.puzzle_dataset import PuzzleDataset
-from models.losses import IGNORE_LABEL_ID
 
 
 @pytest.fixture

@@ -7,18 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataset.build_sudoku_dataset import (
-    SudokuBuildConfig,
-    augment,
-    build,
-    find_conflict,
-    generate_set,
-    is_valid_solution,
-    main,
-    rate,
-    solve,
-)
+from dataset.build_sudoku_dataset import SudokuBuildConfig, build, generate_set, main
 from dataset.common import PuzzleDatasetMetadata, load_metadata, save_split
+from tasks.sudoku import augment, find_conflict, is_valid_solution, rate, solve
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -8,9 +8,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose
+from conftest import TINY, compose, run_cli
 from models import build_model
-from test_train import TINY, run_cli
 from utils.sweep_summary import main as summary_main, network_passes_per_act_step, summarize
 
 

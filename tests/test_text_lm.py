@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import TINY_LM, compose_chat
+from constants import IGNORE_LABEL_ID
 from dataset.build_chat_dataset import ChatBuildConfig, build as build_chat
 from dataset.build_text_dataset import TextBuildConfig, build as build_text, main as build_text_main
 from dataset.text_dataset import TextDataset
 from evaluators.probes import is_exact_match, load_probes, score_probes
-from models.losses import IGNORE_LABEL_ID
 from pretrain import train
 from utils import plot_metrics
 from utils.checkpoint import find_checkpoint, load_checkpoint
@@ -140,17 +140,6 @@ def test_tokenizer_trained_by_the_command_is_used_as_built(tmp_path):
     out, meta, _ = build_corpus(tmp_path, tokenizer=str(tok_dir), train_split=1.0)
     assert meta["tokenizer_fingerprint"] == trained.fingerprint() and meta["vocab_size"] == 300
     assert sorted(split_docs(out, "train", trained)) == sorted(docs)  # encode -> decode round trip
-
-
-TINY_LM = ["arch=transformer_chat", "arch.hidden_size=16", "arch.num_heads=2", "arch.L_layers=1", "global_batch_size=4",
-           "logger.mode=disabled", "lr_warmup_steps=0", "epochs=100", "eval_interval=100"]
-
-
-def compose_chat(*overrides):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(ROOT / "config"), version_base="1.3"):
-        return compose("cfg_chat", overrides=list(overrides))
 
 
 def grown_tokenizer(path: Path) -> ChatTokenizer:

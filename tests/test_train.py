@@ -1,25 +1,15 @@
 """End-to-end training: the loss falls, evaluation reports per-step accuracy, resume is exact, bad input fails clearly."""
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import ROOT, compose
-from pretrain import new_run_dir, resume_config, train
+from conftest import ROOT, TINY, compose, run_cli, tiny_cfg, with_puzzle_ids
+from pretrain import train
 from utils.checkpoint import find_checkpoint, load_checkpoint
-
-TINY = ["arch.hidden_size=32", "arch.num_heads=2", "arch.puzzle_emb_len=1", "arch.H_cycles=2", "arch.L_cycles=1",
-        "arch.halt_max_steps=3", "global_batch_size=16", "lr=3e-3", "puzzle_emb_lr=3e-3", "lr_warmup_steps=5",
-        "logger.mode=disabled", "log_interval=1", "epochs=100", "eval_interval=100"]
-
-
-def tiny_cfg(data: str, tmp: Path, *extra: str):
-    return compose(f"data_paths=[{data}]", f"checkpoint_dir={tmp}", *TINY, *extra)
-
+from utils.run import new_run_dir, resume_config
 
 def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -123,11 +113,6 @@ def test_resume_latest_takes_the_newest_run_and_accepts_its_own_group_options(su
         resume_config(compose(*overrides), overrides)
 
 
-def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "pretrain.py"), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120)
-
-
 def test_missing_dataset_directory_is_a_clear_error(tmp_path):
     proc = run_cli("dataset=puzzle", f"data_paths=[{tmp_path / 'nowhere'}]", "logger.mode=disabled",
                    f"checkpoint_dir={tmp_path}")
@@ -159,8 +144,6 @@ def test_gradient_accumulation_trains_like_the_whole_batch(sudoku_dir, tmp_path,
     """k micro-batches per step give the step of the whole batch: weights, EMA, puzzle embeddings (sign-SGD over
     every micro-batch's rows) and the ACT carry, within float32 round-off. (Exploration off: with it on, the
     micro-batches draw their own numbers.)"""
-    from test_distributed import with_puzzle_ids
-
     data = with_puzzle_ids(sudoku_dir, tmp_path / "ids")
     common = ["max_steps=6", "ema=true", "arch.halt_exploration_prob=0", "eval_at_end=false"]
     train(tiny_cfg(data, tmp_path, *common, "run_name=whole"))

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dataset.common import atomic_write
+from utils.files import atomic_write
 
 STEP_FILE = re.compile(r"step_(\d+)(\.pt)?$")
 

@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from dataset.common import atomic_write
+from utils.files import atomic_write
 
 
 def wandb_key_configured() -> bool:

@@ -5,6 +5,7 @@ import math
 from typing import Any, Iterable
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from models.sparse_embedding import SignSGD, SparseEmbedding
 
@@ -80,6 +81,14 @@ def build_optimizers(model: torch.nn.Module, optimizer: dict[str, Any], lr: floa
         optimizers.insert(0, SignSGD(emb, lr=puzzle_emb_lr, weight_decay=puzzle_emb_weight_decay, world_size=world_size))
         lrs.insert(0, puzzle_emb_lr)
     return optimizers, lrs
+
+
+def optimizers_from_config(model: torch.nn.Module, cfg: DictConfig, world_size: int) -> tuple[list[torch.optim.Optimizer], list[float]]:
+    """build_optimizers with the run config's values (the optimizer group and the top-level lr, betas, ...)."""
+    return build_optimizers(
+        model, OmegaConf.to_container(cfg.optimizer), lr=cfg.lr, weight_decay=cfg.weight_decay, beta1=cfg.beta1,
+        beta2=cfg.beta2, puzzle_emb_lr=cfg.puzzle_emb_lr, puzzle_emb_weight_decay=cfg.puzzle_emb_weight_decay,
+        world_size=world_size)
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:

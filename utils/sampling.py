@@ -68,7 +68,7 @@ def sample_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0,
 
 def context_length(model: ACTLossHead) -> int:
     """Positions the model can attend over (its training row length)."""
-    return model.model.config.seq_len
+    return model.config.seq_len
 
 
 @torch.no_grad()

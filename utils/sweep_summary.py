@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dataset.common import atomic_write
+from utils.files import atomic_write
 
 SUMMARY_FILE = "summary.json"
 RECURSION_KEYS = ("arch.H_cycles", "arch.L_cycles")  # always shown: the heat map's axes
