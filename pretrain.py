@@ -42,7 +42,7 @@ from models.sparse_embedding import SignSGD
 from models.trm import Carry
 from utils.checkpoint import find_checkpoint, init_from_run, load_checkpoint, save_checkpoint
 from utils.curriculum import Stage
-from utils.device import resolve_dtype
+from utils.device import describe_policy, resolve_compile, resolve_dtype
 from utils.distributed import (Dist, all_reduce_sum, barrier, broadcast_object, gather_rows, init_distributed,
                                reduce_sums, shutdown, sum_gradients)
 from utils.logger import RunLogger
@@ -360,6 +360,9 @@ def run_training(cfg: DictConfig, d: Dist, device: torch.device, run_dir: str | 
     # evaluate after every eval_interval epochs (the last one at the end), skipping the first min_eval_interval
     n_evals = max(1, int(cfg.epochs // cfg.eval_interval))
     eval_steps = {max(1, round(k * total_steps / n_evals)) for k in range(cfg.min_eval_interval + 1, n_evals + 1)}
+    # the device policy's choices (auto -> measured rule in utils/device.py), recorded in the run's config
+    use_compile, compile_note = resolve_compile(cfg.compile, device, stop)
+    cfg.arch.forward_dtype, cfg.compile = arch["forward_dtype"], use_compile
 
     if cfg.resume:
         ckpt_path = find_checkpoint(cfg.resume)
@@ -396,8 +399,9 @@ def run_training(cfg: DictConfig, d: Dist, device: torch.device, run_dir: str | 
                        OmegaConf.to_container(cfg, resolve=True), cfg.logger.mode, cfg.logger.entity,
                        cfg.logger.tags, enabled=d.is_main, resumed_at=state.step if cfg.resume else None)
 
-    use_compile = cfg.compile if cfg.compile != "auto" else device.type == "cuda"
-    forward = torch.compile(model) if use_compile and not os.environ.get("DISABLE_COMPILE") else model
+    if d.is_main:
+        print(describe_policy(arch["forward_dtype"], compile_note, device))
+    forward = torch.compile(model) if use_compile else model
 
     def save() -> None:  # every rank takes part (the carry is gathered); rank 0 writes
         carry = global_carry(state.carry)
