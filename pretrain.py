@@ -338,7 +338,7 @@ def run_training(cfg: DictConfig, d: Dist, device: torch.device, run_dir: str | 
 
     train_data, test_data = build_data(cfg, rank, world_size)
     arch = OmegaConf.to_container(cfg.arch, resolve=True)
-    arch["forward_dtype"] = resolve_dtype(arch["forward_dtype"], device)
+    arch["forward_dtype"] = resolve_dtype(arch["forward_dtype"], device, training=True)
     model_config = {**arch, **train_data.model_fields()}
     if cfg.grad_accum_steps < 1 or train_data.local_batch_size % cfg.grad_accum_steps:
         raise ValueError(f"grad_accum_steps={cfg.grad_accum_steps} must divide the batch of each process "

@@ -159,7 +159,9 @@ def import_official(path: str) -> tuple[type, type, type]:
     finally:
         sys.path[:] = saved_path
         for k in [k for k in sys.modules if k == "models" or k.startswith("models.")]:
-            sys.modules[f"official_{k}"] = sys.modules.pop(k)
+            module = sys.modules.pop(k)
+            module.__name__ = f"official_{k}"  # torch.compile finds a function's module by this name
+            sys.modules[module.__name__] = module
         sys.modules.update(ours)
     return (trm.TinyRecursiveReasoningModel_ACTV1, losses.ACTLossHead,
             sparse.CastedSparseEmbeddingSignSGD_Distributed)
@@ -308,7 +310,7 @@ def main() -> None:
     args = ap.parse_args()
 
     device = select_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
+    dtype = resolve_dtype(args.dtype, device, training=True)
     if args.official:
         args.steps = args.steps or 2
         run_official(args, device, dtype)

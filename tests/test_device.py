@@ -36,7 +36,7 @@ def cuda_gpu(monkeypatch):
 
 
 def test_amx_cpu_gets_bf16_and_compiles_long_runs_only(amx_cpu):
-    assert ud.resolve_dtype("auto", CPU) == "bfloat16"
+    assert ud.resolve_dtype("auto", CPU, training=True) == "bfloat16"
     short, note = ud.resolve_compile("auto", CPU, total_steps=ud.CPU_COMPILE_MIN_STEPS - 1)
     assert not short and "too few" in note
     assert ud.resolve_compile("auto", CPU, total_steps=ud.CPU_COMPILE_MIN_STEPS)[0]
@@ -44,16 +44,20 @@ def test_amx_cpu_gets_bf16_and_compiles_long_runs_only(amx_cpu):
 
 
 def test_plain_cpu_stays_float32(plain_cpu):
-    assert ud.resolve_dtype("auto", CPU) == "float32"
-    assert ud.resolve_dtype("bfloat16", CPU) == "bfloat16"  # an explicit choice is kept
+    assert ud.resolve_dtype("auto", CPU, training=True) == "float32"
+    assert ud.resolve_dtype("bfloat16", CPU, training=True) == "bfloat16"  # an explicit choice is kept
     assert "without native bf16" in ud.capabilities(CPU).detail
 
 
+def test_inference_auto_stays_float32_on_a_cpu(amx_cpu):
+    assert ud.resolve_dtype("auto", CPU) == "float32"  # generation: tokens independent of the batch size
+
+
 def test_cuda_gets_bf16_and_compile(cuda_gpu, monkeypatch):
-    assert ud.resolve_dtype("auto", CUDA) == "bfloat16"
+    assert ud.resolve_dtype("auto", CUDA, training=True) == "bfloat16"
     assert ud.resolve_compile("auto", CUDA, total_steps=10) == (True, "compiled (auto: CUDA)")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
-    assert ud.resolve_dtype("auto", CUDA) == "float32"  # emulated bf16 (pre-Ampere) is not worth it
+    assert ud.resolve_dtype("auto", CUDA, training=True) == "float32"  # emulated bf16 (pre-Ampere) is not worth it
 
 
 def test_no_compiler_means_eager_with_a_note(amx_cpu, monkeypatch):

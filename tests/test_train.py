@@ -14,12 +14,12 @@ from utils.checkpoint import find_checkpoint, load_checkpoint
 
 TINY = ["arch.hidden_size=32", "arch.num_heads=2", "arch.puzzle_emb_len=1", "arch.H_cycles=2", "arch.L_cycles=1",
         "arch.halt_max_steps=3", "global_batch_size=16", "lr=3e-3", "puzzle_emb_lr=3e-3", "lr_warmup_steps=5",
-        "logger.mode=disabled", "log_interval=1", "epochs=100", "eval_interval=100",
-        "arch.forward_dtype=float32"]  # the exactness checks below are float32 round-off (auto is bf16 on some CPUs)
+        "logger.mode=disabled", "log_interval=1", "epochs=100", "eval_interval=100"]
+FLOAT32 = "arch.forward_dtype=float32"  # exactness checks are float32 round-off (auto is bfloat16 on some CPUs)
 
 
 def tiny_cfg(data: str, tmp: Path, *extra: str):
-    return compose(f"data_paths=[{data}]", f"checkpoint_dir={tmp}", *TINY, *extra)
+    return compose(f"data_paths=[{data}]", f"checkpoint_dir={tmp}", *TINY, FLOAT32, *extra)
 
 
 def metrics(run_dir: Path) -> list[dict]:

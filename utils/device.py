@@ -99,10 +99,15 @@ def capabilities(device: torch.device) -> Capabilities:
     return Capabilities(False, False, f"{device.type}: float32 eager (bf16 and compile not measured there)")
 
 
-def resolve_dtype(name: str, device: torch.device) -> str:
-    """'auto' -> bfloat16 where the device multiplies bf16 in hardware, else float32."""
+def resolve_dtype(name: str, device: torch.device, training: bool = False) -> str:
+    """'auto' for training -> bfloat16 where the device multiplies bf16 in hardware, else float32.
+
+    For inference (generate.py) 'auto' stays bfloat16 on CUDA and float32 elsewhere: on a CPU the tokens then
+    do not depend on the batch size (bf16 rounding does) and match float32 runs."""
     if name != "auto":
         return name
+    if not training:
+        return "bfloat16" if device.type == "cuda" else "float32"
     return "bfloat16" if capabilities(device).native_bf16 else "float32"
 
 
