@@ -34,6 +34,7 @@ from evaluators import Evaluator, make_evaluator
 from models.sparse_embedding import SignSGD
 from models.trm import Carry
 from utils.curriculum import Curriculum
+from utils.device import describe_policy, resolve_compile
 from utils.distributed import Dist, all_reduce_sum, barrier, init_distributed, reduce_sums, shutdown, sum_gradients
 from utils.logger import RunLogger
 from utils.optim import lr_factor
@@ -111,6 +112,10 @@ def start_run(cfg: DictConfig, d: Dist, device: torch.device, run_dir: str | Non
     # evaluate after every eval_interval epochs (the last one at the end), skipping the first min_eval_interval
     n_evals = max(1, int(cfg.epochs // cfg.eval_interval))
     eval_steps = {max(1, round(k * total_steps / n_evals)) for k in range(cfg.min_eval_interval + 1, n_evals + 1)}
+    stop = min(total_steps, cfg.max_steps or total_steps)
+    # the device policy's choices (auto -> the measured rule in utils/device.py), recorded in the run's config
+    use_compile, compile_note = resolve_compile(cfg.compile, device, stop)
+    cfg.arch.forward_dtype, cfg.compile = model_config["forward_dtype"], use_compile
     run_dir = open_run_dir(cfg, d, state, train_data, device, run_dir)
     tokenizer = run_tokenizer(cfg, train_data, run_dir, d.is_main)
     evaluator = make_evaluator(cfg, run_dir, tokenizer, all_reduce_sum if d.enabled else None)
@@ -121,10 +126,11 @@ def start_run(cfg: DictConfig, d: Dist, device: torch.device, run_dir: str | Non
     logger = RunLogger(run_dir, project_name(cfg), os.path.basename(run_dir),
                        OmegaConf.to_container(cfg, resolve=True), cfg.logger.mode, cfg.logger.entity,
                        cfg.logger.tags, enabled=d.is_main, resumed_at=state.step if cfg.resume else None)
-    use_compile = cfg.compile if cfg.compile != "auto" else device.type == "cuda"
-    forward = torch.compile(state.model) if use_compile and not os.environ.get("DISABLE_COMPILE") else state.model
+    if d.is_main:
+        print(describe_policy(model_config["forward_dtype"], compile_note, device))
+    forward = torch.compile(state.model) if use_compile else state.model
     return Run(cfg, d, device, state, train_data, test_data, model_config, run_dir, evaluator, logger, forward,
-               total_steps, min(total_steps, cfg.max_steps or total_steps), eval_steps, state.base_lrs,
+               total_steps, stop, eval_steps, state.base_lrs,
                getattr(train_data, "curriculum", None))
 
 

@@ -55,9 +55,23 @@ class CastedLinear(nn.Module):
         self.weight = nn.Parameter(trunc_normal_(torch.empty(out_features, in_features), std=in_features**-0.5))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
+        self._cast: tuple[int, torch.Tensor] | None = None  # (weight version, weight in the compute dtype)
+
+    def cast_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """The weight in `dtype`. Without autograd (the recursion's no-grad cycles) the cast is made once per weight
+        update, not at every application: the optimizer's in-place step bumps the weight's version."""
+        w = self.weight
+        if w.dtype == dtype or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return w.to(dtype)
+        cached = self._cast
+        if cached is None or cached[0] != w._version or cached[1].dtype != dtype or cached[1].device != w.device:
+            with torch.no_grad():
+                self._cast = cached = (w._version, w.to(dtype))
+        return cached[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.bias.to(x.dtype) if self.bias is not None else None
-        return F.linear(x, self.weight.to(x.dtype), bias)
+        return F.linear(x, self.cast_weight(x.dtype), bias)
 
 
 class CastedEmbedding(nn.Module):
@@ -93,17 +107,16 @@ class RotaryEmbedding(nn.Module):
         return self.cos, self.sin
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [B, S, H, D]; cos/sin: [S, D]. Rotation is done in float32 (float64 inputs stay float64)."""
-    dtype = x.dtype
+    """x: [B, S, H, D]; cos/sin: [S, D] or [B, S, D]. Rotation is done in float32 (float64 inputs stay float64).
+
+    x * cos + rotate_half(x) * sin with rotate_half(x) = (-x2, x1): the sign goes on the small sin table instead,
+    so x is rolled, not negated and concatenated ((-a) * b == a * (-b) exactly, so the result is the same)."""
+    dtype, half = x.dtype, x.shape[-1] // 2
     x = x.to(torch.promote_types(dtype, cos.dtype))
-    cos, sin = cos.to(x.dtype).unsqueeze(-2), sin.to(x.dtype).unsqueeze(-2)
-    return (x * cos + _rotate_half(x) * sin).to(dtype)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    signed_sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+    return (x * cos.unsqueeze(-2) + x.roll(half, dims=-1) * signed_sin.unsqueeze(-2)).to(dtype)
 
 
 class Attention(nn.Module):
@@ -128,7 +141,8 @@ class Attention(nn.Module):
         q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=2)
         if cos_sin is not None:
             cos, sin = cos_sin
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            qk = apply_rope(qkv[:, :, :self.num_heads + self.num_kv_heads], cos, sin)  # q and k in one pass
+            q, k = qk.split([self.num_heads, self.num_kv_heads], dim=2)
         q, k, v = (einops.rearrange(t, "b s h d -> b h s d") for t in (q, k, v))
         if cache is not None:
             k, v = cache.update(k, v)
@@ -137,8 +151,19 @@ class Attention(nn.Module):
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         # without a mask, a single new query (S=1 against cached keys) attends to every key
         is_causal = self.causal and mask is None and q.shape[2] == k.shape[2]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        if x.device.type == "cpu" and mask is None and not is_causal and cache is None:
+            out = full_attention(q, k, v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
         return self.o_proj(einops.rearrange(out, "b h s d -> b s (h d)"))
+
+
+def full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Unmasked softmax(q k^T / sqrt(d)) v as two matmuls, for the CPU: at TRM's short sequences (~100 positions)
+    the CPU flash-attention kernel's backward is several times slower than this. Scores and softmax are float32
+    (as in flash attention); the probabilities multiply v in v's dtype."""
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
+    return torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)
 
 
 def swiglu_width(hidden_size: int, expansion: float) -> int:

@@ -44,7 +44,7 @@ def enter_stage(state: TrainState, stage: Stage, cfg: DictConfig, world_size: in
 def start_state(cfg: DictConfig, device: torch.device, train_data, d: Dist) -> tuple[TrainState, dict[str, Any]]:
     """(state, model_config): the network (from init_from's weights when given) and its optimizers."""
     arch = OmegaConf.to_container(cfg.arch, resolve=True)
-    arch["forward_dtype"] = resolve_dtype(arch["forward_dtype"], device)
+    arch["forward_dtype"] = resolve_dtype(arch["forward_dtype"], device, training=True)
     model_config = {**arch, **train_data.model_fields()}
     if cfg.grad_accum_steps < 1 or train_data.local_batch_size % cfg.grad_accum_steps:
         raise ValueError(f"grad_accum_steps={cfg.grad_accum_steps} must divide the batch of each process "

@@ -1,0 +1,66 @@
+"""The faster formulations compute the same maths as the plain ones (speed itself lives in benchmarks/)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.layers import Attention, CastedLinear, apply_rope, full_attention
+
+
+def plain_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.float().chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (x.float() * cos.unsqueeze(-2) + rotated * sin.unsqueeze(-2)).to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_is_bitwise_the_rotate_half_formula(dtype):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 3, 8, generator=g).to(dtype)
+    angles = torch.randn(5, 8, generator=g)
+    assert torch.equal(apply_rope(x, angles.cos(), angles.sin()), plain_rope(x, angles.cos(), angles.sin()))
+    per_sample = torch.randn(2, 5, 8, generator=g)  # [B, S, D] tables (packed rows)
+    assert torch.equal(apply_rope(x, per_sample.cos(), per_sample.sin()),
+                       plain_rope(x, per_sample.cos(), per_sample.sin()))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_full_attention_matches_sdpa_forward_and_backward(dtype, tol):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 19, 16, generator=g).to(dtype).requires_grad_() for _ in range(3))
+    grad = torch.randn(2, 4, 19, 16, generator=g).to(dtype)
+    ours = full_attention(q, k, v)
+    (d_ours := torch.autograd.grad(ours, (q, k, v), grad))
+    # the reference in float32 from the same inputs: ours is within the dtype's round-off of it
+    qf, kf, vf = (t.detach().float().requires_grad_() for t in (q, k, v))
+    ref = F.scaled_dot_product_attention(qf, kf, vf)
+    d_ref = torch.autograd.grad(ref, (qf, kf, vf), grad.float())
+    torch.testing.assert_close(ours.float(), ref, atol=tol, rtol=tol)
+    for a, b in zip(d_ours, d_ref):
+        torch.testing.assert_close(a.float(), b, atol=tol * 2, rtol=tol * 2)
+
+
+def test_attention_module_uses_sdpa_semantics_on_cpu():
+    torch.manual_seed(0)
+    attn = Attention(32, 4)
+    x = torch.randn(2, 7, 32)
+    qkv = attn.qkv_proj(x).view(2, 7, 12, 8)
+    q, k, v = (t.transpose(1, 2) for t in qkv.split(4, dim=2))
+    expected = attn.o_proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(2, 7, 32))
+    torch.testing.assert_close(attn(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_casted_linear_reuses_its_no_grad_cast_until_the_weight_changes():
+    torch.manual_seed(0)
+    layer = CastedLinear(8, 4)
+    x = torch.randn(3, 8, dtype=torch.bfloat16)
+    with torch.no_grad():
+        first = layer.cast_weight(torch.bfloat16)
+        assert layer.cast_weight(torch.bfloat16) is first  # reused within a step
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight.to(torch.bfloat16)), atol=0, rtol=0)
+        layer.weight.add_(1.0)  # an optimizer step (in place)
+        again = layer.cast_weight(torch.bfloat16)
+    assert again is not first and torch.equal(again, layer.weight.to(torch.bfloat16))
+    # with autograd the cast is made afresh, so the gradient reaches the float32 weight
+    layer(x).float().sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.dtype == torch.float32
+
