@@ -55,7 +55,7 @@ class CastedLinear(nn.Module):
         self.weight = nn.Parameter(trunc_normal_(torch.empty(out_features, in_features), std=in_features**-0.5))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
-        self._cast: tuple[int, torch.Tensor] | None = None  # (weight version, weight in the compute dtype)
+        self._cast: tuple[tuple, torch.Tensor] | None = None  # ((version, address, dtype), the cast weight)
 
     def cast_weight(self, dtype: torch.dtype) -> torch.Tensor:
         """The weight in `dtype`. Without autograd (the recursion's no-grad cycles) the cast is made once per weight
@@ -64,9 +64,10 @@ class CastedLinear(nn.Module):
         if w.dtype == dtype or torch.is_grad_enabled() or torch.compiler.is_compiling():
             return w.to(dtype)
         cached = self._cast
-        if cached is None or cached[0] != w._version or cached[1].dtype != dtype or cached[1].device != w.device:
+        key = (w._version, w.data_ptr(), dtype)  # an in-place update or a new tensor (.data = ...) invalidates it
+        if cached is None or cached[0] != key:
             with torch.no_grad():
-                self._cast = cached = (w._version, w.to(dtype))
+                self._cast = cached = (key, w.to(dtype))
         return cached[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -162,7 +163,8 @@ def full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
     """Unmasked softmax(q k^T / sqrt(d)) v as two matmuls, for the CPU: at TRM's short sequences (~100 positions)
     the CPU flash-attention kernel's backward is several times slower than this. Scores and softmax are float32
     (as in flash attention); the probabilities multiply v in v's dtype."""
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
+    dtype = torch.promote_types(q.dtype, torch.float32)  # float64 stays float64
+    scores = torch.matmul(q.to(dtype), k.to(dtype).transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
     return torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)
 
 
