@@ -59,7 +59,9 @@ def test_casted_linear_reuses_its_no_grad_cast_until_the_weight_changes():
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight.to(torch.bfloat16)), atol=0, rtol=0)
         layer.weight.add_(1.0)  # an optimizer step (in place)
         again = layer.cast_weight(torch.bfloat16)
-    assert again is not first and torch.equal(again, layer.weight.to(torch.bfloat16))
+        assert again is not first and torch.equal(again, layer.weight.to(torch.bfloat16))
+        layer.weight.data = torch.randn(4, 8)  # a new tensor (as loading code may assign): no stale cast
+        assert torch.equal(layer.cast_weight(torch.bfloat16), layer.weight.to(torch.bfloat16))
     # with autograd the cast is made afresh, so the gradient reaches the float32 weight
     layer(x).float().sum().backward()
     assert layer.weight.grad is not None and layer.weight.grad.dtype == torch.float32
