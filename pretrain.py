@@ -123,11 +123,10 @@ def start_run(cfg: DictConfig, d: Dist, device: torch.device, run_dir: str | Non
         print(f"{cfg.arch.name}: {sum(p.numel() for p in state.model.parameters()) / 1e6:.2f}M parameters on "
               f"{device} ({model_config['forward_dtype']}{f', {d.world_size} processes' if d.enabled else ''}); "
               f"{total_steps} steps ({steps_per_epoch:.2f}/epoch), batch {cfg.global_batch_size}; run dir {run_dir}")
+        print(describe_policy(model_config["forward_dtype"], compile_note, device))
     logger = RunLogger(run_dir, project_name(cfg), os.path.basename(run_dir),
                        OmegaConf.to_container(cfg, resolve=True), cfg.logger.mode, cfg.logger.entity,
                        cfg.logger.tags, enabled=d.is_main, resumed_at=state.step if cfg.resume else None)
-    if d.is_main:
-        print(describe_policy(model_config["forward_dtype"], compile_note, device))
     forward = torch.compile(state.model) if use_compile else state.model
     return Run(cfg, d, device, state, train_data, test_data, model_config, run_dir, evaluator, logger, forward,
                total_steps, stop, eval_steps, state.base_lrs,

@@ -77,8 +77,10 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def timed(step: Step, steps: int, device: torch.device) -> float:
-    step()  # warm-up (allocations, kernels, compilation)
+def timed(step: Step, steps: int, device: torch.device, warm_up: bool = True) -> float:
+    """Seconds per step over `steps` steps."""
+    if warm_up:
+        step()  # allocations, kernels, compilation
     sync(device)
     start = time.perf_counter()
     for _ in range(steps):
@@ -280,12 +282,7 @@ def run_official(args: argparse.Namespace, device: torch.device, dtype: str) -> 
         times: dict[str, list[float]] = {"ours": [], "official": []}
         for _ in range(args.rounds):
             for label, step in (("ours", ours), ("official", theirs)):
-                sync(device)
-                start = time.perf_counter()
-                for _ in range(args.steps):
-                    step()
-                sync(device)
-                times[label].append((time.perf_counter() - start) / args.steps)
+                times[label].append(timed(step, args.steps, device, warm_up=False))
         t_ours, t_off = statistics.median(times["ours"]), statistics.median(times["official"])
         flops = recursion_flops(arch, B)
         rate = matmul_rate(arch, B, getattr(torch, dtype), device)
