@@ -115,7 +115,7 @@ def _collectives(rank: int, init_file: str) -> None:
         assert torch.equal(p.grad, torch.full((3,), 3.0))
         assert reduce_sums({"count": torch.tensor(rank + 1.0)})["count"].item() == 3.0
         assert broadcast_object(f"rank {rank}") == "rank 0"
-        barrier(timeout=timedelta(minutes=5))  # the long wait for a dataset build: its own group, then gone
+        barrier(timeout=timedelta(minutes=5))  # the long wait for a dataset build: its own group
         # work dealt over the ranks: each does its share, everyone gets all the results in order
         work = sharded(lambda items, tag: [f"{tag}{x} by {rank}" for x in items])
         assert work(list("abc"), "#") == ["#a by 0", "#b by 1", "#c by 0"]

@@ -122,7 +122,9 @@ def barrier(timeout: timedelta | None = None) -> None:
         return
     group = dist.new_group(backend="gloo", timeout=timeout)  # every rank creates it, as new_group requires
     dist.barrier(group=group)
-    dist.destroy_process_group(group)
+    # Not destroyed here: a rank that tears the group down as soon as its barrier returns can close the connection
+    # while the other is still reading the barrier's last message, and Gloo then aborts that process. The group
+    # goes with the default group at shutdown.
 
 
 def gather_rows(t: torch.Tensor) -> torch.Tensor | None:
