@@ -167,9 +167,10 @@ def log_training(run: Run, sums: dict[str, torch.Tensor], since: int, since_time
 
 def run_evaluation(run: Run) -> dict[str, float]:
     """Evaluate, log and print; a curriculum may change stage on the result. Returns the metrics (test/...)."""
+    started = time.perf_counter()
     metrics, tables = evaluate(run)
     results = {f"test/{k}": v for k, v in metrics.items()}
-    run.logger.log(results, run.state.step)
+    run.logger.log({**results, "time/eval_s": time.perf_counter() - started}, run.state.step)
     for name, rows in tables.items():
         run.logger.log_table(name, rows, run.state.step)
     if run.d.is_main:

@@ -8,6 +8,10 @@ device, so the ratios compare like with like.
 Prefill: one forward pass over the prompt. Decode: the time to produce `--new` tokens after the prompt
 (greedy, no early stop), i.e. generate's total minus its prefill. The TRM applies its network
 H_cycles x (L_cycles + 1) times per token, so it costs that many times the transformer's work.
+Ours run with the cache in eager mode, with the cache and a compiled decoding step (`generate.py --compile`:
+a static cache, so one graph serves every token; compiled during an untimed warm-up), and without the cache
+(every token recomputes the whole sequence). Each timing is the best of --repeats; `spread` is how much slower
+the slowest repeat of the whole generation was than the fastest (tiny models at batch 1 are noisy).
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from utils.device import select_device  # noqa: E402
 from utils.sampling import SamplingParams, generate_tokens  # noqa: E402
 
 
-def best_time(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+def timings(fn: Callable[[], object], repeats: int, device: torch.device) -> list[float]:
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
@@ -38,7 +42,18 @@ def best_time(fn: Callable[[], object], repeats: int, device: torch.device) -> f
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    return min(times)
+    return times
+
+
+def rates(prefill: Callable[[], object], generate: Callable[[], object], prompts: torch.Tensor, args,
+          device: torch.device) -> tuple[float, float, float]:
+    """(prefill tokens/s, decode tokens/s, spread of the whole generation over the repeats), after a warm-up."""
+    B, P = prompts.shape
+    prefill()
+    generate()
+    t_prefill = min(timings(prefill, args.repeats, device))
+    t_total = timings(generate, args.repeats, device)
+    return B * P / t_prefill, B * args.new / max(min(t_total) - t_prefill, 1e-9), max(t_total) / min(t_total) - 1
 
 
 def ours(name: str, args, device: torch.device):
@@ -50,24 +65,22 @@ def ours(name: str, args, device: torch.device):
     return build_model(arch).to(device).eval()
 
 
-def measure_ours(model, prompts: torch.Tensor, args, use_cache: bool, device) -> tuple[float, float]:
+def measure_ours(model, prompts: torch.Tensor, args, mode: str, device) -> tuple[float, float, float]:
     B, P = prompts.shape
-    act = model.model
+    use_cache, compiled = mode != "no cache", mode == "cache, compiled"
 
     def prefill():
         cache = KVCache(B, P, device) if use_cache else None
-        act.predict(prompts, None, None, cache)
+        model.model.predict(prompts, None, None, cache)
 
     def generate():
-        generate_tokens(model, prompts.tolist(), SamplingParams(max_new_tokens=args.new), set(), use_cache)
+        generate_tokens(model, prompts.tolist(), SamplingParams(max_new_tokens=args.new), set(), use_cache,
+                        compiled=compiled)
 
-    prefill()  # warm-up
-    t_prefill = best_time(prefill, args.repeats, device)
-    t_total = best_time(generate, args.repeats, device)
-    return B * P / t_prefill, B * args.new / max(t_total - t_prefill, 1e-9)
+    return rates(prefill, generate, prompts, args, device)
 
 
-def measure_llama(prompts: torch.Tensor, args, device) -> tuple[float, float]:
+def measure_llama(prompts: torch.Tensor, args, device) -> tuple[float, float, float]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=swiglu_width(args.hidden, 4),
@@ -89,10 +102,7 @@ def measure_llama(prompts: torch.Tensor, args, device) -> tuple[float, float]:
         model.generate(input_ids=prompts, attention_mask=mask, max_new_tokens=args.new, min_new_tokens=args.new,
                        do_sample=False, use_cache=True, pad_token_id=0)
 
-    prefill()
-    t_prefill = best_time(prefill, args.repeats, device)
-    t_total = best_time(generate, args.repeats, device)
-    return B * P / t_prefill, B * args.new / max(t_total - t_prefill, 1e-9)
+    return rates(prefill, generate, prompts, args, device)
 
 
 def main() -> None:
@@ -110,6 +120,7 @@ def main() -> None:
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--repeats", type=int, default=3, help="best of this many timings")
     ap.add_argument("--skip-no-cache", action="store_true", help="leave out the (slow) recompute-everything rows")
+    ap.add_argument("--skip-compiled", action="store_true", help="leave out the compiled decoding rows")
     args = ap.parse_args()
     device = select_device(args.device)
     torch.manual_seed(0)
@@ -123,24 +134,25 @@ def main() -> None:
         prompts = torch.randint(1, args.vocab, (B, args.prompt), device=device)
         llama = measure_llama(prompts, args, device)
         rows.append(("HF Llama (generate, cache)", B, *llama, llama))
+        llama = llama[:2]
         for name, label in (("transformer", "our transformer"), ("trm", "our TRM")):
             model = ours(name, args, device)
-            for use_cache in (True, False):
-                if not use_cache and args.skip_no_cache:
+            for mode in ("cache", "cache, compiled", "no cache"):
+                if (mode == "no cache" and args.skip_no_cache) or (mode == "cache, compiled" and args.skip_compiled):
                     continue
-                result = measure_ours(model, prompts, args, use_cache, device)
-                rows.append((f"{label} ({'cache' if use_cache else 'no cache'})", B, *result, llama))
+                rows.append((f"{label} ({mode})", B, *measure_ours(model, prompts, args, mode, device), llama))
 
-    print(f"\n| model | batch | prefill tok/s | decode tok/s | prefill vs Llama | decode vs Llama |")
-    print("|---|---|---|---|---|---|")
-    for label, B, prefill, decode, (ref_prefill, ref_decode) in rows:
+    print(f"\n| model | batch | prefill tok/s | decode tok/s | prefill vs Llama | decode vs Llama | spread |")
+    print("|---|---|---|---|---|---|---|")
+    for label, B, prefill, decode, spread, (ref_prefill, ref_decode) in rows:
         print(f"| {label} | {B} | {prefill:,.0f} | {decode:,.0f} | {prefill / ref_prefill:.2f}x | "
-              f"{decode / ref_decode:.2f}x |")
+              f"{decode / ref_decode:.2f}x | {spread:.0%} |")
     for B in args.batch_sizes:
-        by_label = {label: decode for label, b, _, decode, _ in rows if b == B}
-        if "our TRM (no cache)" in by_label:
-            print(f"TRM decode speed-up from the cache at batch {B}, {args.new} new tokens: "
-                  f"{by_label['our TRM (cache)'] / by_label['our TRM (no cache)']:.1f}x")
+        by_label = {label: decode for label, b, _, decode, _, _ in rows if b == B}
+        for mode in ("cache", "cache, compiled"):
+            if "our TRM (no cache)" in by_label and f"our TRM ({mode})" in by_label:
+                print(f"TRM decode speed-up from the cache ({mode}) at batch {B}, {args.new} new tokens: "
+                      f"{by_label[f'our TRM ({mode})'] / by_label['our TRM (no cache)']:.1f}x")
 
 
 if __name__ == "__main__":

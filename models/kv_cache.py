@@ -6,6 +6,10 @@ ACT step. With causal attention, the state of position t after any application d
 call order: the i-th attention call of a forward pass always belongs to the same (ACT step, cycle, update,
 layer), because the recursion is fixed. A new chunk of tokens then costs only its own positions in every
 application.
+
+A static cache attends over its whole preallocated capacity, future slots masked out, and writes at positions
+given as a tensor: every decoding step then has the same shapes and no Python-int position, so one compiled
+step serves every token (see `ACTModel.predict(compiled=True)`).
 """
 from __future__ import annotations
 
@@ -13,31 +17,44 @@ import torch
 
 
 class KVCache:
-    def __init__(self, batch_size: int, capacity: int, device: torch.device | str):
+    def __init__(self, batch_size: int, capacity: int, device: torch.device | str, static: bool = False):
         self.capacity = capacity
+        self.static = static
         self.length = 0  # positions already cached
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
-        self.valid = torch.zeros(batch_size, capacity, dtype=torch.bool, device=device)  # False: padding
+        self.valid = torch.ones(batch_size, capacity, dtype=torch.bool, device=device)  # False: padding
+        self.padded = False  # whether any cached position is padding (then attention needs a mask)
         self.mask: torch.Tensor | None = None  # attention mask of the current chunk (see begin)
         self._index = 0  # attention calls made in the current chunk
         self._new = 0  # positions in the current chunk
 
-    def begin(self, valid: torch.Tensor) -> None:
-        """Start a chunk of new positions (`valid` [B, S]: False for left padding) and set `mask`, the attention
-        mask [B, 1, S, length + S] of the chunk (None when plain causal attention is exact)."""
-        S, L = valid.shape[1], self.length
+    def begin(self, valid: torch.Tensor | None, length: int = 1) -> None:
+        """Start a chunk of new positions (`valid` [B, S]: False for left padding; None: `length` positions, all
+        real) and set `mask`, the attention mask [B, 1, S, keys] of the chunk, keys = length + S, or the capacity
+        when static (None when plain causal attention is exact)."""
+        S, L = (length if valid is None else valid.shape[1]), self.length
         if L + S > self.capacity:
             raise ValueError(f"the sequence would reach {L + S} positions; this model's context is {self.capacity}")
-        self.valid[:, L:L + S] = valid
+        if valid is not None and not bool(valid.all()):
+            self.valid[:, L:L + S] = valid
+            self.padded = True
         self._index, self._new = 0, S
+        if self.static:
+            self.slots = torch.arange(L, L + S, device=self.valid.device)  # where the chunk's keys go
         self.mask = self._chunk_mask(L, S)
 
     def _chunk_mask(self, L: int, S: int) -> torch.Tensor | None:
-        keys_valid = self.valid[:, :L + S]
-        if bool(keys_valid.all()) and (S == 1 or L == 0):
+        if self.static:
+            keys_valid = self.valid
+        elif not self.padded and (S == 1 or L == 0):
             return None  # one new position sees everything before it; a first chunk is plain causal
-        rows, cols = torch.arange(L, L + S, device=keys_valid.device), torch.arange(L + S, device=keys_valid.device)
+        else:
+            keys_valid = self.valid[:, :L + S]
+            if S == 1:  # one new position: every real key so far (a view; the common decoding step)
+                return keys_valid[:, None, None, :]
+        device = keys_valid.device
+        rows, cols = torch.arange(L, L + S, device=device), torch.arange(keys_valid.shape[1], device=device)
         mask = keys_valid[:, None, :] & (cols[None, :] <= rows[:, None])
         # a padding row attends to itself, so no row is fully masked (that would give NaN states)
         mask |= cols[None, :] == rows[:, None]
@@ -50,10 +67,13 @@ class KVCache:
             shape = (k.shape[0], k.shape[1], self.capacity, k.shape[3])
             self.keys.append(k.new_zeros(shape))
             self.values.append(v.new_zeros(shape))
-        self.keys[i][:, :, L:L + S] = k
-        self.values[i][:, :, L:L + S] = v
+        keys, values = self.keys[i], self.values[i]
         self._index += 1
-        return self.keys[i][:, :, :L + S], self.values[i][:, :, :L + S]
+        if self.static:
+            return keys.index_copy_(2, self.slots, k), values.index_copy_(2, self.slots, v)
+        keys.narrow(2, L, S).copy_(k)
+        values.narrow(2, L, S).copy_(v)
+        return keys.narrow(2, 0, L + S), values.narrow(2, 0, L + S)
 
     def end(self) -> None:
         """The chunk is complete: its positions become part of the cached prefix."""

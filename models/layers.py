@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import einops
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,7 +16,7 @@ CosSin = tuple[torch.Tensor, torch.Tensor]
 @dataclass(frozen=True)
 class SeqInfo:
     """What one application of the network needs besides the hidden states, the same for every application of
-    an ACT step: rotary tables of the positions ([S, D], or [B, S, D] per sample), the attention mask (bool
+    an ACT step: rotary tables of the positions (from `rope_tables`), the attention mask (bool
     [B, 1, S, S_keys], True = may attend; it replaces the causal flag: packed rows give it causality and their
     boundaries) and the cache of earlier positions' keys/values (generation)."""
     cos_sin: CosSin | None = None
@@ -61,7 +60,9 @@ class CastedLinear(nn.Module):
         """The weight in `dtype`. Without autograd (the recursion's no-grad cycles) the cast is made once per weight
         update, not at every application: the optimizer's in-place step bumps the weight's version."""
         w = self.weight
-        if w.dtype == dtype or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        if w.dtype == dtype:
+            return w
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return w.to(dtype)
         cached = self._cast
         key = (w._version, w.data_ptr(), dtype)  # an in-place update or a new tensor (.data = ...) invalidates it
@@ -71,7 +72,9 @@ class CastedLinear(nn.Module):
         return cached[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = self.bias.to(x.dtype) if self.bias is not None else None
+        bias = self.bias
+        if bias is not None and bias.dtype != x.dtype:
+            bias = bias.to(x.dtype)
         return F.linear(x, self.cast_weight(x.dtype), bias)
 
 
@@ -83,14 +86,15 @@ class CastedEmbedding(nn.Module):
         self.embedding_weight = nn.Parameter(trunc_normal_(torch.empty(num_embeddings, dim), std=init_std))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(ids, self.embedding_weight.to(self.cast_to))
+        w = self.embedding_weight
+        return F.embedding(ids, w if w.dtype == self.cast_to else w.to(self.cast_to))
 
 
 def rms_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Weightless RMS norm over the last axis, computed in float32 (float64 inputs stay float64)."""
-    dtype = x.dtype
-    x = x.to(torch.promote_types(dtype, torch.float32))
-    return (x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)).to(dtype)
+    """Weightless RMS norm over the last axis, computed in float32 (float64 inputs stay float64): torch's op gives
+    bit for bit x * rsqrt(mean(x^2) + eps) widened to float32, as one call (generation runs one token at a time,
+    where the number of ops adds up)."""
+    return F.rms_norm(x, (x.shape[-1],), eps=eps)
 
 
 class RotaryEmbedding(nn.Module):
@@ -108,16 +112,29 @@ class RotaryEmbedding(nn.Module):
         return self.cos, self.sin
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [B, S, H, D]; cos/sin: [S, D] or [B, S, D]. Rotation is done in float32 (float64 inputs stay float64).
+def rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> CosSin:
+    """The rotary tables as `rotate` takes them, made once per forward pass and shared by every application of
+    the network: cos/sin [S, D] or [B, S, D] (per sample) -> [.., S, 1, D] each, with rotate-half's sign folded
+    into sin: x * cos + rotate_half(x) * sin with rotate_half(x) = (-x2, x1) equals x * cos + roll(x) * (-s1, s2),
+    since (-a) * b == a * (-b) exactly."""
+    half = sin.shape[-1] // 2
+    return cos.unsqueeze(-2), torch.cat((-sin[..., :half], sin[..., half:]), dim=-1).unsqueeze(-2)
 
-    x * cos + rotate_half(x) * sin with rotate_half(x) = (-x2, x1): the sign goes on the small sin table instead,
-    so x is rolled, not negated and concatenated ((-a) * b == a * (-b) exactly, so the result is the same)."""
-    dtype, half = x.dtype, x.shape[-1] // 2
-    x = x.to(torch.promote_types(dtype, cos.dtype))
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    signed_sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
-    return (x * cos.unsqueeze(-2) + x.roll(half, dims=-1) * signed_sin.unsqueeze(-2)).to(dtype)
+
+def rotate(x: torch.Tensor, tables: CosSin) -> torch.Tensor:
+    """RoPE on x [B, S, H, D] with tables from `rope_tables`, computed in float32 (float64 inputs stay float64)."""
+    cos, signed_sin = tables
+    dtype = x.dtype
+    if dtype != cos.dtype:
+        x = x.to(torch.promote_types(dtype, cos.dtype))
+        cos, signed_sin = cos.to(x.dtype), signed_sin.to(x.dtype)
+    y = x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
+    return y if y.dtype == dtype else y.to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, S, H, D]; cos/sin: [S, D] or [B, S, D]: the rotate-half RoPE formula."""
+    return rotate(x, rope_tables(cos, sin))
 
 
 class Attention(nn.Module):
@@ -139,12 +156,11 @@ class Attention(nn.Module):
         cos_sin, mask, cache = seq_info.cos_sin, seq_info.mask, seq_info.cache
         B, S, _ = x.shape
         qkv = self.qkv_proj(x).view(B, S, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
-        q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=2)
+        qk, v = qkv.split([self.num_heads + self.num_kv_heads, self.num_kv_heads], dim=2)
         if cos_sin is not None:
-            cos, sin = cos_sin
-            qk = apply_rope(qkv[:, :, :self.num_heads + self.num_kv_heads], cos, sin)  # q and k in one pass
-            q, k = qk.split([self.num_heads, self.num_kv_heads], dim=2)
-        q, k, v = (einops.rearrange(t, "b s h d -> b h s d") for t in (q, k, v))
+            qk = rotate(qk, cos_sin)  # q and k in one pass
+        q, k = qk.split([self.num_heads, self.num_kv_heads], dim=2)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, S, D]
         if cache is not None:
             k, v = cache.update(k, v)
         if self.num_kv_heads != self.num_heads:
@@ -156,7 +172,7 @@ class Attention(nn.Module):
             out = full_attention(q, k, v)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
-        return self.o_proj(einops.rearrange(out, "b h s d -> b s (h d)"))
+        return self.o_proj(out.transpose(1, 2).reshape(B, S, -1))
 
 
 def full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

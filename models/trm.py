@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from models.kv_cache import KVCache
-from models.layers import Block, CastedEmbedding, CastedLinear, ReasoningModule, RotaryEmbedding, SeqInfo, trunc_normal_
+from models.layers import (Block, CastedEmbedding, CastedLinear, ReasoningModule, RotaryEmbedding, SeqInfo, rope_tables,
+                           trunc_normal_)
 from models.sparse_embedding import SparseEmbedding
 
 Batch = dict[str, torch.Tensor]
@@ -151,6 +152,8 @@ class TRMInner(nn.Module):
         inputs, P = batch["inputs"], self.prefix_len
         if "position_ids" not in batch:
             return torch.arange(P + inputs.shape[1], device=inputs.device)
+        if not P:
+            return batch["position_ids"].long()
         prefix = torch.arange(P, device=inputs.device).expand(inputs.shape[0], P)
         return torch.cat((prefix, batch["position_ids"].long() + P), dim=1)
 
@@ -192,19 +195,22 @@ class TRMInner(nn.Module):
         c = self.config
         with torch.no_grad():
             for _ in range(c.H_cycles - 1):
-                for _ in range(c.L_cycles):
-                    z_L = self.L_level(z_L, z_H + x, seq_info)
-                z_H = self.L_level(z_H, z_L, seq_info)
-        for _ in range(c.L_cycles):
-            z_L = self.L_level(z_L, z_H + x, seq_info)
-        z_H = self.L_level(z_H, z_L, seq_info)
-        return z_H, z_L
+                z_H, z_L = self.cycle(z_H, z_L, x, seq_info)
+        return self.cycle(z_H, z_L, x, seq_info)
+
+    def cycle(self, z_H: torch.Tensor, z_L: torch.Tensor, x: torch.Tensor,
+              seq_info: SeqInfo) -> tuple[torch.Tensor, torch.Tensor]:
+        """One H cycle: L_cycles updates of z_L from (z_H + x), which is fixed within the cycle, then one of z_H."""
+        injection = z_H + x
+        for _ in range(self.config.L_cycles):
+            z_L = self.L_level(z_L, injection, seq_info)
+        return self.L_level(z_H, z_L, seq_info), z_L
 
     def forward(self, carry: InnerCarry, batch: Batch,
                 cache: KVCache | None = None) -> tuple[InnerCarry, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """With a cache (generation), `batch` and `carry` hold only the new positions of the current chunk."""
         positions = self.positions(batch)
-        cos_sin = tuple(t[positions] for t in self.rotary_emb()) if hasattr(self, "rotary_emb") else None
+        cos_sin = rope_tables(*(t[positions] for t in self.rotary_emb())) if hasattr(self, "rotary_emb") else None
         seq_info = SeqInfo(cos_sin, cache.mask if cache is not None else self.attention_mask(batch), cache)
         x = self.input_embeddings(batch, positions)
         z_H, z_L = self.recurse(carry.z_H, carry.z_L, x, seq_info)
@@ -268,28 +274,37 @@ class ACTModel(nn.Module):
 
     @torch.no_grad()
     def predict(self, inputs: torch.Tensor, position_ids: torch.Tensor | None = None, valid: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, compiled: bool = False) -> torch.Tensor:
         """Logits [B, S, V] after the whole ACT budget from fresh latents, as in evaluation (every step runs).
 
         For generation (no puzzle embedding): `valid` [B, S] is False on left padding, `position_ids` count
         real tokens only. With a cache, `inputs` are just the new positions; the earlier ones are cached.
+        `compiled`: run the ACT steps through torch.compile (compiled once per input shape; with a static cache
+        every decoding step has the same shapes).
         """
         if self.inner.prefix_len:
             raise ValueError("generation needs a model without a puzzle embedding (puzzle_emb_ndim=0)")
-        B, S = inputs.shape
         batch = {"inputs": inputs}
         if position_ids is not None:
             batch["position_ids"] = position_ids
         if cache is not None:
             if not self.config.causal:
                 raise ValueError("a KV cache needs a causal model")
-            cache.begin(valid if valid is not None else torch.ones_like(inputs, dtype=torch.bool))
+            cache.begin(valid, inputs.shape[1])
         elif valid is not None and not bool(valid.all()):
             batch["segment_ids"] = valid.long()  # padding attends only to padding, tokens only to tokens
-        carry = self.inner.reset_carry(torch.ones(B, dtype=torch.bool, device=inputs.device),
-                                       self.inner.empty_carry(B, S, inputs.device))
-        for _ in range(self.config.halt_max_steps):
-            carry, logits, _ = self.inner(carry, batch, cache)
+        if compiled and not hasattr(self, "_compiled_steps"):
+            self._compiled_steps = torch.compile(self.all_steps, dynamic=False)
+        logits = (self._compiled_steps if compiled else self.all_steps)(batch, cache)
         if cache is not None:
             cache.end()
+        return logits
+
+    def all_steps(self, batch: Batch, cache: KVCache | None) -> torch.Tensor:
+        """The logits after halt_max_steps ACT steps from fresh latents."""
+        (B, S), device = batch["inputs"].shape, batch["inputs"].device
+        carry = self.inner.reset_carry(torch.ones(B, dtype=torch.bool, device=device),
+                                       self.inner.empty_carry(B, S, device))
+        for _ in range(self.config.halt_max_steps):
+            carry, logits, _ = self.inner(carry, batch, cache)
         return logits

@@ -1,6 +1,7 @@
 """Generation: the KV cache is exact for the transformer and the recursive TRM, sampling is seeded, stop tokens
 and the context window are honoured, and generate.py's modes and error messages work as a user runs them."""
 import contextlib
+import functools
 import io
 import json
 import shutil
@@ -71,10 +72,33 @@ def assert_cache_within_float32_roundoff(kind: str, cache_type: type[KVCache] = 
     torch.testing.assert_close(cached, exact, rtol=0, atol=10 * roundoff.item())
 
 
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
 @pytest.mark.parametrize("kind", ARCHS)
-def test_cached_logits_match_full_recompute(kind):
-    assert_cache_exact(kind)
-    assert_cache_within_float32_roundoff(kind)
+def test_cached_logits_match_full_recompute(kind, static):
+    cache_type = functools.partial(KVCache, static=static)
+    assert_cache_exact(kind, cache_type)
+    assert_cache_within_float32_roundoff(kind, cache_type)
+
+
+def test_a_static_cache_gives_the_dynamic_caches_logits_on_a_padded_batch():
+    act = causal_model("trm_gqa_learned", "float64").model
+    valid = torch.ones(2, 12, dtype=torch.bool)
+    valid[1, :5] = False  # the second prompt is 7 tokens, left-padded
+    positions = (valid.long().cumsum(-1) - 1).clamp_min(0)
+    runs = []
+    for static in (False, True):
+        cache = KVCache(2, CONTEXT, "cpu", static=static)
+        logits = [act.predict(PROMPT[:, :12], positions, valid, cache)]
+        logits += [act.predict(PROMPT[:, t:t + 1], positions[:, -1:] + t - 11, None, cache) for t in range(12, 20)]
+        runs.append(torch.cat(logits, 1))
+    torch.testing.assert_close(runs[1], runs[0], rtol=0, atol=1e-9)
+
+
+def test_compiled_decoding_gives_the_eager_tokens():
+    # one torch.compile of the TRM's decoding step (~20 s on a CPU): padded prompts, several steps
+    model = causal_model("trm")
+    prompts, params = [[1, 2, 3, 4, 5, 6, 7], [8], [9, 10, 11]], SamplingParams(max_new_tokens=12)
+    assert generate_tokens(model, prompts, params, set(), compiled=True) == generate_tokens(model, prompts, params, set())
 
 
 @pytest.mark.parametrize("check", [assert_cache_exact, assert_cache_within_float32_roundoff])

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from constants import IGNORE_LABEL_ID
 from models import build_model
 from models.ema import EMA
-from models.layers import Attention, Block, RotaryEmbedding, SeqInfo, SwiGLU, apply_rope, rms_norm, swiglu_width, trunc_normal_
+from models.layers import (Attention, Block, RotaryEmbedding, SeqInfo, SwiGLU, apply_rope, rms_norm, rope_tables, swiglu_width,
+                           trunc_normal_)
 from models.losses import log_stablemax, softmax_cross_entropy, stablemax_cross_entropy
 from models.sparse_embedding import SignSGD, SparseEmbedding
 
@@ -224,7 +225,7 @@ def test_transformer_is_one_pass_of_the_blocks():
     with torch.no_grad():
         h = inner.input_embeddings(b, inner.positions(b))
         for layer in inner.L_level.layers:
-            h = layer(h, SeqInfo(inner.rotary_emb()))
+            h = layer(h, SeqInfo(rope_tables(*inner.rotary_emb())))
         torch.testing.assert_close(out["logits"], inner.lm_head(h)[:, inner.prefix_len:])
 
 

@@ -73,12 +73,16 @@ def context_length(model: ACTLossHead) -> int:
 
 @torch.no_grad()
 def stream_tokens(model: ACTLossHead, prompts: list[list[int]], params: SamplingParams, stop_ids: set[int],
-                  use_cache: bool = True) -> Iterator[list[int | None]]:
+                  use_cache: bool = True, compiled: bool = False) -> Iterator[list[int | None]]:
     """Generate from a batch of token prompts, one position at a time; yields the new token of every prompt
     (None once that prompt produced a stop token, which is not yielded). Prompts are left-padded, and each
     one's positions count its own tokens only, so a prompt's tokens do not depend on the others in the batch.
     With `use_cache` the prompt is processed once (prefill) and each new token costs one position in every
-    application of the network; without, the whole sequence is recomputed for every token."""
+    application of the network; without, the whole sequence is recomputed for every token. `compiled` (with the
+    cache): every decoding step runs one torch.compile'd graph over a static cache (compiled on first use, about
+    a minute on a CPU; it pays off over long generations and many requests)."""
+    if compiled and not use_cache:
+        raise ValueError("a compiled decoding step needs the KV cache")
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("empty prompt: nothing to continue from")
     act, device = model.model, next(model.parameters()).device
@@ -101,7 +105,8 @@ def stream_tokens(model: ACTLossHead, prompts: list[list[int]], params: Sampling
     seen = torch.zeros(len(prompts), vocab, dtype=torch.long, device=device).scatter_add_(1, inputs, valid.long()) > 0
     stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(params.seed)
-    cache = KVCache(len(prompts), longest + max_new, device) if use_cache else None
+    # a compiled step's shapes are fixed by the cache's capacity: the model's context, whatever this request needs
+    cache = KVCache(len(prompts), context if compiled else longest + max_new, device, static=compiled) if use_cache else None
     was_training = model.training
     model.eval()
     try:
@@ -122,13 +127,14 @@ def stream_tokens(model: ACTLossHead, prompts: list[list[int]], params: Sampling
                 inputs = torch.cat((inputs, token[:, None]), 1)
                 positions = torch.cat((positions, last), 1)
                 valid = torch.cat((valid, torch.ones_like(done)[:, None]), 1)
-            logits = act.predict(inputs, positions, valid, cache)[:, -1]
+            logits = act.predict(inputs, positions, valid, cache, compiled)[:, -1]
     finally:
         model.train(was_training)
 
 
 def generate_tokens(model: ACTLossHead, prompts: list[list[int]], params: SamplingParams, stop_ids: set[int],
-                    use_cache: bool = True, batch_size: int | None = None, progress=None) -> list[list[int]]:
+                    use_cache: bool = True, batch_size: int | None = None, progress=None,
+                    compiled: bool = False) -> list[list[int]]:
     """The new tokens of every prompt (stop tokens excluded), `batch_size` prompts at a time, in order;
     `progress(n)` is called after each batch."""
     out: list[list[int]] = []
@@ -136,7 +142,7 @@ def generate_tokens(model: ACTLossHead, prompts: list[list[int]], params: Sampli
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         new: list[list[int]] = [[] for _ in chunk]
-        for tokens in stream_tokens(model, chunk, params, stop_ids, use_cache):
+        for tokens in stream_tokens(model, chunk, params, stop_ids, use_cache, compiled):
             for row, token in enumerate(tokens):
                 if token is not None:
                     new[row].append(token)
