@@ -285,6 +285,14 @@ def test_models_lists_the_runs_checkpoints_and_model_switches_between_them(chat_
     assert out.count("model> ") == 1
 
 
+def test_generate_takes_the_best_and_final_names_of_a_run(chat_run):
+    for name in ("best", "final"):
+        result = generate("--checkpoint", f"{chat_run}/{name}", "--prompt", "What is 2 + 3?", "--max-new-tokens", "4")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == generate("--checkpoint", f"{chat_run}/step_3.pt", "--prompt", "What is 2 + 3?",
+                                         "--max-new-tokens", "4").stdout
+
+
 @pytest.mark.parametrize("case", ["missing", "corrupt", "tokenizer", "tokenizer_file", "empty", "too_long"])
 def test_bad_input_is_a_one_line_error(chat_run, tmp_path, case):
     args = ["--checkpoint", str(chat_run), "--prompt", "hello"]
