@@ -48,7 +48,8 @@ from utils.train_state import TrainState, enter_stage, save_run_checkpoint, star
 def train_step(state: TrainState, forward, batch: dict[str, torch.Tensor], cfg: DictConfig,
                schedule: Callable[[int], float]) -> dict[str, torch.Tensor]:
     """One optimizer step on this rank's rows of a global batch, in cfg.grad_accum_steps micro-batches (each its
-    own forward and backward; their gradients add up to the batch's), at the learning rates times schedule(step)."""
+    own forward and backward; their gradients add up to the batch's), at the learning rates times
+    schedule(step)."""
     if state.carry is None:
         state.carry = state.model.initial_carry(batch)
     k = cfg.grad_accum_steps
@@ -114,7 +115,8 @@ class Run:
     checkpoints: RunCheckpoints
 
     def schedule(self, step: int) -> float:
-        """The learning-rate factor of training step `step`: the run's warmup and cosine, or the curriculum stage's."""
+        """The learning-rate factor of training step `step`: the run's warmup and cosine, or the curriculum
+        stage's."""
         cfg = self.cfg
         factor = lr_factor(step, cfg.lr_warmup_steps, self.total_steps, cfg.lr_min_ratio)
         return self.curriculum.lr_factor(step, factor, cfg.lr_warmup_steps) if self.curriculum else factor
@@ -139,10 +141,11 @@ def start_run(cfg: DictConfig, d: Dist, device: torch.device, run_dir: str | Non
     start_stage = requested_stage(cfg, curriculum)
     run_dir = open_run_dir(cfg, d, state, train_data, device, run_dir)
     run_lrs = list(state.base_lrs)
-    if start_stage is not None and curriculum.move_to(start_stage, state.step):  # (a resumed run's: after its restore)
+    if start_stage is not None and curriculum.move_to(start_stage, state.step):  # (resumed: after the restore)
         enter_stage(state, curriculum.stage, cfg, d.world_size, run_lrs, reset=True)
-    checkpoints = RunCheckpoints(run_dir, cfg.get("checkpoint_best_metric", "auto"), cfg.get("checkpoint_best_mode", "auto"),
-                                 cfg.get("checkpoint_keep_last"), resumed_at=state.step if cfg.resume else None)
+    checkpoints = RunCheckpoints(run_dir, cfg.get("checkpoint_best_metric", "auto"),
+                                 cfg.get("checkpoint_best_mode", "auto"), cfg.get("checkpoint_keep_last"),
+                                 resumed_at=state.step if cfg.resume else None)
     tokenizer = run_tokenizer(cfg, train_data, run_dir, d.is_main)
     evaluator = make_evaluator(cfg, run_dir, tokenizer, all_reduce_sum if d.enabled else None)
     if d.is_main:

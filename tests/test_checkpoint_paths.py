@@ -105,7 +105,7 @@ def test_best_by_accuracy_and_by_a_chosen_metric(tmp_path):
     chosen = RunCheckpoints(str(tmp_path / "b"), metric="chat/loss")
     assert [chosen.improved({"test/loss": 1.0, "test/chat/loss": v}) for v in (2.0, 1.0, 1.5)] == [True, True, False]
     assert not RunCheckpoints(str(tmp_path / "c")).improved({"test/loss": float("nan")})
-    with pytest.raises(ValueError, match=r"checkpoint_best_metric: no validation metric 'los'; choose one of \['loss'\]"):
+    with pytest.raises(ValueError, match=r"no validation metric 'los'; choose one of \['loss'\]"):
         RunCheckpoints(str(tmp_path / "d"), metric="los").improved({"test/loss": 1.0})
     with pytest.raises(ValueError, match="checkpoint_best_mode must be auto, min or max, got 'lowest'"):
         RunCheckpoints(str(tmp_path), mode="lowest")

@@ -179,7 +179,7 @@ def test_stages_by_index_or_name_and_their_own_schedules():
     assert [c.lr_factor(s, 0.5, 3) for s in (21, 22, 30)] == [0.25, 0.5, 0.5]
     c.move_to(3, 30)  # d: constant after the run's warmup (3 steps), counted from the stage's start
     assert [c.lr_factor(s, 0.5, 3) for s in (31, 33, 40)] == [pytest.approx(1 / 3), 1.0, 1.0]
-    with pytest.raises(ValueError, match=r"dataset.stages\[0\] \(s\): lr_schedule must be run or constant, got 'cosine'"):
+    with pytest.raises(ValueError, match=r"stages\[0\] \(s\): lr_schedule must be run or constant, got 'cosine'"):
         Stage.from_config({"name": "s", "lr_schedule": "cosine"}, 0, {"x": 1.0})
 
 

@@ -145,18 +145,22 @@ class RunCheckpoints:
         if keep_last is not None and keep_last < 1:
             raise ValueError(f"checkpoint_keep_last must be >= 1 (null keeps every checkpoint), got {keep_last}")
         self.run_dir, self.metric, self.mode, self.keep_last = run_dir, metric, mode, keep_last
+        self.key: str | None = None  # test/<metric>, known at the first evaluation
         self.best: float | None = None
         saved = read_alias(run_dir, "best") if resumed_at is not None else None
         self.saved_best = saved if saved and saved["step"] <= resumed_at else None  # a later one is overwritten
 
     def _resolve(self, metrics: dict[str, float]) -> str:
         """The metric's key in `metrics` (test/<name>); fixed at the first evaluation."""
+        if self.key is not None:
+            return self.key
         if self.metric == "auto":
             self.metric = "exact_accuracy" if "test/exact_accuracy" in metrics else "loss"
         key = f"test/{self.metric.removeprefix('test/')}"
         if key not in metrics:
             raise ValueError(f"checkpoint_best_metric: no validation metric {self.metric!r}; choose one of "
                              f"{sorted(k.removeprefix('test/') for k in metrics)}")
+        self.key = key
         if self.mode == "auto":
             self.mode = "min" if key.endswith("loss") or key.endswith("perplexity") else "max"
         if self.saved_best and (self.saved_best.get("metric"), self.saved_best.get("mode")) == (key, self.mode):
@@ -177,8 +181,7 @@ class RunCheckpoints:
     def saved(self, file: str, best: bool, final: bool) -> None:
         """Rank 0, once `file` is on disk: name it best and/or final, then delete the old step files."""
         if best:
-            write_alias(self.run_dir, "best", file, metric=f"test/{self.metric.removeprefix('test/')}", mode=self.mode,
-                        value=self.best)
+            write_alias(self.run_dir, "best", file, metric=self.key, mode=self.mode, value=self.best)
         if final:
             write_alias(self.run_dir, "final", file)
         if self.keep_last is None:

@@ -84,7 +84,8 @@ class Stage:
             raise ValueError(f"dataset.stages[{index}] ({stage.name}): lr_schedule must be run or constant, "
                              f"got {stage.lr_schedule!r}")
         if stage.warmup_steps is not None and stage.warmup_steps < 0:
-            raise ValueError(f"dataset.stages[{index}] ({stage.name}): warmup_steps must be >= 0, got {stage.warmup_steps}")
+            raise ValueError(f"dataset.stages[{index}] ({stage.name}): warmup_steps must be >= 0, "
+                             f"got {stage.warmup_steps}")
         return stage
 
 

@@ -51,7 +51,8 @@ def start_state(cfg: DictConfig, device: torch.device, train_data, d: Dist) -> t
                          "train with bfloat16 or float32 (generate.py --dtype float16 is fine anywhere)")
     if cfg.get("grad_clip") is not None and cfg.grad_clip <= 0:
         raise ValueError(f"grad_clip={cfg.grad_clip}: the gradient norm limit must be positive (null: no clipping)")
-    model_config = {**arch, **train_data.model_fields(), "gradient_checkpointing": bool(cfg.get("gradient_checkpointing"))}
+    model_config = {**arch, **train_data.model_fields(),
+                    "gradient_checkpointing": bool(cfg.get("gradient_checkpointing"))}
     if cfg.grad_accum_steps < 1 or train_data.local_batch_size % cfg.grad_accum_steps:
         raise ValueError(f"grad_accum_steps={cfg.grad_accum_steps} must divide the batch of each process "
                          f"({train_data.local_batch_size} = global_batch_size / {d.world_size} processes)")
