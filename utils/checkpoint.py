@@ -19,7 +19,7 @@ from utils.files import atomic_write
 
 STEP_FILE = re.compile(r"step_(\d+)(\.pt)?$")
 # <run>/<alias>.json names one of the run's step files (a small file written atomically, never a copy of weights)
-ALIASES = {"best": "the checkpoint of the best evaluation so far (checkpoint_best_metric)",
+ALIASES = {"best": "the checkpoint of the best evaluation so far, by checkpoint_best_metric",
            "final": "the checkpoint where training last reached its end (epochs or max_steps)"}
 
 
