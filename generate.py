@@ -7,7 +7,8 @@
     python generate.py --checkpoint <sudoku run> --puzzle "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
 
 Everything needed comes from the run: the weights (EMA when saved), the model config and the tokenizer.
---checkpoint takes a run directory, a step_<N>[.pt] file, <run>/latest, or a glob such as
+--checkpoint takes a run directory, a step_<N>[.pt] file, <run>/latest, <run>/best (the best evaluation's),
+<run>/final (where training ended), or a glob such as
 checkpoints/<project>/trm_chat-*/step_1000 (the newest matching run directory is used).
 Causal models generate with a KV cache (--no-cache recomputes the whole sequence for every token).
 """
@@ -26,7 +27,7 @@ from tqdm import tqdm
 from constants import IGNORE_LABEL_ID
 from tasks import task_module
 from tasks.sudoku import DatasetBuildError
-from utils.checkpoint import find_checkpoint, load_trained_model, run_steps
+from utils.checkpoint import ALIASES, find_checkpoint, load_trained_model, named_checkpoint, run_steps
 from utils.device import resolve_dtype, select_device
 from utils.files import atomic_write
 from utils.sampling import (SamplingParams, act_steps, chat_stop_ids, context_length, fit_conversation,
@@ -38,14 +39,14 @@ HELP = """commands:
   /topp X     nucleus sampling threshold (1 = off)   /max N    answer length limit in tokens
   /system T   set the system prompt (empty clears)   /reset    forget the conversation
   /params     show the settings                      /help     this text
-  /models     list this run's checkpoints            /model N  switch to step N (or a file name, latest)
+  /models     list this run's checkpoints            /model N  switch to step N (or best, final, latest)
   /quit       leave (Ctrl-D too); Ctrl-C stops the current answer"""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", required=True, help="a run directory (latest step), a step_<N>[.pt] file, "
-                    "<run>/latest, or a glob pattern (the newest matching run directory)")
+                    "<run>/latest, <run>/best, <run>/final, or a glob pattern (the newest matching run directory)")
     mode = ap.add_mutually_exclusive_group()  # none given: --interactive (a puzzle run: says to pass --puzzle)
     mode.add_argument("--prompt", help="answer one message (chat runs) or continue the text (text runs)")
     mode.add_argument("--interactive", action="store_true", help="multi-turn chat in the terminal (the default)")
@@ -229,8 +230,11 @@ class Generator:
         elif name == "/params":
             print(", ".join(f"{k} = {v}" for k, v in vars(self.params).items()) + f", system = {self.system!r}")
         elif name == "/models":
+            names = {alias: named_checkpoint(self.run_dir, alias) for alias in ALIASES}
             for _, file in run_steps(self.run_dir):
-                print(os.path.basename(file) + ("  (loaded)" if os.path.samefile(file, self.file) else ""))
+                notes = [alias for alias, named in names.items() if named and os.path.samefile(named, file)]
+                notes += ["loaded"] if os.path.samefile(file, self.file) else []
+                print(os.path.basename(file) + (f"  ({', '.join(notes)})" if notes else ""))
         elif name == "/model":
             self.switch_model(value)
         elif name == "/help":
@@ -240,7 +244,8 @@ class Generator:
         return None
 
     def switch_model(self, name: str) -> None:
-        """Load another checkpoint of this run: a step number or a file name in the run directory (or latest)."""
+        """Load another checkpoint of this run: a step number, a file name in the run directory, latest, best or
+        final."""
         if not name or os.sep in name:
             print("/model needs a step number or a checkpoint file name of this run (/models lists them)")
             return

@@ -33,6 +33,7 @@ from dataset.mixture import plateau_value
 from evaluators import Evaluator, make_evaluator
 from models.sparse_embedding import SignSGD
 from models.trm import Carry
+from utils.checkpoint import RunCheckpoints
 from utils.curriculum import Curriculum
 from utils.device import describe_policy, resolve_compile
 from utils.distributed import Dist, all_reduce_sum, barrier, init_distributed, reduce_sums, shutdown, sum_gradients
@@ -45,9 +46,10 @@ from utils.train_state import TrainState, enter_stage, save_run_checkpoint, star
 # ---------------------------------------------------------------- the step
 
 def train_step(state: TrainState, forward, batch: dict[str, torch.Tensor], cfg: DictConfig,
-               total_steps: int) -> dict[str, torch.Tensor]:
+               schedule: Callable[[int], float]) -> dict[str, torch.Tensor]:
     """One optimizer step on this rank's rows of a global batch, in cfg.grad_accum_steps micro-batches (each its
-    own forward and backward; their gradients add up to the batch's)."""
+    own forward and backward; their gradients add up to the batch's), at the learning rates times
+    schedule(step)."""
     if state.carry is None:
         state.carry = state.model.initial_carry(batch)
     k = cfg.grad_accum_steps
@@ -58,7 +60,7 @@ def train_step(state: TrainState, forward, batch: dict[str, torch.Tensor], cfg: 
         carry, loss, micro_metrics, _ = forward(state.carry.rows(rows) if k > 1 else state.carry,
                                                 {name: v[rows] for name, v in batch.items()} if k > 1 else batch,
                                                 (state.first_row + i * n, cfg.global_batch_size))  # exploration rows
-        (loss / cfg.global_batch_size).backward()
+        state.scaler.scale(loss / cfg.global_batch_size).backward()  # (scaled only in float16)
         for opt in state.optimizers:  # sign-SGD sets each micro-batch's puzzle-embedding gradient aside
             if isinstance(opt, SignSGD):
                 opt.collect()
@@ -66,12 +68,23 @@ def train_step(state: TrainState, forward, batch: dict[str, torch.Tensor], cfg: 
         metrics = {name: metrics.get(name, 0) + v for name, v in micro_metrics.items()}
     state.carry = Carry.cat(carries) if k > 1 else carries[0]
     sum_gradients(list(state.model.parameters()))  # torchrun: the ranks' parts add up to the global batch's gradient
+    weights = [opt for opt in state.optimizers if not isinstance(opt, SignSGD)]
+    if cfg.get("grad_clip"):  # the norm of the unscaled gradient, before clipping, is logged
+        for opt in weights:
+            state.scaler.unscale_(opt)
+        metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(
+            [p for p in state.model.parameters() if p.grad is not None], cfg.grad_clip)
     state.step += 1
-    factor = lr_factor(state.step, cfg.lr_warmup_steps, total_steps, cfg.lr_min_ratio)
+    factor, loss_scale = schedule(state.step), state.scaler.get_scale()
     for opt, base_lr in zip(state.optimizers, state.base_lrs):
         for group in opt.param_groups:
             group["lr"] = base_lr * factor
-        opt.step()
+    for opt in weights:
+        state.scaler.step(opt)  # float16: skipped when a gradient overflowed (inf or NaN)
+    state.scaler.update()  # ... and then the loss scale is lowered
+    for opt in state.optimizers:
+        if isinstance(opt, SignSGD) and state.scaler.get_scale() >= loss_scale:  # sign-SGD skips the same steps
+            opt.step()
         opt.zero_grad(set_to_none=True)
     if state.ema is not None:
         state.ema.update(state.model)
@@ -99,6 +112,14 @@ class Run:
     eval_steps: set[int]
     run_lrs: list[float]  # the optimizers' learning rates, before any curriculum stage scales them
     curriculum: Curriculum | None
+    checkpoints: RunCheckpoints
+
+    def schedule(self, step: int) -> float:
+        """The learning-rate factor of training step `step`: the run's warmup and cosine, or the curriculum
+        stage's."""
+        cfg = self.cfg
+        factor = lr_factor(step, cfg.lr_warmup_steps, self.total_steps, cfg.lr_min_ratio)
+        return self.curriculum.lr_factor(step, factor, cfg.lr_warmup_steps) if self.curriculum else factor
 
 
 def start_run(cfg: DictConfig, d: Dist, device: torch.device, run_dir: str | None) -> Run:
@@ -116,7 +137,15 @@ def start_run(cfg: DictConfig, d: Dist, device: torch.device, run_dir: str | Non
     # the device policy's choices (auto -> the measured rule in utils/device.py), recorded in the run's config
     use_compile, compile_note = resolve_compile(cfg.compile, device, stop)
     cfg.arch.forward_dtype, cfg.compile = model_config["forward_dtype"], use_compile
+    curriculum = getattr(train_data, "curriculum", None)
+    start_stage = requested_stage(cfg, curriculum)
     run_dir = open_run_dir(cfg, d, state, train_data, device, run_dir)
+    run_lrs = list(state.base_lrs)
+    if start_stage is not None and curriculum.move_to(start_stage, state.step):  # (resumed: after the restore)
+        enter_stage(state, curriculum.stage, cfg, d.world_size, run_lrs, reset=True)
+    checkpoints = RunCheckpoints(run_dir, cfg.get("checkpoint_best_metric", "auto"),
+                                 cfg.get("checkpoint_best_mode", "auto"), cfg.get("checkpoint_keep_last"),
+                                 resumed_at=state.step if cfg.resume else None)
     tokenizer = run_tokenizer(cfg, train_data, run_dir, d.is_main)
     evaluator = make_evaluator(cfg, run_dir, tokenizer, all_reduce_sum if d.enabled else None)
     if d.is_main:
@@ -126,11 +155,22 @@ def start_run(cfg: DictConfig, d: Dist, device: torch.device, run_dir: str | Non
         print(describe_policy(model_config["forward_dtype"], compile_note, device))
     logger = RunLogger(run_dir, project_name(cfg), os.path.basename(run_dir),
                        OmegaConf.to_container(cfg, resolve=True), cfg.logger.mode, cfg.logger.entity,
-                       cfg.logger.tags, enabled=d.is_main, resumed_at=state.step if cfg.resume else None)
+                       cfg.logger.tags, enabled=d.is_main, resumed_at=state.step if cfg.resume else None,
+                       tensorboard=cfg.logger.get("tensorboard", False))
     forward = torch.compile(state.model) if use_compile else state.model
     return Run(cfg, d, device, state, train_data, test_data, model_config, run_dir, evaluator, logger, forward,
-               total_steps, stop, eval_steps, state.base_lrs,
-               getattr(train_data, "curriculum", None))
+               total_steps, stop, eval_steps, run_lrs, curriculum, checkpoints)
+
+
+def requested_stage(cfg: DictConfig, curriculum: Curriculum | None) -> int | None:
+    """The stage curriculum.start_stage names (an index or a name), checked before the run starts."""
+    stage = OmegaConf.select(cfg, "curriculum.start_stage")
+    if stage is None:
+        return None
+    if curriculum is None:
+        raise ValueError(f"curriculum.start_stage={stage}: this run's data have no curriculum stages "
+                         "(dataset=mixture with dataset.stages has)")
+    return curriculum.index_of(stage)
 
 
 # ---------------------------------------------------------------- the loop
@@ -156,10 +196,10 @@ def log_training(run: Run, sums: dict[str, torch.Tensor], since: int, since_time
     cfg, step = run.cfg, run.state.step
     values = {k: v.item() for k, v in reduce_sums(sums).items()}
     count = max(values.pop("count"), 1)
-    logged = {f"train/{k}": v / (cfg.global_batch_size * (step - since) if k.endswith("loss") else count)
+    per = {"grad_norm": (step - since) * run.d.world_size}  # the same on every rank: a mean per step
+    logged = {f"train/{k}": v / per.get(k, cfg.global_batch_size * (step - since) if k.endswith("loss") else count)
               for k, v in values.items()}
-    logged["train/lr"] = run.state.base_lrs[-1] * lr_factor(step, cfg.lr_warmup_steps, run.total_steps,
-                                                            cfg.lr_min_ratio)
+    logged["train/lr"] = run.state.base_lrs[-1] * run.schedule(step)
     logged["train/samples_per_s"] = (step - since) * cfg.global_batch_size / (time.perf_counter() - since_time)
     run.logger.log(logged, step)
     return logged
@@ -197,25 +237,28 @@ def train_loop(run: Run) -> tuple[dict[str, float], dict[str, float]]:
         while state.step < run.stop:
             _, batch, _ = next(batches)
             batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
-            metrics = train_step(state, run.forward, batch, cfg, run.total_steps)
+            metrics = train_step(state, run.forward, batch, cfg, run.schedule)
             sums = {k: sums.get(k, 0) + v.detach().float() for k, v in metrics.items()}  # no device sync
             bar.update(1)
-            if run.curriculum is not None:
-                next_stage(run, run.curriculum.after_step(state.step))
             if state.step % cfg.log_interval == 0 or state.step == run.stop:
                 logged = log_training(run, sums, logged_at, logged_time)
                 sums, logged_at, logged_time = {}, state.step, time.perf_counter()
                 bar.set_postfix(loss=f"{logged['train/lm_loss']:.3f}", acc=f"{logged['train/accuracy']:.3f}",
                                 exact=f"{logged['train/exact_accuracy']:.3f}", steps=f"{logged['train/steps']:.1f}")
+            if run.curriculum is not None:  # (after the log, which shows the learning rate this step trained with)
+                next_stage(run, run.curriculum.after_step(state.step))
             at_end = state.step == run.stop
             evaluating = state.step in run.eval_steps or (at_end and cfg.eval_at_end)
             if evaluating:
                 eval_started = time.perf_counter()
                 results = run_evaluation(run)
                 logged_time += time.perf_counter() - eval_started  # throughput counts training time only
-            if at_end or (evaluating and cfg.checkpoint_every_eval):
-                save_run_checkpoint(run.state, run.train_data, cfg, run.model_config, run.run_dir, run.device,
-                                    run.d.is_main)
+            best = evaluating and run.checkpoints.improved(results)
+            if at_end or (evaluating and (cfg.checkpoint_every_eval or best)):
+                file = save_run_checkpoint(run.state, run.train_data, cfg, run.model_config, run.run_dir, run.device,
+                                           run.d.is_main)
+                if run.d.is_main:
+                    run.checkpoints.saved(file, best, final=at_end)
     run.logger.finish()
     return results, logged
 

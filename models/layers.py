@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from models.kv_cache import KVCache
 
@@ -234,13 +235,22 @@ class Block(nn.Module):
 
 
 class ReasoningModule(nn.Module):
-    """A stack of blocks that first adds an injection to its input: f(h, inj) = blocks(h + inj)."""
+    """A stack of blocks that first adds an injection to its input: f(h, inj) = blocks(h + inj).
 
-    def __init__(self, layers: list[Block]):
+    checkpointing: an application with autograd on keeps only its inputs and recomputes its activations in backward
+    (less memory, one more forward). The recursion's no-grad cycles are unaffected."""
+
+    def __init__(self, layers: list[Block], checkpointing: bool = False):
         super().__init__()
         self.layers = nn.ModuleList(layers)
+        self.checkpointing = checkpointing
 
     def forward(self, h: torch.Tensor, injection: torch.Tensor, seq_info: SeqInfo = NO_SEQ_INFO) -> torch.Tensor:
+        if self.checkpointing and torch.is_grad_enabled():
+            return checkpoint(self.apply_layers, h, injection, seq_info, use_reentrant=False)
+        return self.apply_layers(h, injection, seq_info)
+
+    def apply_layers(self, h: torch.Tensor, injection: torch.Tensor, seq_info: SeqInfo) -> torch.Tensor:
         h = h + injection
         for layer in self.layers:
             h = layer(h, seq_info)

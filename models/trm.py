@@ -42,6 +42,7 @@ class TRMConfig:
     puzzle_emb_ndim: int = 512
     puzzle_emb_len: int = 16  # 0: ceil(puzzle_emb_ndim / hidden_size)
     forward_dtype: str = "bfloat16"
+    gradient_checkpointing: bool = False  # training: recompute the activations of each network application in backward
     # recursion and ACT
     H_cycles: int = 3
     L_cycles: int = 6
@@ -135,7 +136,7 @@ class TRMInner(nn.Module):
             Block(c.hidden_size, c.num_heads, c.expansion, c.num_key_value_heads, causal=c.causal,
                   mlp_t_len=total_len if c.mlp_t else None, norm_eps=c.rms_norm_eps)
             for _ in range(c.L_layers)
-        ])
+        ], checkpointing=c.gradient_checkpointing)
         self._init_states()
         with torch.no_grad():  # q_head starts at "never halt"
             self.q_head.weight.zero_()
@@ -191,7 +192,8 @@ class TRMInner(nn.Module):
 
     def recurse(self, z_H: torch.Tensor, z_L: torch.Tensor, x: torch.Tensor,
                 seq_info: SeqInfo) -> tuple[torch.Tensor, torch.Tensor]:
-        """H_cycles x (L_cycles updates of z_L, then one of z_H); gradient only through the last H cycle."""
+        """H_cycles x (L_cycles updates of z_L, then one of z_H); gradient only through the last H cycle (whose
+        activations gradient_checkpointing recomputes in backward)."""
         c = self.config
         with torch.no_grad():
             for _ in range(c.H_cycles - 1):

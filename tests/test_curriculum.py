@@ -152,6 +152,68 @@ def test_stage_changes_survive_resume_exactly(sources, tmp_path):
     rows = [json.loads(line) for line in (split_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "curriculum/stage" in r] == [3]
     lrs = {r["step"]: r["train/lr"] for r in rows if "train/lr" in r}
-    # the stage's lr from its first step on (the run's cosine schedule still scales it, by < 0.1% here)
-    assert lrs[2] == pytest.approx(1e-3, rel=1e-3)
-    assert lrs[3] == pytest.approx(3e-4, rel=1e-3) and lrs[8] == pytest.approx(3e-4, rel=1e-3)
+    # the lr each step trained with: the stage's from its first step (4) on (the run's cosine schedule still scales
+    # it, by < 0.1% here)
+    assert lrs[3] == pytest.approx(1e-3, rel=1e-3)
+    assert lrs[4] == pytest.approx(3e-4, rel=1e-3) and lrs[8] == pytest.approx(3e-4, rel=1e-3)
+
+
+# ---------------------------------------------------------------- stage control
+
+def test_stages_by_index_or_name_and_their_own_schedules():
+    c = Curriculum([Stage("a", {"x": 1.0}, steps=10), Stage("b", {"x": 1.0}, lr_schedule="constant", warmup_steps=4),
+                    Stage("c", {"x": 1.0}, warmup_steps=2), Stage("d", {"x": 1.0}, lr_schedule="constant")])
+    assert [c.index_of(s) for s in (0, "1", "b", "d")] == [0, 1, 1, 3]
+    with pytest.raises(ValueError, match=r"curriculum.start_stage=e: no such stage; the stages are 0 \(a\), 1 \(b\), "
+                                         r"2 \(c\), 3 \(d\)"):
+        c.index_of("e")
+    with pytest.raises(ValueError, match="start_stage=4: no such stage"):
+        c.index_of(4)
+    # stage a follows the run's schedule (here at factor 0.5)
+    assert c.lr_factor(5, run_factor=0.5, run_warmup=3) == 0.5
+    assert c.move_to(1, 10) and not c.move_to(1, 12)  # already there: nothing changes
+    assert c.start == 10
+    # b: constant after its own 4 warmup steps, from its first step (11)
+    assert [c.lr_factor(s, 0.5, 3) for s in (11, 12, 14, 500)] == [0.25, 0.5, 1.0, 1.0]
+    c.move_to(2, 20)  # c: the run's schedule, ramped over its first 2 steps
+    assert [c.lr_factor(s, 0.5, 3) for s in (21, 22, 30)] == [0.25, 0.5, 0.5]
+    c.move_to(3, 30)  # d: constant after the run's warmup (3 steps), counted from the stage's start
+    assert [c.lr_factor(s, 0.5, 3) for s in (31, 33, 40)] == [pytest.approx(1 / 3), 1.0, 1.0]
+    with pytest.raises(ValueError, match=r"stages\[0\] \(s\): lr_schedule must be run or constant, got 'cosine'"):
+        Stage.from_config({"name": "s", "lr_schedule": "cosine"}, 0, {"x": 1.0})
+
+
+def logged_lrs(run_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["train/lr"] for r in rows if "train/lr" in r}
+
+
+CONSTANT_STAGES = ("dataset.stages=[{name:text,weights:{text:1.0},steps:3},{name:both,weights:{text:0.5,chat:0.5},"
+                   "lr:3e-4,lr_schedule:constant,warmup_steps:2,reset_optimizer:true}]")
+
+
+def test_start_stage_starts_or_resumes_at_a_stage_once(sources, tmp_path):
+    # a new run at stage 1 by index: its warmup from step 0, then its constant lr
+    train(mixture_cfg(sources, tmp_path, CONSTANT_STAGES, "curriculum.start_stage=1", "max_steps=3", "run_name=at1"))
+    at1 = next(tmp_path.glob("*/at1"))
+    assert load_checkpoint(str(at1 / "step_3.pt"))["data"]["curriculum"] == {"index": 1, "start": 0, "detector": None}
+    assert logged_lrs(at1) == {1: pytest.approx(1.5e-4), 2: 3e-4, 3: 3e-4}
+
+    # a run stopped in stage 0 at step 2, resumed into stage `both` by name: it begins there at step 2
+    train(mixture_cfg(sources, tmp_path, CONSTANT_STAGES, "max_steps=2", "run_name=jump"))
+    run = next(tmp_path.glob("*/jump"))
+    overrides = [f"resume={run}", "max_steps=4", "curriculum.start_stage=both"]
+    train(resume_config(mixture_cfg(sources, tmp_path, *overrides), overrides))
+    ckpt = load_checkpoint(str(run / "step_4.pt"))
+    assert ckpt["data"]["curriculum"]["index"] == 1 and ckpt["data"]["curriculum"]["start"] == 2
+    assert all(int(s["step"]) == 2 for s in ckpt["optimizers"][-1]["state"].values())  # reset_optimizer at the jump
+    assert logged_lrs(run)[3] == pytest.approx(1.5e-4) and logged_lrs(run)[4] == 3e-4
+    # a later plain resume continues in the stage it is in, without entering it again
+    overrides = [f"resume={run}", "max_steps=5"]
+    train(resume_config(mixture_cfg(sources, tmp_path, *overrides), overrides))
+    ckpt = load_checkpoint(str(run / "step_5.pt"))
+    assert ckpt["data"]["curriculum"]["start"] == 2 and all(int(s["step"]) == 3
+                                                            for s in ckpt["optimizers"][-1]["state"].values())
+    with pytest.raises(ValueError, match=r"curriculum.start_stage=chat: no such stage; the stages are 0 \(text\), "
+                                         r"1 \(both\)"):
+        train(mixture_cfg(sources, tmp_path, "curriculum.start_stage=chat", "max_steps=1", "run_name=bad"))

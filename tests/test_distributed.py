@@ -65,8 +65,10 @@ def assert_same_state(a: dict, b: dict) -> None:
 
 def test_two_processes_train_like_one_and_write_one_checkpoint(runs):
     root, files_after_4, first_checkpoint = runs
-    # rank 0 alone writes: one checkpoint, one config (and its group choices), one metrics log, one summary
-    assert files_after_4 == ["config.yaml", "hydra_choices.yaml", "metrics.jsonl", "step_4.pt", "summary.json"]
+    # rank 0 alone writes: one checkpoint (named best and final), one config (and its group choices), one metrics
+    # log, one summary
+    assert files_after_4 == ["best.json", "config.yaml", "final.json", "hydra_choices.yaml", "metrics.jsonl",
+                             "step_4.pt", "summary.json"]
     one, two = load_checkpoint(str(root / "one" / "step_4.pt")), load_checkpoint(str(first_checkpoint))
     assert_same_state(two, one)
     # the puzzle embedding rows were trained, identically

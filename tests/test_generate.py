@@ -298,14 +298,24 @@ def test_models_lists_the_runs_checkpoints_and_model_switches_between_them(chat_
     earlier = torch.load(run / "step_3.pt", weights_only=True)
     earlier["step"] = 1
     torch.save(earlier, run / "step_1.pt")
-    session = "/models\n/model 1\n/models\n/model step_7\n/model latest\nHi\n/quit\n"
+    session = "/models\n/model 1\n/models\n/model step_7\n/model best\n/model 1\n/model latest\nHi\n/quit\n"
     result = generate("--checkpoint", str(run), "--max-new-tokens", "2", stdin=session)
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "step_1.pt\nstep_3.pt  (loaded)\n" in out and "step_1.pt  (loaded)\nstep_3.pt\n" in out
-    assert f"loaded {run}/step_1.pt (step 1)" in out and f"loaded {run}/step_3.pt (step 3)" in out
+    # the run evaluated at its end (step 3), its only evaluation: best and final are both step 3
+    assert "step_1.pt\nstep_3.pt  (best, final, loaded)\n" in out
+    assert "step_1.pt  (loaded)\nstep_3.pt  (best, final)\n" in out
+    assert out.count(f"loaded {run}/step_1.pt (step 1)") == 2 and out.count(f"loaded {run}/step_3.pt (step 3)") == 2
     assert f"error: {run}/step_7: no such checkpoint; {run} holds step_1.pt, step_3.pt" in out
     assert out.count("model> ") == 1
+
+
+def test_generate_takes_the_best_and_final_names_of_a_run(chat_run):
+    for name in ("best", "final"):
+        result = generate("--checkpoint", f"{chat_run}/{name}", "--prompt", "What is 2 + 3?", "--max-new-tokens", "4")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == generate("--checkpoint", f"{chat_run}/step_3.pt", "--prompt", "What is 2 + 3?",
+                                         "--max-new-tokens", "4").stdout
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "tokenizer", "tokenizer_file", "empty", "too_long"])

@@ -131,6 +131,39 @@ def test_recursion_calls_network_H_times_L_plus_1_with_grad_only_in_last_cycle(H
     assert model.model.inner.L_level.layers[0].mlp.down_proj.weight.grad is not None
 
 
+@pytest.mark.parametrize("name", ["trm", "transformer"])
+def test_gradient_checkpointing_recomputes_the_last_cycle_and_gives_the_same_gradients(name):
+    """The blocks of the last H cycle (the one with autograd) run again in backward, and nothing else changes:
+    the same loss and gradients (the puzzle embedding's too), and far fewer activations kept for backward."""
+    results = []
+    for checkpointing in (False, True):
+        model = tiny(name, gradient_checkpointing=checkpointing)
+        blocks = [m for m in model.modules() if isinstance(m, Block)]
+        calls = []
+        for block in blocks:
+            block.register_forward_pre_hook(lambda *_: calls.append(1))
+        saved = []  # bytes autograd keeps for backward (a checkpointed application keeps its own inputs only)
+        b = batch()
+        torch.manual_seed(1)
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.nbytes) or t, lambda t: t):
+            _, loss, _, _ = model(model.initial_carry(b), b)
+        forward_calls = len(calls)
+        loss.backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        if name == "trm":
+            grads["puzzle_emb"] = model.model.inner.puzzle_emb.local_weights.grad
+        results.append((loss.detach(), grads, forward_calls, len(calls) - forward_calls, sum(saved)))
+    (loss_a, grads_a, fwd_a, again_a, saved_a), (loss_b, grads_b, fwd_b, again_b, saved_b) = results
+    applications = 3 * (2 + 1) if name == "trm" else 1  # H_cycles x (L_cycles + 1) vs one pass
+    last_cycle = (2 + 1) * 2 if name == "trm" else 2  # (L_cycles + 1) applications x L_layers, or L_layers
+    assert fwd_a == fwd_b == applications * 2 and (again_a, again_b) == (0, last_cycle)
+    assert saved_b < saved_a / 3
+    torch.testing.assert_close(loss_a, loss_b)
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 10
+    for key in grads_a:
+        torch.testing.assert_close(grads_a[key], grads_b[key], msg=lambda m: f"{key}: {m}")
+
+
 def test_carry_is_detached_and_reset_on_halt():
     model = tiny()
     b = batch()

@@ -1,7 +1,11 @@
-"""Checkpoints: atomic writes, safe loads (weights_only), and loading the official TRM code's files."""
+"""Checkpoints: atomic writes, safe loads (weights_only), the names a run's checkpoints go by (step_<N>, latest,
+best, final), which ones a run keeps, and loading the official TRM code's files."""
 from __future__ import annotations
 
+import contextlib
 import glob
+import json
+import math
 import os
 import re
 import sys
@@ -14,6 +18,9 @@ from torch import nn
 from utils.files import atomic_write
 
 STEP_FILE = re.compile(r"step_(\d+)(\.pt)?$")
+# <run>/<alias>.json names one of the run's step files (a small file written atomically, never a copy of weights)
+ALIASES = {"best": "the checkpoint of the best evaluation so far, by checkpoint_best_metric",
+           "final": "the checkpoint where training last reached its end (epochs or max_steps)"}
 
 
 def save_checkpoint(path: str, state: dict[str, Any]) -> None:
@@ -44,10 +51,37 @@ def run_steps(run_dir: str) -> list[tuple[int, str]]:
                   if step_of(f) >= 0 and os.path.isfile(f))
 
 
+def write_alias(run_dir: str, name: str, file: str, **facts: Any) -> None:
+    """<run_dir>/<name>.json: `name` now means checkpoint `file` (of that run), with `facts` (metric, value...)."""
+    record = json.dumps({"checkpoint": os.path.basename(file), "step": step_of(file), **facts}, indent=1)
+    atomic_write(Path(run_dir) / f"{name}.json", lambda f: f.write(record.encode()))
+
+
+def read_alias(run_dir: str, name: str) -> dict[str, Any] | None:
+    """The record of <run_dir>/<name>.json (its `file` is the checkpoint's path), or None when there is none."""
+    pointer = os.path.join(run_dir, f"{name}.json")
+    if not os.path.isfile(pointer):
+        return None
+    with open(pointer) as f:
+        record = json.load(f)
+    return {**record, "file": os.path.join(run_dir, record["checkpoint"])}
+
+
+def named_checkpoint(run_dir: str, name: str) -> str | None:
+    """The file `latest` (the highest step) or an alias (best, final) names in a run directory; None if none."""
+    if name == "latest":
+        return steps[-1][1] if (steps := run_steps(run_dir)) else None
+    record = read_alias(run_dir, name)
+    if record and not os.path.isfile(record["file"]):
+        raise FileNotFoundError(f"{run_dir}/{name}.json names {record['checkpoint']}, which no longer exists")
+    return record["file"] if record else None
+
+
 def find_checkpoint(path: str) -> str:
     """The checkpoint file meant by `path`:
     - a file as given (`.pt` may be left off);
     - a run directory, or `<run>/latest`: its highest step_<N>[.pt];
+    - `<run>/best`, `<run>/final`: the step file <run>/best.json (final.json) names;
     - a glob pattern (a shell pattern that did not expand, e.g. `checkpoints/<project>/trm_chat-*/step_1000`):
       what each match means as above; when they lie in several run directories the newest directory (by
       modification time) is taken, and said on stderr; within one directory the highest step."""
@@ -58,7 +92,13 @@ def find_checkpoint(path: str) -> str:
     if os.path.isfile(f"{path}.pt"):
         return f"{path}.pt"
     run, name = os.path.split(os.path.normpath(path))
-    if name in ("latest", "latest.pt") and os.path.isdir(run or "."):
+    name = name.removesuffix(".pt")
+    if name in ALIASES and os.path.isdir(run or "."):
+        if file := named_checkpoint(run or ".", name):
+            return file
+        raise FileNotFoundError(f"{path}: no {name}.json in the run directory, so no {name} checkpoint yet "
+                                f"({name}: {ALIASES[name]})")
+    if name == "latest" and os.path.isdir(run or "."):
         path = run or "."
     if os.path.isdir(path):
         steps = run_steps(path)
@@ -73,14 +113,13 @@ def find_checkpoint(path: str) -> str:
 
 def _newest_match(pattern: str) -> str:
     run_pattern, name = os.path.split(os.path.normpath(pattern))
-    if name in ("latest", "latest.pt"):  # <pattern>/latest: the matching run directories
-        matches = glob.glob(run_pattern or ".")
-    else:
-        matches = glob.glob(pattern) + glob.glob(f"{pattern}.pt")
+    name = name.removesuffix(".pt")
+    by_name = name == "latest" or name in ALIASES  # <pattern>/latest, <pattern>/best, ...: the matching run directories
+    matches = glob.glob(run_pattern or ".") if by_name else glob.glob(pattern) + glob.glob(f"{pattern}.pt")
     files = []
-    for match in matches:  # each match's checkpoint: a run directory's highest step, or the file itself
+    for match in matches:  # each match's checkpoint: the one a run directory names (by default its latest), or the file
         if os.path.isdir(match):
-            files += run_steps(match)[-1:]
+            files += [(step_of(file), file)] if (file := named_checkpoint(match, name if by_name else "latest")) else []
         elif STEP_FILE.search(os.path.basename(match)) or match.endswith(".pt"):
             files.append((step_of(match), match))
     if not files:
@@ -90,6 +129,68 @@ def _newest_match(pattern: str) -> str:
     if len(runs) > 1:
         print(f"{pattern}: matches {len(runs)} run directories; using the newest, {run or '.'}", file=sys.stderr)
     return max(f for f in files if os.path.dirname(f[1]) == run)[1]
+
+
+class RunCheckpoints:
+    """The names a run gives its step files as it saves them: best (the evaluation with the best value of `metric`:
+    auto = exact_accuracy when the evaluator reports it, else loss; `mode` min or max, auto = min for losses and
+    perplexities) and final; and, with `keep_last`, the deletion of all but the newest keep_last step files
+    (never one a name holds, never before the new one is on disk). A resumed run (`resumed_at`: its step) keeps
+    its best so far."""
+
+    def __init__(self, run_dir: str, metric: str = "auto", mode: str = "auto", keep_last: int | None = None,
+                 resumed_at: int | None = None):
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"checkpoint_best_mode must be auto, min or max, got {mode!r}")
+        if keep_last is not None and keep_last < 1:
+            raise ValueError(f"checkpoint_keep_last must be >= 1 (null keeps every checkpoint), got {keep_last}")
+        self.run_dir, self.metric, self.mode, self.keep_last = run_dir, metric, mode, keep_last
+        self.key: str | None = None  # test/<metric>, known at the first evaluation
+        self.best: float | None = None
+        saved = read_alias(run_dir, "best") if resumed_at is not None else None
+        self.saved_best = saved if saved and saved["step"] <= resumed_at else None  # a later one is overwritten
+
+    def _resolve(self, metrics: dict[str, float]) -> str:
+        """The metric's key in `metrics` (test/<name>); fixed at the first evaluation."""
+        if self.key is not None:
+            return self.key
+        if self.metric == "auto":
+            self.metric = "exact_accuracy" if "test/exact_accuracy" in metrics else "loss"
+        key = f"test/{self.metric.removeprefix('test/')}"
+        if key not in metrics:
+            raise ValueError(f"checkpoint_best_metric: no validation metric {self.metric!r}; choose one of "
+                             f"{sorted(k.removeprefix('test/') for k in metrics)}")
+        self.key = key
+        if self.mode == "auto":
+            self.mode = "min" if key.endswith("loss") or key.endswith("perplexity") else "max"
+        if self.saved_best and (self.saved_best.get("metric"), self.saved_best.get("mode")) == (key, self.mode):
+            self.best = self.saved_best["value"]
+        self.saved_best = None
+        return key
+
+    def improved(self, metrics: dict[str, float]) -> bool:
+        """Whether an evaluation's metrics (test/<name>) beat the best so far, which they then become (every rank
+        calls this, so that all of them save the same checkpoints)."""
+        key = self._resolve(metrics)
+        value = float(metrics[key])
+        better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
+        if math.isfinite(value) and better:
+            self.best = value
+        return math.isfinite(value) and better
+
+    def saved(self, file: str, best: bool, final: bool) -> None:
+        """Rank 0, once `file` is on disk: name it best and/or final, then delete the old step files."""
+        if best:
+            write_alias(self.run_dir, "best", file, metric=self.key, mode=self.mode, value=self.best)
+        if final:
+            write_alias(self.run_dir, "final", file)
+        if self.keep_last is None:
+            return
+        named = {os.path.basename(record["file"]) for name in ALIASES if (record := read_alias(self.run_dir, name))}
+        for _, old in run_steps(self.run_dir)[:-self.keep_last]:
+            if os.path.basename(old) not in named | {os.path.basename(file)}:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(old)
 
 
 def model_state_from(checkpoint: dict[str, Any], use_ema: bool = False) -> dict[str, torch.Tensor]:

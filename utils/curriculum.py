@@ -1,5 +1,6 @@
-"""A curriculum: stages of training, each with its own data weights, learning rate and optional optimizer
-reset, and the rule that ends a stage (a number of steps, or a validation-loss plateau).
+"""A curriculum: stages of training, each with its own data weights, learning rate (and optionally its own warmup
+and schedule) and optional optimizer reset, and the rule that ends a stage (a number of steps, or a
+validation-loss plateau). A run may start or resume at any stage (curriculum.start_stage).
 
 Pure bookkeeping (no torch, no data): the trainer asks after every step and every evaluation whether the
 stage changed, and applies the new stage itself. The whole state is a small dict, saved in checkpoints.
@@ -64,11 +65,14 @@ class Stage:
     lr: float | None = None  # None: the run's lr
     reset_optimizer: bool = False  # fresh optimizer state when the stage begins
     plateau: PlateauRule | None = None  # end when the validation loss plateaus
+    lr_schedule: str = "run"  # run: the run's warmup and decay, scaled; constant: constant after the warmup
+    warmup_steps: int | None = None  # a linear warmup from the stage's first step (constant: default lr_warmup_steps)
 
     @classmethod
     def from_config(cls, raw: dict[str, Any], index: int, default_weights: dict[str, float]) -> Stage:
         raw = dict(raw)
-        unknown = set(raw) - {"name", "weights", "steps", "lr", "reset_optimizer", "plateau"}
+        unknown = set(raw) - {"name", "weights", "steps", "lr", "reset_optimizer", "plateau", "lr_schedule",
+                              "warmup_steps"}
         if unknown:
             raise ValueError(f"dataset.stages[{index}]: unknown key(s) {sorted(unknown)}")
         plateau = raw.pop("plateau", None)
@@ -76,6 +80,12 @@ class Stage:
                     plateau=PlateauRule(**plateau) if plateau else None, **raw)
         if stage.steps is not None and stage.steps < 1:
             raise ValueError(f"dataset.stages[{index}] ({stage.name}): steps must be positive, got {stage.steps}")
+        if stage.lr_schedule not in ("run", "constant"):
+            raise ValueError(f"dataset.stages[{index}] ({stage.name}): lr_schedule must be run or constant, "
+                             f"got {stage.lr_schedule!r}")
+        if stage.warmup_steps is not None and stage.warmup_steps < 0:
+            raise ValueError(f"dataset.stages[{index}] ({stage.name}): warmup_steps must be >= 0, "
+                             f"got {stage.warmup_steps}")
         return stage
 
 
@@ -101,14 +111,38 @@ class Curriculum:
     def is_last(self) -> bool:
         return self.index == len(self.stages) - 1
 
-    def _advance(self, step: int) -> None:
-        self.index, self.start = self.index + 1, step
+    def index_of(self, stage: int | str) -> int:
+        """A stage by index or name (curriculum.start_stage)."""
+        names = [s.name for s in self.stages]
+        if str(stage).isdigit() and int(stage) < len(names):
+            return int(stage)
+        if str(stage) in names:
+            return names.index(str(stage))
+        raise ValueError(f"curriculum.start_stage={stage}: no such stage; the stages are "
+                         + ", ".join(f"{i} ({name})" for i, name in enumerate(names)))
+
+    def move_to(self, index: int, step: int) -> bool:
+        """Begin stage `index` at `step`; False (nothing changes) when it is the current stage already."""
+        if index == self.index:
+            return False
+        self.index, self.start = index, step
         self.detector = self._detector()
+        return True
+
+    def lr_factor(self, step: int, run_factor: float, run_warmup: int) -> float:
+        """The learning-rate factor of training step `step` in this stage: the run's schedule (`run_factor`), or
+        1 (lr_schedule: constant) after a linear warmup over the stage's first warmup_steps (default: the run's)."""
+        stage = self.stage
+        if stage.lr_schedule == "constant":
+            factor, warmup = 1.0, run_warmup if stage.warmup_steps is None else stage.warmup_steps
+        else:
+            factor, warmup = run_factor, stage.warmup_steps or 0
+        return factor * min(1.0, (step - self.start) / warmup) if warmup else factor
 
     def after_step(self, step: int) -> str | None:
         """Call after training step `step`; the reason if the next stage begins now."""
         if not self.is_last and self.stage.steps is not None and step - self.start >= self.stage.steps:
-            self._advance(step)
+            self.move_to(self.index + 1, step)
             return "steps"
         return None
 
@@ -117,7 +151,7 @@ class Curriculum:
         if self.detector is None or self.is_last:
             return None
         if self.detector.update(step - self.start, loss):
-            self._advance(step)
+            self.move_to(self.index + 1, step)
             return "plateau"
         return None
 

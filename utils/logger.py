@@ -1,4 +1,5 @@
-"""Run logging: Weights & Biases (online/offline/disabled) plus <run_dir>/metrics.jsonl."""
+"""Run logging: Weights & Biases (online/offline/disabled) plus <run_dir>/metrics.jsonl, and optionally TensorBoard
+(<run_dir>/tb)."""
 from __future__ import annotations
 
 import glob
@@ -48,13 +49,16 @@ def drop_lines_after(path: str, step: int) -> int:
 class RunLogger:
     def __init__(self, run_dir: str, project: str, run_name: str, config: dict[str, Any], mode: str = "auto",
                  entity: str | None = None, tags: list[str] | None = None, enabled: bool = True,
-                 resumed_at: int | None = None):
-        """`resumed_at`: the step of the checkpoint a resumed run starts from; the local logs are cut back to it."""
+                 resumed_at: int | None = None, tensorboard: bool = False):
+        """`resumed_at`: the step of the checkpoint a resumed run starts from; the local logs are cut back to it.
+        `tensorboard`: the same scalars to <run_dir>/tb too."""
         self.enabled = enabled  # False on non-zero ranks
         self.path = os.path.join(run_dir, "metrics.jsonl")
-        self.wandb = None
+        self.wandb = self.tensorboard = None
         if not enabled:
             return
+        if tensorboard:
+            self.tensorboard = tensorboard_writer(os.path.join(run_dir, "tb"), resumed_at)
         if resumed_at is not None:
             for log in sorted(glob.glob(os.path.join(run_dir, "*.jsonl"))):  # metrics and the tables of log_table
                 if dropped := drop_lines_after(log, resumed_at):
@@ -79,6 +83,9 @@ class RunLogger:
             f.write(json.dumps({"step": step, **{k: (None if math.isnan(v) else v) for k, v in clean.items()}}) + "\n")
         if self.wandb is not None:
             self.wandb.log(clean, step=step)
+        if self.tensorboard is not None:
+            for name, value in clean.items():
+                self.tensorboard.add_scalar(name, value, step)
 
     def log_table(self, name: str, rows: list[dict], step: int) -> None:
         """Rows of text (e.g. prompts and replies): to <run_dir>/<name>.jsonl and a W&B table."""
@@ -97,3 +104,17 @@ class RunLogger:
     def finish(self) -> None:
         if self.wandb is not None:
             self.wandb.finish()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def tensorboard_writer(log_dir: str, resumed_at: int | None):
+    """A TensorBoard SummaryWriter (a resumed run's hides the events logged after its checkpoint), or None with a
+    note when the optional tensorboard package is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        print("logger.tensorboard=true: the tensorboard package is not installed (pip install tensorboard); "
+              "training goes on without TensorBoard logs")
+        return None
+    return SummaryWriter(log_dir, purge_step=None if resumed_at is None else resumed_at + 1)

@@ -34,9 +34,10 @@ def hydra_choices() -> dict[str, str]:
 
 def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """A resumed run keeps the config it was started with; only this command line's `key=value`
-    overrides (e.g. max_steps, epochs, logger.mode) are applied on top of it. resume=true or resume=latest:
-    the newest run of this command line's project (checkpoint_dir/<project_name>/*). Repeating a config group
-    option the run was started with (dataset=text) is accepted; another option is refused."""
+    overrides (e.g. max_steps, epochs, logger.mode, curriculum.start_stage: a saved one is not applied again) are
+    applied on top of it. resume=true or resume=latest: the newest run of this command line's project
+    (checkpoint_dir/<project_name>/*). Repeating a config group option the run was started with (dataset=text) is
+    accepted; another option is refused."""
     latest = cfg.resume is True or cfg.resume == "latest"
     file = find_checkpoint(os.path.join(cfg.checkpoint_dir, project_name(cfg), "*", "latest") if latest else cfg.resume)
     run_dir = os.path.dirname(file) or "."
@@ -47,6 +48,8 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     saved = OmegaConf.load(saved_path)
     choices_path = os.path.join(run_dir, CHOICES_FILE)
     choices = OmegaConf.to_container(OmegaConf.load(choices_path)) if os.path.exists(choices_path) else {}
+    if OmegaConf.select(saved, "curriculum.start_stage") is not None:  # applied once, when the run started there
+        saved.curriculum.start_stage = None
     for override in overrides:
         key, _, value = override.partition("=")
         key = key.lstrip("+~")

@@ -26,6 +26,7 @@ class TrainState:
     optimizers: list[torch.optim.Optimizer]
     base_lrs: list[float]
     ema: EMA | None
+    scaler: torch.amp.GradScaler  # float16: scales the loss against gradient underflow; otherwise disabled (a no-op)
     step: int = 0
     carry: Carry | None = None
     first_row: int = 0  # of this rank's rows in the global batch
@@ -45,7 +46,13 @@ def start_state(cfg: DictConfig, device: torch.device, train_data, d: Dist) -> t
     """(state, model_config): the network (from init_from's weights when given) and its optimizers."""
     arch = OmegaConf.to_container(cfg.arch, resolve=True)
     arch["forward_dtype"] = resolve_dtype(arch["forward_dtype"], device, training=True)
-    model_config = {**arch, **train_data.model_fields()}
+    if arch["forward_dtype"] == "float16" and device.type != "cuda":
+        raise ValueError(f"arch.forward_dtype=float16 trains on CUDA only (with a loss scaler); on {device.type} "
+                         "train with bfloat16 or float32 (generate.py --dtype float16 is fine anywhere)")
+    if cfg.get("grad_clip") is not None and cfg.grad_clip <= 0:
+        raise ValueError(f"grad_clip={cfg.grad_clip}: the gradient norm limit must be positive (null: no clipping)")
+    model_config = {**arch, **train_data.model_fields(),
+                    "gradient_checkpointing": bool(cfg.get("gradient_checkpointing"))}
     if cfg.grad_accum_steps < 1 or train_data.local_batch_size % cfg.grad_accum_steps:
         raise ValueError(f"grad_accum_steps={cfg.grad_accum_steps} must divide the batch of each process "
                          f"({train_data.local_batch_size} = global_batch_size / {d.world_size} processes)")
@@ -53,6 +60,7 @@ def start_state(cfg: DictConfig, device: torch.device, train_data, d: Dist) -> t
     init_weights(cfg, model, train_data)
     optimizers, base_lrs = optimizers_from_config(model, cfg, d.world_size)
     state = TrainState(model, optimizers, base_lrs, EMA(model, cfg.ema_rate) if cfg.ema else None,
+                       torch.amp.GradScaler(device.type, enabled=model_config["forward_dtype"] == "float16"),
                        first_row=d.rank * train_data.local_batch_size)
     return state, model_config
 
@@ -78,12 +86,13 @@ def init_weights(cfg: DictConfig, model: ACTLossHead, train_data) -> None:
 
 
 def save_run_checkpoint(state: TrainState, train_data, cfg: DictConfig, model_config: dict[str, Any], run_dir: str,
-                        device: torch.device, is_main: bool) -> None:
-    """<run_dir>/step_<N>.pt. Every rank takes part (the carry is gathered); rank 0 writes."""
+                        device: torch.device, is_main: bool) -> str:
+    """<run_dir>/step_<N>.pt (returned). Every rank takes part (the carry is gathered); rank 0 writes."""
     carry = global_carry(state.carry)
+    file = os.path.join(run_dir, f"step_{state.step}.pt")
     if is_main:
-        save_checkpoint(os.path.join(run_dir, f"step_{state.step}.pt"),
-                        checkpoint_state(state, train_data, cfg, model_config, carry, device))
+        save_checkpoint(file, checkpoint_state(state, train_data, cfg, model_config, carry, device))
+    return file
 
 
 def checkpoint_state(state: TrainState, train_data, cfg: DictConfig, model_config: dict[str, Any],
@@ -97,6 +106,7 @@ def checkpoint_state(state: TrainState, train_data, cfg: DictConfig, model_confi
     return {
         "model": state.model.state_dict(),
         "ema": state.ema.state_dict() if state.ema else None,
+        "scaler": state.scaler.state_dict() if state.scaler.is_enabled() else None,
         "optimizers": [o.state_dict() for o in state.optimizers],
         "step": state.step,
         "carry": carry,
@@ -117,6 +127,8 @@ def restore(state: TrainState, train_data, ckpt: dict[str, Any], device: torch.d
         if not ckpt.get("ema"):
             raise ValueError("resume: ema=true but the checkpoint has no EMA weights")
         state.ema.load_state_dict(ckpt["ema"])
+    if state.scaler.is_enabled() and ckpt.get("scaler"):
+        state.scaler.load_state_dict(ckpt["scaler"])
     state.step = int(ckpt["step"])
     if ckpt["carry"] is not None:
         saved_rows = len(ckpt["carry"]["steps"])
