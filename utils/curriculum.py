@@ -64,11 +64,12 @@ class Stage:
     lr: float | None = None  # None: the run's lr
     reset_optimizer: bool = False  # fresh optimizer state when the stage begins
     plateau: PlateauRule | None = None  # end when the validation loss plateaus
+    difficulty: int | None = None  # leveled sources (synthetic tasks) draw from levels 1..difficulty; None: all
 
     @classmethod
     def from_config(cls, raw: dict[str, Any], index: int, default_weights: dict[str, float]) -> Stage:
         raw = dict(raw)
-        unknown = set(raw) - {"name", "weights", "steps", "lr", "reset_optimizer", "plateau"}
+        unknown = set(raw) - {"name", "weights", "steps", "lr", "reset_optimizer", "plateau", "difficulty"}
         if unknown:
             raise ValueError(f"dataset.stages[{index}]: unknown key(s) {sorted(unknown)}")
         plateau = raw.pop("plateau", None)
@@ -76,6 +77,10 @@ class Stage:
                     plateau=PlateauRule(**plateau) if plateau else None, **raw)
         if stage.steps is not None and stage.steps < 1:
             raise ValueError(f"dataset.stages[{index}] ({stage.name}): steps must be positive, got {stage.steps}")
+        if stage.difficulty is not None and (isinstance(stage.difficulty, bool) or not isinstance(stage.difficulty, int)
+                                             or stage.difficulty < 1):
+            raise ValueError(f"dataset.stages[{index}] ({stage.name}): difficulty must be a level >= 1, "
+                             f"got {stage.difficulty!r}")
         return stage
 
 
