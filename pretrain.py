@@ -126,7 +126,8 @@ def start_run(cfg: DictConfig, d: Dist, device: torch.device, run_dir: str | Non
         print(describe_policy(model_config["forward_dtype"], compile_note, device))
     logger = RunLogger(run_dir, project_name(cfg), os.path.basename(run_dir),
                        OmegaConf.to_container(cfg, resolve=True), cfg.logger.mode, cfg.logger.entity,
-                       cfg.logger.tags, enabled=d.is_main, resumed_at=state.step if cfg.resume else None)
+                       cfg.logger.tags, enabled=d.is_main, resumed_at=state.step if cfg.resume else None,
+                       group=cfg.logger.get("group"))
     forward = torch.compile(state.model) if use_compile else state.model
     return Run(cfg, d, device, state, train_data, test_data, model_config, run_dir, evaluator, logger, forward,
                total_steps, stop, eval_steps, state.base_lrs,
