@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from conftest import TINY_LM, run_cli
-from utils.tournament import bracket_rows, command, load_spec, load_state, ranked, run_tournament, to_csv, \
-    write_outputs
+from utils.tournament import bracket_rows, command, load_spec, load_state, ranked, run_tournament, save_state, \
+    to_csv, write_outputs
 
 
 def write_spec(tmp_path, **changes) -> str:
@@ -114,6 +114,13 @@ def test_a_tiny_tournament_stops_resumes_and_continues_exactly(tmp_path, synthet
     assert [r["step"] for r in records if "test/loss" in r] == [3, 6]  # each evaluation logged once
     rows = list(csv.DictReader(open(tmp_path / "out" / "bracket.csv")))
     assert rows[0]["eliminated_in"] == "winner" and rows[-1]["variant"] == out[0]
+
+    # killed after the winner's last run ended but before the state was saved: read back, not trained again
+    final_log = tmp_path / "out" / "logs" / f"{finalists[0]}_round2.log"
+    mtime, final = final_log.stat().st_mtime_ns, state["variants"][finalists[0]]["metrics"].pop("2")
+    save_state(spec, state)
+    state = run_tournament(spec)
+    assert state["variants"][finalists[0]]["metrics"]["2"] == final and final_log.stat().st_mtime_ns == mtime
 
     # the winner's 3 + 3 steps (a resume) equal 6 steps of one run
     winner = rows[0]["variant"]
