@@ -38,6 +38,12 @@ def test_bad_specs_are_refused_naming_the_key(tmp_path, change, message):
         load_spec(write_spec(tmp_path, **change))
 
 
+def test_a_file_that_is_not_yaml_is_one_clear_error(tmp_path):
+    (tmp_path / "bad.yaml").write_text("overrides: [a=[b], c]\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: not valid YAML \(while parsing a flow sequence"):
+        load_spec(str(tmp_path / "bad.yaml"))
+
+
 def test_commands_resume_and_run_under_torchrun(tmp_path):
     spec = load_spec(write_spec(tmp_path, nproc=2, overrides=["global_batch_size=4"]))
     first = command(spec, "b", 2, resume=False)

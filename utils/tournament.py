@@ -86,7 +86,10 @@ def load_spec(path: str, output_dir: str | None = None) -> Spec:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such tournament file")
     with open(path) as f:
-        raw = yaml.safe_load(f)
+        try:
+            raw = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping of name, variants, rounds, metric, ...")
     if unknown := set(raw) - SPEC_KEYS:
