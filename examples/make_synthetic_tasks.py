@@ -49,7 +49,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def write_leveled(directory: Path, levels: list[int], seed: int) -> None:
-    meta = {"kind": "leveled", "levels": {str(d): f"level{d}" for d in levels}, "families": list(FAMILIES), "seed": seed}
+    meta = {"kind": "leveled", "levels": {str(d): f"level{d}" for d in levels}, "families": list(FAMILIES),
+            "seed": seed}
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write(directory / "dataset.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
 
@@ -77,8 +78,9 @@ def main(argv: list[str] | None = None) -> None:
         try:
             build_text(TextBuildConfig(input=[str(raw / "text.jsonl")], output_dir=str(out / "text" / f"level{level}"),
                                        seed=args.seed))
-            build_chat(ChatBuildConfig(input_file=str(raw / "chat.json"), output_dir=str(out / "chat" / f"level{level}"),
-                                       format="sharegpt", max_length=args.max_length, seed=args.seed))
+            build_chat(ChatBuildConfig(input_file=str(raw / "chat.json"),
+                                       output_dir=str(out / "chat" / f"level{level}"), format="sharegpt",
+                                       max_length=args.max_length, seed=args.seed))
         except (FileNotFoundError, ValueError) as e:
             sys.exit(f"error: {e}")
         for family in FAMILIES:

@@ -269,4 +269,5 @@ def test_bad_difficulties_are_refused(suite, tmp_path):
     build(TextBuildConfig(input=[str(tmp_path / "t.txt")], output_dir=str(tmp_path / "text"), doc_separator="line",
                           train_split=0.5))
     with pytest.raises(ValueError, match="no source is a leveled dataset"):
-        open_tasks(suite, f"dataset.sources.tasks.path={tmp_path / 'text'}", "dataset.stages=[{name: a, difficulty: 1}]")
+        open_tasks(suite, f"dataset.sources.tasks.path={tmp_path / 'text'}",
+                   "dataset.stages=[{name: a, difficulty: 1}]")

@@ -139,7 +139,8 @@ def load_spec(path: str, output_dir: str | None = None) -> Spec:
     name = str(raw.get("name") or Path(path).stem)
     return Spec(name=name, output_dir=output_dir or str(raw.get("output_dir") or f"checkpoints/tournaments/{name}"),
                 variants=variants, rounds=rounds, metric=raw["metric"], mode=raw.get("mode", "min"),
-                config_name=str(raw.get("config_name", "cfg_pretrain")), overrides=strings(raw.get("overrides"), "overrides"),
+                config_name=str(raw.get("config_name", "cfg_pretrain")),
+                overrides=strings(raw.get("overrides"), "overrides"),
                 launcher=strings(launcher, "launcher"), wandb_group=str(raw.get("wandb_group") or name))
 
 
@@ -211,7 +212,8 @@ def train(spec: Spec, variant: str, target: int, log: Path) -> float:
     with open(log, "w") as out:
         out.write(shlex.join(cmd) + "\n")
         out.flush()
-        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
     if code != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-5:])
         raise RuntimeError(f"variant {variant}: pretrain.py exited with status {code} (log {log}):\n{tail}")
@@ -223,7 +225,8 @@ def train(spec: Spec, variant: str, target: int, log: Path) -> float:
     if value is None:
         raise ValueError(f"variant {variant}: no {spec.metric} logged at step {target} in "
                          f"{directory / 'metrics.jsonl'}; choose a metric its evaluation logs (e.g. test/loss)")
-    print(f"  {variant}: {spec.metric} {value:.4f} at step {target} ({time.perf_counter() - started:.0f} s)", flush=True)
+    print(f"  {variant}: {spec.metric} {value:.4f} at step {target} ({time.perf_counter() - started:.0f} s)",
+          flush=True)
     return value
 
 
@@ -333,7 +336,8 @@ def plot(spec: Spec, state: dict[str, Any], path: Path) -> None:
         out = state["variants"][variant]["eliminated_in"]
         for ax, key in zip(axes, (spec.metric, TRAIN_LOSS)):
             steps, values = series.get(key, ([], []))
-            ax.plot(steps, values, marker=".", color=f"C{k}", label=variant + (f" (out after round {out})" if out else ""))
+            label = variant + (f" (out after round {out})" if out else "")
+            ax.plot(steps, values, marker=".", color=f"C{k}", label=label)
     for ax, key in zip(axes, (spec.metric, TRAIN_LOSS)):
         for target in spec.targets():
             ax.axvline(target, color="grey", linestyle="--", linewidth=1)
