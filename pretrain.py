@@ -156,7 +156,7 @@ def start_run(cfg: DictConfig, d: Dist, device: torch.device, run_dir: str | Non
     logger = RunLogger(run_dir, project_name(cfg), os.path.basename(run_dir),
                        OmegaConf.to_container(cfg, resolve=True), cfg.logger.mode, cfg.logger.entity,
                        cfg.logger.tags, enabled=d.is_main, resumed_at=state.step if cfg.resume else None,
-                       tensorboard=cfg.logger.get("tensorboard", False))
+                       tensorboard=cfg.logger.get("tensorboard", False), group=cfg.logger.get("group"))
     forward = torch.compile(state.model) if use_compile else state.model
     return Run(cfg, d, device, state, train_data, test_data, model_config, run_dir, evaluator, logger, forward,
                total_steps, stop, eval_steps, run_lrs, curriculum, checkpoints)

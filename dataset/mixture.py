@@ -16,6 +16,7 @@ import torch
 
 from dataset.chat_dataset import ChatDataset
 from dataset.epochs import rank_rows
+from dataset.leveled_dataset import LeveledDataset, open_leveled
 from dataset.text_dataset import TextDataset
 from dataset.token_dataset import TokenDataset
 from utils.curriculum import Curriculum, Stage
@@ -24,15 +25,20 @@ LOADERS = {"text": TextDataset, "chat": ChatDataset}
 
 
 def open_source(path: str, split: str, seq_len: int, **kwargs) -> TokenDataset:
-    """A built text or chat dataset (its dataset.json says which) with rows of seq_len positions."""
+    """A built text or chat dataset, or one in difficulty levels (its dataset.json says which) with rows of
+    seq_len positions."""
     meta = os.path.join(path, "dataset.json")
     if not os.path.exists(meta):
-        raise FileNotFoundError(f"{meta} not found: build the source with dataset/build_text_dataset.py or "
-                                "dataset/build_chat_dataset.py")
+        raise FileNotFoundError(f"{meta} not found: build the source with dataset/build_text_dataset.py, "
+                                "dataset/build_chat_dataset.py or examples/make_synthetic_tasks.py")
     with open(meta) as f:
         kind = json.load(f).get("kind")
+    if kind == "leveled":
+        return open_leveled(path, split, lambda level_path, seed: open_source(level_path, split, seq_len,
+                                                                              **{**kwargs, "seed": seed}),
+                            kwargs.get("seed", 0))
     if kind not in LOADERS:
-        raise ValueError(f"{meta}: a mixture source must be a text or chat dataset, got kind {kind!r}")
+        raise ValueError(f"{meta}: a mixture source must be a text, chat or leveled dataset, got kind {kind!r}")
     return LOADERS[kind](path, split, seq_len=seq_len, **kwargs)
 
 
@@ -84,6 +90,12 @@ class MixtureDataset:
             source.load_state_dict(state["sources"][name])
         self.curriculum.load_state_dict(state["curriculum"])
 
+    def set_difficulty(self) -> None:
+        """The current stage's difficulty to every leveled source (None: all levels)."""
+        for source in self.sources.values():
+            if isinstance(source, LeveledDataset):
+                source.difficulty = self.curriculum.stage.difficulty
+
     # ---- batches
     def draw_sources(self) -> np.ndarray:
         """The source index of every row of the next batch."""
@@ -93,6 +105,7 @@ class MixtureDataset:
     def __iter__(self) -> Iterator[tuple[str, dict[str, torch.Tensor], int]]:
         sources = list(self.sources.values())
         while True:
+            self.set_difficulty()
             picks = self.draw_sources()
             self.batches += 1
             specs = [(sources[k], sources[k]._train_row()) for k in picks]  # every rank advances every stream
@@ -121,4 +134,7 @@ def open_mixture(cfg, rank: int, world_size: int) -> tuple[MixtureDataset, dict[
         test[name] = open_source(source.path, "test", d.seq_len, **kwargs)
     defaults = {name: float(s.get("weight", 1.0)) for name, s in d.sources.items()}
     stages = [Stage.from_config(raw, i, defaults) for i, raw in enumerate(d.get("stages") or [{"name": "all"}])]
+    if any(s.difficulty is not None for s in stages) and not any(isinstance(s, LeveledDataset) for s in train.values()):
+        raise ValueError("dataset.stages: a stage sets a difficulty, but no source is a leveled dataset "
+                         "(examples/make_synthetic_tasks.py writes them: <output-dir>/text or /chat)")
     return MixtureDataset(train, Curriculum(stages), cfg.global_batch_size, cfg.seed, rank, world_size), test

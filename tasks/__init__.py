@@ -1,5 +1,6 @@
 """One module per task (sudoku, maze, arc): its encoding into tokens and back, its checker and its
-augmentation. Builders, evaluators and generate.py import these, never each other."""
+augmentation. Builders, evaluators and generate.py import these, never each other. (synthetic.py holds the
+synthetic task suite for language models, which are not puzzles: it is not in TASKS.)"""
 from __future__ import annotations
 
 import importlib

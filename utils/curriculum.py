@@ -67,12 +67,13 @@ class Stage:
     plateau: PlateauRule | None = None  # end when the validation loss plateaus
     lr_schedule: str = "run"  # run: the run's warmup and decay, scaled; constant: constant after the warmup
     warmup_steps: int | None = None  # a linear warmup from the stage's first step (constant: default lr_warmup_steps)
+    difficulty: int | None = None  # leveled sources (synthetic tasks) draw from levels 1..difficulty; None: all
 
     @classmethod
     def from_config(cls, raw: dict[str, Any], index: int, default_weights: dict[str, float]) -> Stage:
         raw = dict(raw)
         unknown = set(raw) - {"name", "weights", "steps", "lr", "reset_optimizer", "plateau", "lr_schedule",
-                              "warmup_steps"}
+                              "warmup_steps", "difficulty"}
         if unknown:
             raise ValueError(f"dataset.stages[{index}]: unknown key(s) {sorted(unknown)}")
         plateau = raw.pop("plateau", None)
@@ -86,6 +87,10 @@ class Stage:
         if stage.warmup_steps is not None and stage.warmup_steps < 0:
             raise ValueError(f"dataset.stages[{index}] ({stage.name}): warmup_steps must be >= 0, "
                              f"got {stage.warmup_steps}")
+        if stage.difficulty is not None and (isinstance(stage.difficulty, bool) or not isinstance(stage.difficulty, int)
+                                             or stage.difficulty < 1):
+            raise ValueError(f"dataset.stages[{index}] ({stage.name}): difficulty must be a level >= 1, "
+                             f"got {stage.difficulty!r}")
         return stage
 
 

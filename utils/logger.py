@@ -49,9 +49,9 @@ def drop_lines_after(path: str, step: int) -> int:
 class RunLogger:
     def __init__(self, run_dir: str, project: str, run_name: str, config: dict[str, Any], mode: str = "auto",
                  entity: str | None = None, tags: list[str] | None = None, enabled: bool = True,
-                 resumed_at: int | None = None, tensorboard: bool = False):
+                 resumed_at: int | None = None, tensorboard: bool = False, group: str | None = None):
         """`resumed_at`: the step of the checkpoint a resumed run starts from; the local logs are cut back to it.
-        `tensorboard`: the same scalars to <run_dir>/tb too."""
+        `tensorboard`: the same scalars to <run_dir>/tb too. `group`: the W&B group of related runs."""
         self.enabled = enabled  # False on non-zero ranks
         self.path = os.path.join(run_dir, "metrics.jsonl")
         self.wandb = self.tensorboard = None
@@ -73,7 +73,7 @@ class RunLogger:
             with open(id_file, "w") as f:
                 f.write(run_id)
             self.wandb = wandb.init(project=project, name=run_name, config=config, mode=mode, entity=entity,
-                                    tags=list(tags or []), dir=run_dir, id=run_id, resume="allow")
+                                    tags=list(tags or []), dir=run_dir, id=run_id, resume="allow", group=group)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if not self.enabled:

@@ -128,7 +128,7 @@ def report(cfg: DictConfig, run_dir: str, state: TrainState, test_data, device: 
     """Rank 0: the run's summary.json and its last line."""
     some_test_set = next(iter(test_data.values())) if isinstance(test_data, dict) else test_data  # (mixtures: by name)
     write_run_summary(run_dir, cfg, results, logged, parameters=sum(p.numel() for p in state.model.parameters()),
-                      steps=state.step, world_size=world_size, wall_s=wall_s,
+                      steps=state.step, world_size=world_size, wall_s=wall_s, seq_len=state.model.config.seq_len,
                       passes_per_act_step=network_passes_per_act_step(state.model, next(iter(some_test_set))[1], device))
     if "test/exact_accuracy" in results:
         print(f"test exact accuracy: {results['test/exact_accuracy']:.4f} "
