@@ -3,7 +3,7 @@ token generation with a KV cache for causal models."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -72,13 +72,18 @@ def context_length(model: ACTLossHead) -> int:
 
 
 @torch.no_grad()
-def stream_tokens(model: ACTLossHead, prompts: list[list[int]], params: SamplingParams, stop_ids: set[int],
-                  use_cache: bool = True) -> Iterator[list[int | None]]:
+def stream_tokens(model: ACTLossHead, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
+                  stop_ids: set[int], use_cache: bool = True,
+                  rows_done: Callable[[], Iterable[int]] | None = None) -> Iterator[list[int | None]]:
     """Generate from a batch of token prompts, one position at a time; yields the new token of every prompt
     (None once that prompt produced a stop token, which is not yielded). Prompts are left-padded, and each
     one's positions count its own tokens only, so a prompt's tokens do not depend on the others in the batch.
     With `use_cache` the prompt is processed once (prefill) and each new token costs one position in every
-    application of the network; without, the whole sequence is recomputed for every token."""
+    application of the network; without, the whole sequence is recomputed for every token.
+
+    `params` as a list gives every prompt its own settings, random generator (seeded with its seed) and length
+    limit, so each prompt's tokens are those it would get alone (the server batches requests this way).
+    `rows_done()`, asked before each new position, names rows to finish early (yielding None from then on)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("empty prompt: nothing to continue from")
     act, device = model.model, next(model.parameters()).device
@@ -88,7 +93,9 @@ def stream_tokens(model: ACTLossHead, prompts: list[list[int]], params: Sampling
     vocab = act.config.vocab_size
     if bad := [t for p in prompts for t in p if not 0 <= t < vocab][:1]:
         raise ValueError(f"token id {bad[0]} is outside the model's vocabulary of {vocab} (a tokenizer mismatch?)")
-    max_new = min(params.max_new_tokens, context - longest)
+    per_row = isinstance(params, list)
+    limits = [p.max_new_tokens for p in params] if per_row else [params.max_new_tokens] * len(prompts)
+    max_new = min(max(limits), context - longest)
     if max_new <= 0:
         return
 
@@ -100,7 +107,11 @@ def stream_tokens(model: ACTLossHead, prompts: list[list[int]], params: Sampling
     positions = (valid.long().cumsum(-1) - 1).clamp_min(0)
     seen = torch.zeros(len(prompts), vocab, dtype=torch.long, device=device).scatter_add_(1, inputs, valid.long()) > 0
     stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
-    generator = torch.Generator(device=device).manual_seed(params.seed)
+    if per_row:
+        generators = [torch.Generator(device=device).manual_seed(p.seed) for p in params]
+        row_limit = torch.tensor(limits, device=device)
+    else:
+        generator = torch.Generator(device=device).manual_seed(params.seed)
     cache = KVCache(len(prompts), longest + max_new, device) if use_cache else None
     was_training = model.training
     model.eval()
@@ -108,10 +119,19 @@ def stream_tokens(model: ACTLossHead, prompts: list[list[int]], params: Sampling
         logits = act.predict(inputs, positions, valid, cache)[:, -1]
         done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
         for i in range(max_new):
-            logits = penalize_repetition(logits, seen, params.repetition_penalty)
-            token = sample_token(logits, params.temperature, params.top_k, params.top_p, generator)
+            if per_row:
+                token = torch.cat([sample_token(penalize_repetition(logits[r:r + 1], seen[r:r + 1], p.repetition_penalty),
+                                                p.temperature, p.top_k, p.top_p, generators[r])
+                                   for r, p in enumerate(params)])
+            else:
+                logits = penalize_repetition(logits, seen, params.repetition_penalty)
+                token = sample_token(logits, params.temperature, params.top_k, params.top_p, generator)
+            if rows_done is not None:
+                done[list(rows_done())] = True
             done |= torch.isin(token, stop)
             yield [None if d else t for t, d in zip(token.tolist(), done.tolist())]
+            if per_row:
+                done |= row_limit <= i + 1  # these rows have all their tokens
             if bool(done.all()) or i == max_new - 1:
                 return
             seen[torch.arange(len(prompts), device=device), token] = True
