@@ -284,3 +284,112 @@ def browser():
     from selenium.webdriver.chrome.service import Service
 
     return webdriver.Chrome(service=Service(driver), options=options)
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(chat_run, tmp_path_factory) -> Path:
+    """The chat run with a second checkpoint, step_1, whose output head is negated (so it answers differently)."""
+    run = tmp_path_factory.mktemp("two") / "run"
+    shutil.copytree(chat_run, run)
+    checkpoint = torch.load(run / "step_3.pt", weights_only=True)
+    checkpoint["step"] = 1
+    for state in (checkpoint["model"], checkpoint.get("ema") or {}):
+        for key in [k for k in state if k.endswith("lm_head.weight")]:
+            state[key] = -state[key]
+    torch.save(checkpoint, run / "step_1.pt")
+    return run
+
+
+def wait_for(condition, what: str, timeout_s: float = 30):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_the_chat_page_in_a_headless_browser(two_checkpoints, tmp_path, monkeypatch):
+    import serve
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    driver = browser()
+    real_stream, prompts, delay = serve.stream_tokens, [], [0.02]
+
+    def slowed(model, batch, *args, **kwargs):  # visible streaming; records the prompts the page sent
+        prompts.extend(batch)
+        for tokens in real_stream(model, batch, *args, **kwargs):
+            time.sleep(delay[0])
+            yield tokens
+
+    monkeypatch.setattr(serve, "stream_tokens", slowed)
+    try:
+        with serving(two_checkpoints, "--max-new-tokens", str(MAX_TOKENS)) as (url, app):
+            driver.get(url)
+            find = lambda css: driver.find_elements(By.CSS_SELECTOR, css)  # noqa: E731
+            model = Select(driver.find_element(By.ID, "model"))
+            wait_for(lambda: len(model.options) == 2, "the checkpoint picker")
+            assert [o.text for o in model.options] == ["step_1", "step_3"]
+            assert model.first_selected_option.text == "step_3"  # the one the server started with
+            for field, value in (("temperature", "0"), ("max-tokens", str(MAX_TOKENS)), ("system", "Be brief.")):
+                driver.find_element(By.ID, field).clear()
+                driver.find_element(By.ID, field).send_keys(value)
+
+            def say(text: str) -> tuple[str, list[str]]:
+                """Send a message; (the reply, the texts the reply showed while it streamed)."""
+                replies = len(find(".assistant"))
+                driver.find_element(By.ID, "input").send_keys(text + "\n")
+                seen = []
+
+                def replied() -> bool:
+                    if len(find(".assistant")) > replies:
+                        seen.append(find(".assistant")[-1].text)
+                        return driver.find_element(By.TAG_NAME, "body").get_attribute("data-busy") == "no"
+                    return False
+                wait_for(replied, "the reply")
+                return find(".assistant")[-1].text, seen
+
+            # a streamed reply, the same as generate.py's with that system prompt
+            first, seen = say("What is 2 + 3?")
+            assert first == answer(two_checkpoints, "What is 2 + 3?", "--system", "Be brief.")
+            assert any(0 < len(text) < len(first) for text in seen)  # it grew token by token
+            # another checkpoint, the conversation goes on: generate.py's answer to the whole history
+            model.select_by_value("step_1")
+            second, _ = say("What is 1 + 1?")
+            conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 3?"},
+                            {"role": "assistant", "content": first}, {"role": "user", "content": "What is 1 + 1?"}]
+            (tmp_path / "in.jsonl").write_text(json.dumps({"messages": conversation}) + "\n")
+            result = generate("--checkpoint", str(two_checkpoints / "step_1.pt"), "--input-file",
+                              str(tmp_path / "in.jsonl"), "--output-file", str(tmp_path / "out.jsonl"),
+                              "--max-new-tokens", str(MAX_TOKENS))
+            assert result.returncode == 0, result.stderr
+            assert second == json.loads((tmp_path / "out.jsonl").read_text())["response"] != first
+            assert [e.text for e in find(".user")] == ["What is 2 + 3?", "What is 1 + 1?"]
+            driver.save_screenshot(str(tmp_path / "chat_page.png"))
+            print(f"screenshot: {tmp_path / 'chat_page.png'}")
+
+            # the stop button ends a reply early and frees its row on the server
+            cancelled = app.state.batcher.stats["cancelled"]
+            delay[0] = 0.3
+            driver.find_element(By.ID, "max-tokens").clear()
+            driver.find_element(By.ID, "max-tokens").send_keys("40")
+            driver.find_element(By.ID, "temperature").clear()
+            driver.find_element(By.ID, "temperature").send_keys("1")
+            driver.find_element(By.ID, "input").send_keys("Tell a long story.\n")
+            wait_for(lambda: find(".assistant")[-1].text, "a first piece of the reply")
+            driver.find_element(By.ID, "stop").click()
+            wait_for(lambda: driver.find_element(By.TAG_NAME, "body").get_attribute("data-busy") == "no", "the stop")
+            wait_for(lambda: app.state.batcher.stats["cancelled"] > cancelled, "the server to free the row")
+
+            # model output is shown as text, never run as HTML
+            payload = "<img src=x onerror=\"document.title='pwned'\"><script>document.title='pwned'</script>"
+            tokenizer = app.state.batcher.generator.tokenizer
+            monkeypatch.setattr(serve, "stream_tokens", lambda _, batch, *a, **k: ([t] * len(batch)
+                                                                                   for t in tokenizer.encode(payload)))
+            driver.find_element(By.ID, "new-chat").click()
+            reply, _ = say("Show me some HTML.")
+            assert reply == payload and not find("#log img") and not find("#log script")
+            assert driver.title == "TRM chat"
+    finally:
+        driver.quit()
