@@ -376,6 +376,11 @@ def main(argv: list[str] | None = None) -> int:
             model, checkpoint, device = load_model(args)
             solve_puzzle(model, checkpoint, args.puzzle, device)
             return 0
+        if args.serve:  # before loading the model
+            try:
+                from serve import serve
+            except ImportError as e:
+                raise ValueError(f"--serve needs fastapi and uvicorn ({e}): pip install -r requirements.txt") from None
         generator = Generator(args)
         if args.prompt is not None:
             for i in range(args.num_samples):
@@ -383,8 +388,6 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"--- sample {i + 1}/{args.num_samples} (seed {args.seed + i}) ---", flush=True)
                 generator.stream(generator.conversation(("user", args.prompt)), seed_offset=i)
         elif args.serve:
-            from serve import serve
-
             serve(generator, args.host, args.port)
         elif args.interactive:
             generator.interactive()

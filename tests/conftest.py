@@ -126,9 +126,10 @@ def synthetic_chat(tmp_path_factory) -> str:
 
 # ----------------------------------------------------------------------------- generate.py
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def chat_run(tmp_path_factory) -> Path:
-    """A causal TRM trained for a few steps on a tiny chat dataset, as pretrain.py writes it."""
+    """A causal TRM trained for a few steps on a tiny chat dataset, as pretrain.py writes it (shared: tests that
+    change a run change a copy)."""
     from dataset.build_chat_dataset import ChatBuildConfig, build
     from pretrain import train
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from models import build_model
-from utils.checkpoint import init_from_run, load_model_weights, load_trained_model, save_checkpoint
+from utils.checkpoint import init_from_run, load_trained_model, save_checkpoint
 from utils.export_hf import main as export_main
 from utils.sampling import SamplingParams, chat_stop_ids, final_outputs, generate_tokens
 from utils.tokenizer import ChatTokenizer

@@ -99,6 +99,20 @@ def test_a_padded_batch_generates_what_each_prompt_generates_alone():
     assert batched == [generate_tokens(model, [p], params, stop_ids=set())[0] for p in prompts]
 
 
+def test_per_prompt_settings_give_each_prompt_what_it_gets_alone_and_rows_can_be_finished_early():
+    model = causal_model("trm")
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [8], [9, 10, 11]]
+    params = [SamplingParams(1.0, 0, 0.9, 1.0, 9, seed=3), SamplingParams(max_new_tokens=5),
+              SamplingParams(0.8, 5, 1.0, 1.3, 12, seed=4)]
+    alone = [generate_tokens(model, [p], q, stop_ids=set())[0] for p, q in zip(prompts, params)]
+    assert [len(a) for a in alone] == [9, 5, 12]
+    steps = list(stream_tokens(model, prompts, params, stop_ids=set()))
+    assert [[s[row] for s in steps if s[row] is not None] for row in range(3)] == alone
+    finished = list(stream_tokens(model, prompts, params, set(), rows_done=lambda: [2]))  # row 2 is gone at once
+    assert [s[2] for s in finished] == [None] * len(finished) and len(finished) == 9
+    assert [s[0] for s in finished] == alone[0]
+
+
 def test_sampling_is_reproducible_for_a_seed():
     model = causal_model("trm")
     sample = lambda seed: generate_tokens(model, [[1, 2, 3]], SamplingParams(1.0, 20, 0.95, 1.2, 30, seed), set())[0]  # noqa: E731

@@ -3,7 +3,6 @@ clients are batched and get generate.py's answers; bad requests get 4xx OpenAI e
 client that leaves frees its row; the chat page works in a real headless browser."""
 import contextlib
 import json
-import os
 import re
 import shutil
 import socket
