@@ -81,6 +81,8 @@ def export(run: str, output: str, use_ema: bool = True) -> str:
         tokenizer.tok.chat_template = chat_template()
         tokenizer.tok.eos_token, tokenizer.tok.pad_token = SPECIAL_TOKENS["assistant_end"], SPECIAL_TOKENS["pad"]
         tokenizer.save(output)  # the transformers files, and ours (init_from=DIR checks the vocabulary with it)
+        tokenizer.tok.save_pretrained(output, save_jinja_files=False)  # the template in tokenizer_config.json
+        Path(output, "chat_template.jinja").unlink(missing_ok=True)  # (which a .jinja file would override)
     state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
     save_file(state, os.path.join(output, HF_WEIGHTS), metadata={"format": "pt", "source": file})
     return file
