@@ -7,8 +7,9 @@ GET /v1/models (the run's checkpoints; a request picks one with `model`), GET / 
 
 Requests are answered by one model thread. Rows (one per choice of a request) that arrive together, up to
 MAX_BATCH_ROWS, share a forward pass through the KV-cached sampler: each row has its own cache row, positions,
-settings and random generator, so its answer is the one it would get alone. A row whose client leaves, or whose
-stop string appeared, stops generating; the next batch starts when every row of the current one is done.
+settings and random generator, so its answer is the one it would get alone. A row that is done (stop token or
+string, max_tokens, or its client left) leaves the batch; the next batch starts when every row of the current one
+is done.
 Bad requests get a 4xx answer in the OpenAI error shape and the server keeps serving.
 """
 from __future__ import annotations

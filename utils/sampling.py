@@ -83,7 +83,8 @@ def stream_tokens(model: ACTLossHead, prompts: list[list[int]], params: Sampling
 
     `params` as a list gives every prompt its own settings, random generator (seeded with its seed) and length
     limit, so each prompt's tokens are those it would get alone (the server batches requests this way).
-    `rows_done()`, asked before each new position, names rows to finish early (yielding None from then on)."""
+    `rows_done()`, asked at each new position, names rows to finish early (yielding None from then on).
+    A finished row leaves the batch (and the cache), so it costs nothing more."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("empty prompt: nothing to continue from")
     act, device = model.model, next(model.parameters()).device
@@ -117,31 +118,44 @@ def stream_tokens(model: ACTLossHead, prompts: list[list[int]], params: Sampling
     model.eval()
     try:
         logits = act.predict(inputs, positions, valid, cache)[:, -1]
-        done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+        rows = torch.arange(len(prompts), device=device)  # the prompts still generating, in the batch's order
         for i in range(max_new):
             if per_row:
-                token = torch.cat([sample_token(penalize_repetition(logits[r:r + 1], seen[r:r + 1], p.repetition_penalty),
-                                                p.temperature, p.top_k, p.top_p, generators[r])
-                                   for r, p in enumerate(params)])
+                token = torch.cat([sample_token(penalize_repetition(logits[j:j + 1], seen[j:j + 1], p.repetition_penalty),
+                                                p.temperature, p.top_k, p.top_p, generators[j])
+                                   for j, p in enumerate(params)])
             else:
                 logits = penalize_repetition(logits, seen, params.repetition_penalty)
                 token = sample_token(logits, params.temperature, params.top_k, params.top_p, generator)
+            done = torch.isin(token, stop)
             if rows_done is not None:
-                done[list(rows_done())] = True
-            done |= torch.isin(token, stop)
-            yield [None if d else t for t, d in zip(token.tolist(), done.tolist())]
+                done |= torch.isin(rows, torch.tensor(list(rows_done()), dtype=torch.long, device=device))
+            out: list[int | None] = [None] * len(prompts)
+            for row, t, d in zip(rows.tolist(), token.tolist(), done.tolist()):
+                out[row] = None if d else t
+            yield out
             if per_row:
                 done |= row_limit <= i + 1  # these rows have all their tokens
             if bool(done.all()) or i == max_new - 1:
                 return
-            seen[torch.arange(len(prompts), device=device), token] = True
+            if bool(done.any()):  # finished rows leave the batch: every tensor of the rest, and the cache, shrink
+                keep = (~done).nonzero().squeeze(-1)
+                rows, token, seen, positions = rows[keep], token[keep], seen[keep], positions[keep]
+                if per_row:
+                    params, generators, row_limit = ([params[j] for j in keep.tolist()],
+                                                     [generators[j] for j in keep.tolist()], row_limit[keep])
+                if cache is not None:
+                    cache.keep(keep)
+                else:
+                    inputs, valid = inputs[keep], valid[keep]
+            seen[torch.arange(len(rows), device=device), token] = True
             last = positions[:, -1:] + 1
             if cache is not None:  # only the new position
                 inputs, positions, valid = token[:, None], last, None
             else:  # the whole sequence again
                 inputs = torch.cat((inputs, token[:, None]), 1)
                 positions = torch.cat((positions, last), 1)
-                valid = torch.cat((valid, torch.ones_like(done)[:, None]), 1)
+                valid = torch.cat((valid, torch.ones_like(token, dtype=torch.bool)[:, None]), 1)
             logits = act.predict(inputs, positions, valid, cache)[:, -1]
     finally:
         model.train(was_training)
