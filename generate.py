@@ -4,6 +4,7 @@
     python generate.py --checkpoint <run>                                # multi-turn chat (--interactive), /help
     python generate.py --checkpoint <run> --prompt "Tell a story." --temperature 0.8 --num-samples 3
     python generate.py --checkpoint <run> --input-file prompts.jsonl --output-file answers.jsonl
+    python generate.py --checkpoint <run> --serve --port 8000           # OpenAI-compatible API + chat page (serve.py)
     python generate.py --checkpoint <sudoku run> --puzzle "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
 
 Everything needed comes from the run: the weights (EMA when saved), the model config and the tokenizer.
@@ -51,8 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode.add_argument("--prompt", help="answer one message (chat runs) or continue the text (text runs)")
     mode.add_argument("--interactive", action="store_true", help="multi-turn chat in the terminal (the default)")
     mode.add_argument("--input-file", help="JSONL of {'prompt': ...} or {'messages': [...]}: one answer per line")
+    mode.add_argument("--serve", action="store_true", help="serve the run over HTTP: an OpenAI-compatible API "
+                      "(/v1/chat/completions, /v1/completions, /v1/models) and a chat page at / (see serve.py)")
     mode.add_argument("--puzzle", help="a puzzle or a file holding one: Sudoku, 81 characters ('.' or '0' blank); "
                       "maze, 30 lines of 30 ('#' wall, ' ' open, 'S' start, 'G' goal)")
+    ap.add_argument("--host", default="127.0.0.1", help="with --serve: the address to listen on")
+    ap.add_argument("--port", type=int, default=8000, help="with --serve: the port (0: a free one, printed)")
     ap.add_argument("--output-file", help="with --input-file: where the answers go (JSONL, same order)")
     ap.add_argument("--system", default="", help="system prompt")
     ap.add_argument("--max-new-tokens", "--max-tokens", "--max", dest="max_new_tokens", type=int, default=256)
@@ -154,7 +159,7 @@ class Generator:
         stopped = False
         try:
             for (token,) in stream_tokens(self.model, [ids], params, self.stop_ids(), self.use_cache,
-                                           self.compiled):
+                                           compiled=self.compiled):
                 if token is None:
                     stopped = True
                     break
@@ -372,21 +377,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         args.checkpoint = find_checkpoint(args.checkpoint)  # once: a glob's choice is reported once
-        if args.puzzle is None and args.prompt is None and args.input_file is None:  # no mode given: chat
+        if args.puzzle is None and args.prompt is None and args.input_file is None:  # chat, or serve
             if not args.tokenizer and not os.path.isdir(saved_tokenizer(args.checkpoint)):
-                raise ValueError(f"{args.checkpoint}: a puzzle model (no tokenizer in its run): pass --puzzle with "
+                raise ValueError(f"{args.checkpoint}: a puzzle model (no tokenizer in its run): "
+                                 f"{'--serve serves chat and text runs; ' if args.serve else ''}pass --puzzle with "
                                  "a puzzle or a file holding one")
-            args.interactive = True
+            args.interactive = not args.serve
         if args.puzzle is not None:
             model, checkpoint, device = load_model(args)
             solve_puzzle(model, checkpoint, args.puzzle, device)
             return 0
+        if args.serve:  # before loading the model
+            try:
+                from serve import serve
+            except ImportError as e:
+                raise ValueError(f"--serve needs fastapi and uvicorn ({e}): pip install -r requirements.txt") from None
         generator = Generator(args)
         if args.prompt is not None:
             for i in range(args.num_samples):
                 if args.num_samples > 1:
                     print(f"--- sample {i + 1}/{args.num_samples} (seed {args.seed + i}) ---", flush=True)
                 generator.stream(generator.conversation(("user", args.prompt)), seed_offset=i)
+        elif args.serve:
+            serve(generator, args.host, args.port)
         elif args.interactive:
             generator.interactive()
         else:

@@ -75,6 +75,12 @@ class KVCache:
         values.narrow(2, L, S).copy_(v)
         return keys.narrow(2, 0, L + S), values.narrow(2, 0, L + S)
 
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only these rows of the batch (the others finished generating)."""
+        self.keys = [k[rows] for k in self.keys]
+        self.values = [v[rows] for v in self.values]
+        self.valid = self.valid[rows]
+
     def end(self) -> None:
         """The chunk is complete: its positions become part of the cached prefix."""
         if self.keys and self._index != len(self.keys):

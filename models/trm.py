@@ -281,8 +281,8 @@ class ACTModel(nn.Module):
 
         For generation (no puzzle embedding): `valid` [B, S] is False on left padding, `position_ids` count
         real tokens only. With a cache, `inputs` are just the new positions; the earlier ones are cached.
-        `compiled`: run the ACT steps through torch.compile (compiled once per input shape; with a static cache
-        every decoding step has the same shapes).
+        `compiled`: run the ACT steps through torch.compile (with a static cache every decoding step has the same
+        shapes, so one graph serves them all).
         """
         if self.inner.prefix_len:
             raise ValueError("generation needs a model without a puzzle embedding (puzzle_emb_ndim=0)")
@@ -296,7 +296,7 @@ class ACTModel(nn.Module):
         elif valid is not None and not bool(valid.all()):
             batch["segment_ids"] = valid.long()  # padding attends only to padding, tokens only to tokens
         if compiled and not hasattr(self, "_compiled_steps"):
-            self._compiled_steps = torch.compile(self.all_steps, dynamic=False)
+            self._compiled_steps = torch.compile(self.all_steps)  # the batch dimension goes dynamic if it shrinks
         logits = (self._compiled_steps if compiled else self.all_steps)(batch, cache)
         if cache is not None:
             cache.end()

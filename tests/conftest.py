@@ -1,5 +1,7 @@
 """Helpers shared by the test modules (which import from the project and from here, never from each other)."""
+import contextlib
 import importlib.util
+import io
 import json
 import os
 import subprocess
@@ -120,6 +122,42 @@ def synthetic_chat(tmp_path_factory) -> str:
     build_chat(ChatBuildConfig(input_file=str(tmp / "train.json"), output_dir=str(tmp / "built"), max_length=128,
                                train_split=0.9))
     return str(tmp / "built")
+
+
+# ----------------------------------------------------------------------------- generate.py
+
+@pytest.fixture(scope="session")
+def chat_run(tmp_path_factory) -> Path:
+    """A causal TRM trained for a few steps on a tiny chat dataset, as pretrain.py writes it (shared: tests that
+    change a run change a copy)."""
+    from dataset.build_chat_dataset import ChatBuildConfig, build
+    from pretrain import train
+
+    tmp = tmp_path_factory.mktemp("gen")
+    records = [{"conversations": [{"from": "human", "value": f"What is {a} + {b}?"},
+                                  {"from": "gpt", "value": f"{a} + {b} = {a + b}."}]}
+               for a in range(8) for b in range(8)]
+    (tmp / "chat.json").write_text(json.dumps(records))
+    build(ChatBuildConfig(input_file=str(tmp / "chat.json"), output_dir=str(tmp / "data"), max_length=64))
+    overrides = [f"data_paths=[{tmp / 'data'}]", f"checkpoint_dir={tmp}", "run_name=run", "arch.hidden_size=32",
+                 "arch.num_heads=2", "arch.halt_max_steps=2", "global_batch_size=8", "max_steps=3",
+                 "logger.mode=disabled", "dataset.max_new_tokens=2"]
+    train(compose_chat(*overrides))
+    return next(tmp.glob("*/run"))
+
+
+def generate(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """`python generate.py ARGS` in this process (much faster than a subprocess), output captured."""
+    import generate as cli
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_stdin, sys.stdin = sys.stdin, io.StringIO(stdin or "")
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main(list(args))
+    finally:
+        sys.stdin = saved_stdin
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 # ----------------------------------------------------------------------------- ARC tasks

@@ -1,8 +1,6 @@
 """Generation: the KV cache is exact for the transformer and the recursive TRM, sampling is seeded, stop tokens
 and the context window are honoured, and generate.py's modes and error messages work as a user runs them."""
-import contextlib
 import functools
-import io
 import json
 import shutil
 import subprocess
@@ -12,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, generate
 from models import build_model
 from models.kv_cache import KVCache
 from utils.sampling import SamplingParams, fit_conversation, generate_tokens, penalize_repetition, stream_tokens
@@ -125,6 +123,20 @@ def test_a_padded_batch_generates_what_each_prompt_generates_alone():
     assert batched == [generate_tokens(model, [p], params, stop_ids=set())[0] for p in prompts]
 
 
+def test_per_prompt_settings_give_each_prompt_what_it_gets_alone_and_rows_can_be_finished_early():
+    model = causal_model("trm")
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [8], [9, 10, 11]]
+    params = [SamplingParams(1.0, 0, 0.9, 1.0, 9, seed=3), SamplingParams(max_new_tokens=5),
+              SamplingParams(0.8, 5, 1.0, 1.3, 12, seed=4)]
+    alone = [generate_tokens(model, [p], q, stop_ids=set())[0] for p, q in zip(prompts, params)]
+    assert [len(a) for a in alone] == [9, 5, 12]
+    steps = list(stream_tokens(model, prompts, params, stop_ids=set()))
+    assert [[s[row] for s in steps if s[row] is not None] for row in range(3)] == alone
+    finished = list(stream_tokens(model, prompts, params, set(), rows_done=lambda: [2]))  # row 2 is gone at once
+    assert [s[2] for s in finished] == [None] * len(finished) and len(finished) == 9
+    assert [s[0] for s in finished] == alone[0]
+
+
 def test_sampling_is_reproducible_for_a_seed():
     model = causal_model("trm")
     sample = lambda seed: generate_tokens(model, [[1, 2, 3]], SamplingParams(1.0, 20, 0.95, 1.2, 30, seed), set())[0]  # noqa: E731
@@ -175,40 +187,6 @@ def test_context_trimming_drops_oldest_turns_and_keeps_the_system_prompt():
 
 
 # ---------------------------------------------------------------- generate.py as users run it
-
-@pytest.fixture(scope="module")
-def chat_run(tmp_path_factory) -> Path:
-    """A causal TRM trained for a few steps on a tiny chat dataset, as pretrain.py writes it."""
-    from conftest import compose_chat
-    from dataset.build_chat_dataset import ChatBuildConfig, build
-    from pretrain import train
-
-    tmp = tmp_path_factory.mktemp("gen")
-    records = [{"conversations": [{"from": "human", "value": f"What is {a} + {b}?"},
-                                  {"from": "gpt", "value": f"{a} + {b} = {a + b}."}]}
-               for a in range(8) for b in range(8)]
-    (tmp / "chat.json").write_text(json.dumps(records))
-    build(ChatBuildConfig(input_file=str(tmp / "chat.json"), output_dir=str(tmp / "data"), max_length=64))
-    overrides = [f"data_paths=[{tmp / 'data'}]", f"checkpoint_dir={tmp}", "run_name=run", "arch.hidden_size=32",
-                 "arch.num_heads=2", "arch.halt_max_steps=2", "global_batch_size=8", "max_steps=3",
-                 "logger.mode=disabled", "dataset.max_new_tokens=2"]
-    train(compose_chat(*overrides))
-    return next(tmp.glob("*/run"))
-
-
-def generate(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    """`python generate.py ARGS` in this process (much faster than a subprocess), output captured."""
-    import generate as cli
-
-    out, err = io.StringIO(), io.StringIO()
-    saved_stdin, sys.stdin = sys.stdin, io.StringIO(stdin or "")
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = cli.main(list(args))
-    finally:
-        sys.stdin = saved_stdin
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
-
 
 def test_the_script_runs_as_a_program_with_an_interactive_session_on_stdin(chat_run):
     result = subprocess.run([sys.executable, "generate.py", "--checkpoint", str(chat_run), "--interactive",

@@ -21,6 +21,7 @@ STEP_FILE = re.compile(r"step_(\d+)(\.pt)?$")
 # <run>/<alias>.json names one of the run's step files (a small file written atomically, never a copy of weights)
 ALIASES = {"best": "the checkpoint of the best evaluation so far, by checkpoint_best_metric",
            "final": "the checkpoint where training last reached its end (epochs or max_steps)"}
+HF_WEIGHTS = "model.safetensors"  # the weights of a Hugging Face export (utils/export_hf.py)
 
 
 def save_checkpoint(path: str, state: dict[str, Any]) -> None:
@@ -211,13 +212,18 @@ VOCAB_KEYS = ("embed_tokens.embedding_weight", "lm_head.weight")  # one row per 
 
 
 def load_model_weights(model: nn.Module, path: str, use_ema: bool = False) -> None:
-    """Initialise `model` from a checkpoint file or run directory.
+    """Initialise `model` from a checkpoint file, a run directory or a Hugging Face export directory.
 
     A grown vocabulary (e.g. new special tokens) keeps every trained row of the token embedding and
     output head; the new rows start at the mean of the trained ones. A puzzle-embedding table of another
     size (a new dataset) is replaced by the mean of the saved rows, as the official code does.
     """
-    state = model_state_from(load_checkpoint(find_checkpoint(path)), use_ema)
+    if os.path.isfile(os.path.join(path, HF_WEIGHTS)):  # an export: the same state dict, as safetensors
+        from safetensors.torch import load_file
+
+        state = load_file(os.path.join(path, HF_WEIGHTS))
+    else:
+        state = model_state_from(load_checkpoint(find_checkpoint(path)), use_ema)
     own = model.state_dict()
     for key, value in list(state.items()):
         if key not in own or own[key].shape == value.shape:
@@ -238,9 +244,13 @@ def load_model_weights(model: nn.Module, path: str, use_ema: bool = False) -> No
 def init_from_run(model: nn.Module, path: str, tokenizer=None) -> None:
     """Start `model` from the weights of another run (e.g. a text pretraining run before chat fine-tuning).
     With the tokenizer of the new data, the run's own tokenizer must be a prefix of it: the same token for
-    every id the weights were trained on (new tokens may be added; their rows are grown by load_model_weights)."""
-    file = find_checkpoint(path)
-    saved = os.path.join(os.path.dirname(file), "tokenizer")
+    every id the weights were trained on (new tokens may be added; their rows are grown by load_model_weights).
+    `path` may also be a Hugging Face export (utils/export_hf.py), which holds its weights and tokenizer."""
+    if os.path.isfile(os.path.join(path, HF_WEIGHTS)):
+        file = saved = path
+    else:
+        file = find_checkpoint(path)
+        saved = os.path.join(os.path.dirname(file), "tokenizer")
     if tokenizer is not None and os.path.isdir(saved):
         from utils.tokenizer import ChatTokenizer, check_extends
 

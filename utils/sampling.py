@@ -3,7 +3,7 @@ token generation with a KV cache for causal models."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -72,15 +72,22 @@ def context_length(model: ACTLossHead) -> int:
 
 
 @torch.no_grad()
-def stream_tokens(model: ACTLossHead, prompts: list[list[int]], params: SamplingParams, stop_ids: set[int],
-                  use_cache: bool = True, compiled: bool = False) -> Iterator[list[int | None]]:
+def stream_tokens(model: ACTLossHead, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
+                  stop_ids: set[int], use_cache: bool = True, rows_done: Callable[[], Iterable[int]] | None = None,
+                  compiled: bool = False) -> Iterator[list[int | None]]:
     """Generate from a batch of token prompts, one position at a time; yields the new token of every prompt
     (None once that prompt produced a stop token, which is not yielded). Prompts are left-padded, and each
     one's positions count its own tokens only, so a prompt's tokens do not depend on the others in the batch.
     With `use_cache` the prompt is processed once (prefill) and each new token costs one position in every
     application of the network; without, the whole sequence is recomputed for every token. `compiled` (with the
     cache): every decoding step runs one torch.compile'd graph over a static cache (compiled on first use, about
-    a minute on a CPU; it pays off over long generations and many requests)."""
+    a minute on a CPU, and once more when the batch first shrinks; it pays off over long generations and many
+    requests).
+
+    `params` as a list gives every prompt its own settings, random generator (seeded with its seed) and length
+    limit, so each prompt's tokens are those it would get alone (the server batches requests this way).
+    `rows_done()`, asked at each new position, names rows to finish early (yielding None from then on).
+    A finished row leaves the batch (and the cache), so it costs nothing more."""
     if compiled and not use_cache:
         raise ValueError("a compiled decoding step needs the KV cache")
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -92,7 +99,9 @@ def stream_tokens(model: ACTLossHead, prompts: list[list[int]], params: Sampling
     vocab = act.config.vocab_size
     if bad := [t for p in prompts for t in p if not 0 <= t < vocab][:1]:
         raise ValueError(f"token id {bad[0]} is outside the model's vocabulary of {vocab} (a tokenizer mismatch?)")
-    max_new = min(params.max_new_tokens, context - longest)
+    per_row = isinstance(params, list)
+    limits = [p.max_new_tokens for p in params] if per_row else [params.max_new_tokens] * len(prompts)
+    max_new = min(max(limits), context - longest)
     if max_new <= 0:
         return
 
@@ -104,29 +113,55 @@ def stream_tokens(model: ACTLossHead, prompts: list[list[int]], params: Sampling
     positions = (valid.long().cumsum(-1) - 1).clamp_min(0)
     seen = torch.zeros(len(prompts), vocab, dtype=torch.long, device=device).scatter_add_(1, inputs, valid.long()) > 0
     stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
-    generator = torch.Generator(device=device).manual_seed(params.seed)
+    if per_row:
+        generators = [torch.Generator(device=device).manual_seed(p.seed) for p in params]
+        row_limit = torch.tensor(limits, device=device)
+    else:
+        generator = torch.Generator(device=device).manual_seed(params.seed)
     # a compiled step's shapes are fixed by the cache's capacity: the model's context, whatever this request needs
     cache = KVCache(len(prompts), context if compiled else longest + max_new, device, static=compiled) if use_cache else None
     was_training = model.training
     model.eval()
     try:
         logits = act.predict(inputs, positions, valid, cache)[:, -1]
-        done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+        rows = torch.arange(len(prompts), device=device)  # the prompts still generating, in the batch's order
         for i in range(max_new):
-            logits = penalize_repetition(logits, seen, params.repetition_penalty)
-            token = sample_token(logits, params.temperature, params.top_k, params.top_p, generator)
-            done |= torch.isin(token, stop)
-            yield [None if d else t for t, d in zip(token.tolist(), done.tolist())]
+            if per_row:
+                token = torch.cat([sample_token(penalize_repetition(logits[j:j + 1], seen[j:j + 1], p.repetition_penalty),
+                                                p.temperature, p.top_k, p.top_p, generators[j])
+                                   for j, p in enumerate(params)])
+            else:
+                logits = penalize_repetition(logits, seen, params.repetition_penalty)
+                token = sample_token(logits, params.temperature, params.top_k, params.top_p, generator)
+            done = torch.isin(token, stop)
+            if rows_done is not None:
+                done |= torch.isin(rows, torch.tensor(list(rows_done()), dtype=torch.long, device=device))
+            out: list[int | None] = [None] * len(prompts)
+            for row, t, d in zip(rows.tolist(), token.tolist(), done.tolist()):
+                out[row] = None if d else t
+            yield out
+            if per_row:
+                done |= row_limit <= i + 1  # these rows have all their tokens
             if bool(done.all()) or i == max_new - 1:
                 return
-            seen[torch.arange(len(prompts), device=device), token] = True
+            if bool(done.any()):  # finished rows leave the batch: every tensor of the rest, and the cache, shrink
+                keep = (~done).nonzero().squeeze(-1)
+                rows, token, seen, positions = rows[keep], token[keep], seen[keep], positions[keep]
+                if per_row:
+                    params, generators, row_limit = ([params[j] for j in keep.tolist()],
+                                                     [generators[j] for j in keep.tolist()], row_limit[keep])
+                if cache is not None:
+                    cache.keep(keep)
+                else:
+                    inputs, valid = inputs[keep], valid[keep]
+            seen[torch.arange(len(rows), device=device), token] = True
             last = positions[:, -1:] + 1
             if cache is not None:  # only the new position
                 inputs, positions, valid = token[:, None], last, None
             else:  # the whole sequence again
                 inputs = torch.cat((inputs, token[:, None]), 1)
                 positions = torch.cat((positions, last), 1)
-                valid = torch.cat((valid, torch.ones_like(done)[:, None]), 1)
+                valid = torch.cat((valid, torch.ones_like(token, dtype=torch.bool)[:, None]), 1)
             logits = act.predict(inputs, positions, valid, cache, compiled)[:, -1]
     finally:
         model.train(was_training)
@@ -142,7 +177,7 @@ def generate_tokens(model: ACTLossHead, prompts: list[list[int]], params: Sampli
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         new: list[list[int]] = [[] for _ in chunk]
-        for tokens in stream_tokens(model, chunk, params, stop_ids, use_cache, compiled):
+        for tokens in stream_tokens(model, chunk, params, stop_ids, use_cache, compiled=compiled):
             for row, token in enumerate(tokens):
                 if token is not None:
                     new[row].append(token)

@@ -1,0 +1,108 @@
+"""Hugging Face export (utils/export_hf.py): transformers loads it with its modeling file, the chat template gives
+our prompt tokens, the logits match ours within 1e-4 and greedy generation gives our tokens; it loads back with
+init_from=DIR with identical weights."""
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from models import build_model
+from utils.checkpoint import init_from_run, load_trained_model, save_checkpoint
+from utils.export_hf import main as export_main
+from utils.sampling import SamplingParams, chat_stop_ids, final_outputs, generate_tokens
+from utils.tokenizer import ChatTokenizer
+
+transformers = pytest.importorskip("transformers")
+
+CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 3?"},
+                {"role": "assistant", "content": "2 + 3 = 5."}, {"role": "user", "content": "And <|user|> 4 + 4?"}]
+
+
+def fake_run(tmp: Path, arch: dict, tokenizer_from: Path | None = None) -> Path:
+    """A run directory holding an untrained model's checkpoint (as pretrain.py writes it) and a tokenizer."""
+    torch.manual_seed(0)
+    model = build_model(arch)
+    run = tmp / "run"
+    save_checkpoint(str(run / "step_1.pt"), {"model": model.state_dict(), "model_config": arch, "step": 1,
+                                             "config": {}})
+    if tokenizer_from is not None:
+        shutil.copytree(tokenizer_from, run / "tokenizer")
+    return run
+
+
+def export(run: Path, out: Path) -> Path:
+    assert export_main([str(run), "--output", str(out)]) == 0
+    return out
+
+
+def assert_loads_back(run: Path, out: Path) -> None:
+    """init_from=DIR: a model of the run's architecture gets exactly the run's weights."""
+    ours, checkpoint = load_trained_model(str(run), dtype="float32")
+    torch.manual_seed(1)
+    fresh = build_model(checkpoint["model_config"])
+    assert any(not torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), ours.state_dict().values()))
+    tokenizer = ChatTokenizer.load(str(run / "tokenizer")) if (run / "tokenizer").is_dir() else None
+    init_from_run(fresh, str(out), tokenizer)
+    for key, value in ours.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+
+
+def chat_run_of(kind: str, chat_run: Path, tmp: Path) -> Path:
+    if kind == "trm_chat":
+        return chat_run  # trained by pretrain.py
+    arch = dict(name="transformer", causal=True, pos_encodings="rope", puzzle_emb_ndim=0, hidden_size=32, num_heads=4,
+                num_key_value_heads=2, L_layers=2, halt_max_steps=1, seq_len=64, vocab_size=264,
+                forward_dtype="float32", loss={"loss_type": "softmax_cross_entropy"})
+    return fake_run(tmp, arch, tokenizer_from=chat_run / "tokenizer")
+
+
+@pytest.mark.parametrize("kind", ["trm_chat", "transformer_chat"])
+def test_chat_runs_load_in_transformers_with_our_prompts_logits_and_greedy_tokens(kind, chat_run, tmp_path):
+    run = chat_run_of(kind, chat_run, tmp_path)
+    out = export(run, tmp_path / "hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+    ours, _ = load_trained_model(str(run), dtype="float32")
+    tokenizer = ChatTokenizer.load(str(run / "tokenizer"))
+
+    for conversation in (CONVERSATION[:2], CONVERSATION[:1] + CONVERSATION[3:]):
+        prompt = tokenizer.encode_chat([(m["role"], m["content"]) for m in conversation], add_generation_prompt=True)[0]
+        ids = hf_tokenizer.apply_chat_template(conversation, add_generation_prompt=True, return_dict=True,
+                                               return_tensors="pt")["input_ids"]
+        if "<|user|>" in conversation[-1]["content"]:  # template text: a special token's text in a message is
+            assert ids.shape[1] < len(prompt)  # that token, where our encoder keeps it as plain text
+            continue
+        assert ids[0].tolist() == prompt
+        torch.testing.assert_close(hf(ids).logits, ours.model.predict(ids).float(), rtol=0, atol=1e-4)
+        generated = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10)[0, len(prompt):].tolist()
+        expected = generate_tokens(ours, [prompt], SamplingParams(max_new_tokens=10), chat_stop_ids(tokenizer))[0]
+        assert [t for t in generated if t not in chat_stop_ids(tokenizer)] == expected
+    assert_loads_back(run, out)
+
+
+def test_a_puzzle_trm_exports_with_its_modeling_file(tmp_path):
+    arch = dict(name="trm", hidden_size=32, num_heads=2, expansion=2, L_layers=1, H_cycles=2, L_cycles=2,
+                halt_max_steps=2, puzzle_emb_ndim=32, puzzle_emb_len=1, num_puzzle_identifiers=3, seq_len=16,
+                vocab_size=11, forward_dtype="float32", loss={"loss_type": "stablemax_cross_entropy"})
+    run = fake_run(tmp_path, arch)
+    with torch.no_grad():  # the puzzle embedding starts at zero: give it something to carry
+        state = torch.load(run / "step_1.pt", weights_only=True)
+        key = next(k for k in state["model"] if k.endswith("puzzle_emb.weights"))
+        state["model"][key] = torch.randn_like(state["model"][key])
+        torch.save(state, run / "step_1.pt")
+    out = export(run, tmp_path / "hf")
+    hf = transformers.AutoModel.from_pretrained(out, trust_remote_code=True)
+    inputs = torch.randint(0, 11, (3, 16), generator=torch.Generator().manual_seed(0))
+    identifiers = torch.tensor([0, 1, 2])
+    ours, _ = load_trained_model(str(run), dtype="float32")
+    expected = final_outputs(ours, {"inputs": inputs, "labels": inputs, "puzzle_identifiers": identifiers})["logits"]
+    torch.testing.assert_close(hf(inputs, puzzle_identifiers=identifiers).logits, expected.float(), rtol=0, atol=1e-4)
+    assert not torch.allclose(hf(inputs).logits, expected.float(), atol=1e-4)  # the identifiers matter
+    assert_loads_back(run, out)
+
+
+def test_export_errors_are_one_line(tmp_path, capsys):
+    assert export_main([str(tmp_path / "nope"), "--output", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
