@@ -93,10 +93,15 @@ def test_a_static_cache_gives_the_dynamic_caches_logits_on_a_padded_batch():
 
 
 def test_compiled_decoding_gives_the_eager_tokens():
-    # one torch.compile of the TRM's decoding step (~20 s on a CPU): padded prompts, several steps
+    # torch.compile of the TRM's decoding step (~20 s on a CPU): padded prompts, several steps; then rows that
+    # finish early leave the batch (as the server's do), which recompiles once with a dynamic batch dimension
     model = causal_model("trm")
     prompts, params = [[1, 2, 3, 4, 5, 6, 7], [8], [9, 10, 11]], SamplingParams(max_new_tokens=12)
     assert generate_tokens(model, prompts, params, set(), compiled=True) == generate_tokens(model, prompts, params, set())
+    per_row = [SamplingParams(max_new_tokens=n) for n in (12, 4, 8)]
+    streams = [list(stream_tokens(model, prompts, per_row, set(), compiled=compiled)) for compiled in (False, True)]
+    assert streams[1] == streams[0]
+    assert [sum(t[row] is not None for t in streams[0]) for row in range(3)] == [12, 4, 8]
 
 
 @pytest.mark.parametrize("check", [assert_cache_exact, assert_cache_within_float32_roundoff])
