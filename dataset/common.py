@@ -150,7 +150,8 @@ def split_indices(n: int, train_split: float, seed: int, subsample: int | None =
     return order[:n_train], order[n_train:]
 
 
-def _check_csr(name: str, offsets: np.ndarray, length: int, end: int) -> None:
+def check_offsets(name: str, offsets: np.ndarray, length: int, end: int) -> None:
+    """CSR offsets: `length` + 1 of them, from 0 to `end`, strictly increasing."""
     if offsets.ndim != 1 or offsets.shape[0] != length + 1:
         raise ValueError(f"{name} must have shape [{length + 1}], got {list(offsets.shape)}")
     if offsets[0] != 0 or offsets[-1] != end:
@@ -162,39 +163,42 @@ def _check_csr(name: str, offsets: np.ndarray, length: int, end: int) -> None:
 CHECK_ROWS = 1 << 16
 
 
-def _check_set(name: str, arrays: dict[str, np.ndarray], meta: PuzzleDatasetMetadata) -> tuple[int, int, int]:
-    """Validate one set's arrays against the metadata; returns (examples, puzzles, groups)."""
+def check_set(name: str, arrays: dict[str, np.ndarray], meta: PuzzleDatasetMetadata,
+              where: Callable[[str], str] | None = None) -> tuple[int, int, int]:
+    """Validate one set's arrays against the metadata (shapes, dtypes, id ranges, the index arrays); returns
+    (examples, puzzles, groups). `where(key)` names an array in messages (a loader: its file)."""
+    where = where or (lambda key: f"set {name!r}: {key}")
     if set(arrays) != set(ARRAY_NAMES):
         raise ValueError(f"set {name!r} needs exactly the arrays {list(ARRAY_NAMES)}, got {sorted(arrays)}")
     a = {k: np.asarray(v) for k, v in arrays.items()}
     inputs, labels = a["inputs"], a["labels"]
     for key in ARRAY_NAMES:
         if not np.issubdtype(a[key].dtype, np.integer):
-            raise ValueError(f"set {name!r}: {key} must be an integer array, got dtype {a[key].dtype}")
+            raise ValueError(f"{where(key)} must be an integer array, got dtype {a[key].dtype}")
     if inputs.ndim != 2 or inputs.shape[1] != meta.seq_len:
-        raise ValueError(f"set {name!r}: inputs must have shape [N, {meta.seq_len}], got {list(inputs.shape)}")
+        raise ValueError(f"{where('inputs')} must have shape [N, {meta.seq_len}] (seq_len), got {list(inputs.shape)}")
     if labels.shape != inputs.shape:
-        raise ValueError(f"set {name!r}: labels shape {list(labels.shape)} differs from inputs {list(inputs.shape)}")
+        raise ValueError(f"{where('labels')} shape {list(labels.shape)} differs from the inputs' {list(inputs.shape)}")
     for start in range(0, len(inputs), CHECK_ROWS):  # in blocks: a full-size boolean mask of ARC's ~4M rows is GBs
         x, y = inputs[start:start + CHECK_ROWS], labels[start:start + CHECK_ROWS]
         if x.min() < 0 or x.max() >= meta.vocab_size:
-            raise ValueError(f"set {name!r}: inputs must lie in [0, {meta.vocab_size}), got {x.min()}..{x.max()} "
-                             f"in rows {start}..{start + len(x) - 1}")
+            raise ValueError(f"{where('inputs')} must lie in [0, {meta.vocab_size}), got {x.min()}..{x.max()} "
+                             f"in rows {start}..{start + len(x) - 1} (vocab_size {meta.vocab_size})")
         bad_labels = (y < 0) | (y >= meta.vocab_size)
         if meta.ignore_label_id is not None:
             bad_labels &= y != meta.ignore_label_id
         if np.any(bad_labels):
-            raise ValueError(f"set {name!r}: labels must lie in [0, {meta.vocab_size}) or equal ignore_label_id")
+            raise ValueError(f"{where('labels')} must lie in [0, {meta.vocab_size}) or equal ignore_label_id")
 
     ids = a["puzzle_identifiers"]
     if ids.ndim != 1:
-        raise ValueError(f"set {name!r}: puzzle_identifiers must be 1-D, got shape {list(ids.shape)}")
+        raise ValueError(f"{where('puzzle_identifiers')} must be 1-D, got shape {list(ids.shape)}")
     if ids.size and (ids.min() < 0 or ids.max() >= meta.num_puzzle_identifiers):
-        raise ValueError(f"set {name!r}: puzzle_identifiers must lie in [0, {meta.num_puzzle_identifiers})")
+        raise ValueError(f"{where('puzzle_identifiers')} must lie in [0, {meta.num_puzzle_identifiers})")
     num_examples, num_puzzles = inputs.shape[0], ids.shape[0]
-    _check_csr(f"set {name!r}: puzzle_indices", a["puzzle_indices"], num_puzzles, num_examples)
+    check_offsets(where("puzzle_indices"), a["puzzle_indices"], num_puzzles, num_examples)
     num_groups = a["group_indices"].shape[0] - 1
-    _check_csr(f"set {name!r}: group_indices", a["group_indices"], num_groups, num_puzzles)
+    check_offsets(where("group_indices"), a["group_indices"], num_groups, num_puzzles)
     return num_examples, num_puzzles, num_groups
 
 
@@ -213,7 +217,7 @@ def save_split(
     for name, arrays in sets.items():
         if not name or "__" in name or os.sep in name:
             raise ValueError(f"invalid set name {name!r}")
-        totals += _check_set(name, arrays, metadata)
+        totals += check_set(name, arrays, metadata)
     examples, puzzles, groups = (int(x) for x in totals)
     if metadata.total_puzzles != puzzles or metadata.total_groups != groups:
         raise ValueError(

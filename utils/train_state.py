@@ -13,10 +13,11 @@ from models import build_model
 from models.ema import EMA
 from models.losses import ACTLossHead
 from models.trm import Carry
-from utils.checkpoint import init_from_run, save_checkpoint
+from utils.checkpoint import init_from_run, save_checkpoint, shape_mismatch
 from utils.curriculum import Stage
 from utils.device import resolve_dtype
 from utils.distributed import Dist, gather_rows
+from utils.nonfinite import check_finite_weights
 from utils.optim import optimizers_from_config
 
 
@@ -80,10 +81,11 @@ def init_weights(cfg: DictConfig, model: ACTLossHead, train_data) -> None:
 def save_run_checkpoint(state: TrainState, train_data, cfg: DictConfig, model_config: dict[str, Any], run_dir: str,
                         device: torch.device, is_main: bool) -> None:
     """<run_dir>/step_<N>.pt. Every rank takes part (the carry is gathered); rank 0 writes."""
+    path = os.path.join(run_dir, f"step_{state.step}.pt")
+    check_finite_weights(state.model, path)  # the same weights on every rank: every rank stops here together
     carry = global_carry(state.carry)
     if is_main:
-        save_checkpoint(os.path.join(run_dir, f"step_{state.step}.pt"),
-                        checkpoint_state(state, train_data, cfg, model_config, carry, device))
+        save_checkpoint(path, checkpoint_state(state, train_data, cfg, model_config, carry, device))
 
 
 def checkpoint_state(state: TrainState, train_data, cfg: DictConfig, model_config: dict[str, Any],
@@ -110,6 +112,9 @@ def checkpoint_state(state: TrainState, train_data, cfg: DictConfig, model_confi
 def restore(state: TrainState, train_data, ckpt: dict[str, Any], device: torch.device, rows: slice,
             global_batch_size: int) -> None:
     """Load a checkpoint into this rank's state; `rows` are the rank's rows of the saved global-batch carry."""
+    if mismatch := shape_mismatch(state.model.state_dict(), ckpt["model"]):
+        raise ValueError(f"resume: {mismatch}: resume with the run's own sizes (arch.*), or start a new run from "
+                         "its weights with init_from=... (sizes must match there too)")
     state.model.load_state_dict(ckpt["model"])
     for opt, opt_state in zip(state.optimizers, ckpt["optimizers"], strict=True):
         opt.load_state_dict(opt_state)
