@@ -9,7 +9,8 @@ Layout (one directory per split):
     <output_dir>/<split>/<set>__puzzle_indices.npy      [num_puzzles + 1] int32, examples of each puzzle
     <output_dir>/<split>/<set>__group_indices.npy       [num_groups + 1] int32, puzzles of each group
 
-dataset.json is written last: its presence means the split is complete.
+dataset.json is written last: its presence means the split is complete. A build writes into a temporary
+sibling directory renamed into place when it is complete (staged_output).
 """
 from __future__ import annotations
 
@@ -18,14 +19,16 @@ import csv
 import dataclasses
 import json
 import os
+import shutil
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from utils.files import atomic_write
+from utils.files import TMP_SUFFIX, atomic_write, make_dir
 
 ARRAY_NAMES = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
 
@@ -200,6 +203,34 @@ def check_set(name: str, arrays: dict[str, np.ndarray], meta: PuzzleDatasetMetad
     num_groups = a["group_indices"].shape[0] - 1
     check_offsets(where("group_indices"), a["group_indices"], num_groups, num_puzzles)
     return num_examples, num_puzzles, num_groups
+
+
+DATASET_ENTRIES = ("dataset.json", "identifiers.json", "train", "test", "valid", "tokenizer")  # what builds write
+
+
+@contextmanager
+def staged_output(output_dir: str | os.PathLike) -> Iterator[Path]:
+    """The directory a build writes into: a temporary sibling that replaces `output_dir` only once the build is
+    complete, so an interrupted build leaves the previous dataset (or none) whole, never a mix that loads.
+    Leftovers of killed builds (the *.tmp siblings) go first. An existing `output_dir` that holds files but no
+    dataset is refused rather than replaced."""
+    out = Path(os.path.abspath(output_dir))
+    if out.is_dir() and any(out.iterdir()) and not any((out / name).exists() for name in DATASET_ENTRIES):
+        raise ValueError(f"{output_dir}: exists and holds no dataset; a build replaces its output directory "
+                         "whole, so give a new or empty one")
+    staging, replaced = (out.with_name(f"{out.name}.{what}{TMP_SUFFIX}") for what in ("building", "replaced"))
+    for leftover in (staging, replaced):
+        shutil.rmtree(leftover, ignore_errors=True)
+    make_dir(staging)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists():
+        os.replace(out, replaced)
+    os.replace(staging, out)
+    shutil.rmtree(replaced, ignore_errors=True)
 
 
 def save_split(

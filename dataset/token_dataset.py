@@ -75,14 +75,15 @@ class TokenDataset:
 
     def _load_tokens(self) -> np.ndarray:
         """tokens.npy, checked: integer ids below dataset.json's vocab_size."""
-        tokens, file, vocab = self._load("tokens"), os.path.join(self.split_dir, "tokens.npy"), self.metadata["vocab_size"]
+        tokens, file = self._load("tokens"), os.path.join(self.split_dir, "tokens.npy")
+        vocab = self.metadata["vocab_size"]
         if not np.issubdtype(tokens.dtype, np.integer):
             raise ValueError(f"{file}: token ids must be integers, got dtype {tokens.dtype}")
         for start in range(0, len(tokens), CHECK_TOKENS):  # in blocks: the file is mapped, not read
             block = tokens[start:start + CHECK_TOKENS]
             if block.min() < 0 or block.max() >= vocab:
-                raise ValueError(f"{file}: token ids must lie in [0, {vocab}) (vocab_size of {self.path}/dataset.json), "
-                                 f"got {block.min()}..{block.max()}")
+                raise ValueError(f"{file}: token ids must lie in [0, {vocab}) (vocab_size of {self.path}/dataset.json)"
+                                 f", got {block.min()}..{block.max()}")
         return tokens
 
     # ---- facts for the trainer

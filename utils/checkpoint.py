@@ -45,7 +45,7 @@ def check_resumable(path: str) -> None:
     if isinstance(checkpoint, torch.Tensor):
         what = f"a single tensor of shape {list(checkpoint.shape)}"
     elif isinstance(checkpoint, dict) and checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        what = f"a bare state dict of {len(checkpoint)} tensors (weights only, like the official TRM code's step_N files)"
+        what = f"a bare state dict of {len(checkpoint)} tensors (weights only, as the official TRM code saves)"
     elif isinstance(checkpoint, dict):
         what = f"a dict without {[k for k in TRAINING_KEYS if k not in checkpoint]} (keys {list(checkpoint)[:5]})"
     else:
