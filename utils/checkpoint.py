@@ -150,7 +150,7 @@ def load_model_weights(model: nn.Module, path: str, use_ema: bool = False) -> No
     for key, value in list(state.items()):
         if key not in own or own[key].shape == value.shape:
             continue
-        if key.endswith("puzzle_emb.weights"):
+        if key.endswith("puzzle_emb.weights") and value.shape[1:] == own[key].shape[1:]:
             print(f"puzzle embedding {tuple(value.shape)} -> {tuple(own[key].shape)}: rows set to the saved mean")
             state[key] = value.mean(0, keepdim=True).expand_as(own[key]).clone()
         elif key.endswith(VOCAB_KEYS) and value.shape[0] < own[key].shape[0] and value.shape[1:] == own[key].shape[1:]:
