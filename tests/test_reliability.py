@@ -3,6 +3,7 @@ killed builds and full disks each end in one clear line (or are handled), and ne
 dataset that loads wrong."""
 import copy
 import json
+import os
 import re
 import resource
 import shutil
@@ -104,6 +105,39 @@ def test_too_many_bad_steps_stop_naming_the_last_good_checkpoint(sudoku_dir, tmp
                                                 f"{run_dir / 'step_2.pt'}"):
         train(resume_config(compose(*overrides), overrides))
     assert len(calls) == 3 and sorted(p.name for p in run_dir.glob("step_*")) == ["step_2.pt"]
+
+
+TORCHRUN_NAN = """
+import os, sys
+sys.path.insert(0, {root!r})
+from models.losses import ACTLossHead
+original, calls = ACTLossHead.forward, []
+def forward(self, *args, **kwargs):  # rank 1 alone sees a NaN loss on its 2nd step (its gradients stay finite)
+    carry, loss, metrics, outputs = original(self, *args, **kwargs)
+    if self.training:
+        calls.append(1)
+        if len(calls) == 2 and os.environ["RANK"] == "1":
+            loss = loss + float("nan")
+    return carry, loss, metrics, outputs
+ACTLossHead.forward = forward
+import runpy
+runpy.run_path({root!r} + "/pretrain.py", run_name="__main__")
+"""
+
+
+def test_under_torchrun_every_rank_skips_the_step_one_rank_found_bad(sudoku_dir, tmp_path):
+    script = tmp_path / "nan_on_rank_1.py"
+    script.write_text(TORCHRUN_NAN.format(root=str(ROOT)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(script), *tiny_cfg_args(sudoku_dir, tmp_path), "max_steps=3", "run_name=r",
+                           "eval_at_end=false", "device=cpu", "compile=false"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("non-finite loss or gradient, step skipped") == 1  # said once, by rank 0
+    run_dir = tmp_path / PROJECT / "r"
+    assert [m.get("train/skipped_steps") for m in logged(run_dir)][-1] == 1
+    assert load_checkpoint(str(run_dir / "step_3.pt"))["step"] == 3
 
 
 @pytest.mark.parametrize("where", ["loss", "gradient"])
