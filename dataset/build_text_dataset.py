@@ -108,7 +108,12 @@ def read_documents(sources: list[str], cfg: TextBuildConfig, report: Report) -> 
 
     def from_file(path: Path) -> Iterator[str]:
         if path.suffix in TEXT_SUFFIXES:
-            for k, doc in enumerate(split_text(path.read_text(encoding="utf-8"), cfg.doc_separator)):
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:  # one bad file is counted and skipped (--strict: stops the build)
+                report.bad("not_utf8", f"{path} (byte {e.start})", cfg.strict)
+                return
+            for k, doc in enumerate(split_text(text, cfg.doc_separator)):
                 yield from emit(doc, f"{path} document {k}")
         else:
             for k, record in enumerate(load_records(str(path))):
