@@ -57,6 +57,17 @@ def test_bad_config_values_are_one_line_errors_before_any_work(tmp_path, overrid
     assert not (tmp_path / "never-built").exists() and list(tmp_path.iterdir()) == []  # nothing built or written
 
 
+EXPERIMENTS = sorted((ROOT / "config" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("overrides", [[f"+experiment={p.stem}"] for p in EXPERIMENTS]
+                         + [["--config-name=cfg_chat"], []], ids=lambda o: o[0] if o else "default")
+def test_every_shipped_config_passes_the_checks(overrides):
+    from utils.config_check import check_config
+
+    check_config(compose_chat() if overrides == ["--config-name=cfg_chat"] else compose(*overrides))
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_on_a_machine_without_it_is_a_one_line_error_from_the_command_line(tmp_path):
     proc = run_cli("device=cuda", f"checkpoint_dir={tmp_path}", f"data_paths=[{tmp_path / 'none'}]")
@@ -359,6 +370,20 @@ def test_the_list_source_removes_repeats_before_splitting(tmp_path, capsys):
     train_rows = {bytes(r) for r in np.load(tmp_path / "out" / "train" / "all__inputs.npy").tolist()}
     test_rows = {bytes(r) for r in np.load(tmp_path / "out" / "test" / "all__inputs.npy").tolist()}
     assert len(train_rows) + len(test_rows) == 6 and not train_rows & test_rows
+
+
+def test_the_text_builder_skips_a_file_that_is_not_utf8_naming_it(tmp_path, capsys):
+    from dataset.build_text_dataset import TextBuildConfig, build as build_text
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "good.txt").write_text("a story\n\nanother story\n")
+    (tmp_path / "in" / "bad.txt").write_bytes(b"caf\xe9 latin-1")
+    config = dict(input=[str(tmp_path / "in")], output_dir=str(tmp_path / "out"), doc_separator="blank-line",
+                  train_split=1.0)
+    assert build_text(TextBuildConfig(**config))["bad_records"] == {"not_utf8": 1}
+    assert f"1 not_utf8 (e.g. {tmp_path / 'in' / 'bad.txt'} (byte 3))" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=f"{tmp_path / 'in' / 'bad.txt'} \\(byte 3\\): not utf8"):
+        build_text(TextBuildConfig(**config, strict=True))
 
 
 # ----------------------------------------------------------------------------- disks
