@@ -33,11 +33,11 @@ from dataset.mixture import plateau_value
 from evaluators import Evaluator, make_evaluator
 from models.sparse_embedding import SignSGD
 from models.trm import Carry
+from utils.config_check import check_config
 from utils.curriculum import Curriculum
 from utils.device import describe_policy, resolve_compile
-from utils.files import WriteError
 from utils.distributed import Dist, all_reduce_sum, barrier, init_distributed, reduce_sums, shutdown, sum_gradients
-from utils.config_check import check_config
+from utils.files import WriteError
 from utils.logger import RunLogger
 from utils.nonfinite import BadSteps, all_finite, discard_gradients
 from utils.optim import lr_factor

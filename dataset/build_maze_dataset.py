@@ -129,9 +129,6 @@ def build(config: MazeBuildConfig) -> None:
             rng = np.random.default_rng([cfg.seed, k])
             splits[split] = list(zip(*[generate_maze(rng, cfg.min_path_length, cfg.openings) for _ in range(count)]))
         train, test = splits["train"], splits["test"]
-        if cfg.save_csv:
-            for split, (qs, ans) in splits.items():
-                write_csv(Path(cfg.save_csv) / f"{split}.csv", list(qs), list(ans))
     elif cfg.train_file is not None:
         train, test = read_csv_file(cfg.train_file), read_csv_file(cfg.test_file)
     else:
@@ -151,6 +148,9 @@ def build(config: MazeBuildConfig) -> None:
                 total_puzzles=len(arrays["inputs"]), sets=["all"])
             save_split(out, split, metadata, {"all": arrays})
         save_identifiers(out, ["<blank>"])
+    if cfg.source == "generate" and cfg.save_csv:  # after the dataset: a directory inside the output one stays
+        for split, (qs, ans) in splits.items():
+            write_csv(Path(cfg.save_csv) / f"{split}.csv", list(qs), list(ans))
     say(f"wrote {cfg.output_dir}: {len(train[0])} train mazes ({NUM_DIHEDRAL if cfg.augment else 1} copies each), "
         f"{len(test[0]) if test else 0} test mazes, in {time.perf_counter() - start:.1f} s")
 

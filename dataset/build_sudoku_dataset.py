@@ -373,10 +373,6 @@ def build(config: SudokuBuildConfig) -> None:
             f"generated {len(train)} + {len(test)} puzzles in {time.perf_counter() - start:.1f} s "
             f"(discarded {train_discarded + test_discarded} drafts: too many clues, duplicate or too easy)"
         )
-        if cfg.save_csv:
-            write_csv(Path(cfg.save_csv) / "train.csv", train)
-            write_csv(Path(cfg.save_csv) / "test.csv", test)
-            say(f"wrote {cfg.save_csv}/train.csv and test.csv")
     elif cfg.source == "csv":
         if cfg.train_file is not None:
             train, test = read_csv_file(cfg.train_file), read_csv_file(cfg.test_file)
@@ -418,6 +414,10 @@ def build(config: SudokuBuildConfig) -> None:
         test_total = write_split(out, "test", test, 0, _rng(cfg.seed, "augment"))
         save_identifiers(out, ["<blank>"])
 
+    if cfg.save_csv:  # after the dataset: a directory inside the output one is not replaced with it
+        write_csv(Path(cfg.save_csv) / "train.csv", train)
+        write_csv(Path(cfg.save_csv) / "test.csv", test)
+        say(f"wrote {cfg.save_csv}/train.csv and test.csv")
     say(
         f"wrote {cfg.output_dir}: train {len(train)} groups / {train_total} puzzles "
         f"({cfg.num_aug} augmentations each), "
