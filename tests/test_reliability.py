@@ -335,7 +335,8 @@ def snapshot(out: Path) -> dict[str, bytes]:
 
 
 # the k-th file write of a build (sudoku: 13 files, chat: 7 with fsync): first, middle, the last one
-@pytest.mark.parametrize("kind, kill_at", [("sudoku", 1), ("sudoku", 7), ("sudoku", 13), ("chat", 1), ("chat", 4),
+@pytest.mark.parametrize("kind, kill_at", [("sudoku", 1), pytest.param("sudoku", 7, marks=pytest.mark.slow),
+                                           ("sudoku", 13), ("chat", 1), pytest.param("chat", 4, marks=pytest.mark.slow),
                                            ("chat", 7)])
 def test_a_killed_rebuild_leaves_the_previous_dataset_whole(tmp_path, kind, kill_at):
     records = write_records(tmp_path / "records", CONVERSATIONS[:2] * 3)
