@@ -19,7 +19,7 @@ from conftest import (CONVERSATIONS, FLOAT32, ROOT, TINY, TINY_LM, build_tiny, c
                       tiny_cfg, with_puzzle_ids, write_records)
 from models.losses import ACTLossHead
 from pretrain import start_run, train, train_step
-from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.checkpoint import load_checkpoint, load_trained_model, save_checkpoint
 from utils.distributed import init_distributed
 from utils.files import WriteError
 from utils.nonfinite import NonFiniteTraining
@@ -187,6 +187,15 @@ def test_a_checkpoint_is_never_written_with_non_finite_weights(sudoku_dir, tmp_p
     with pytest.raises(NonFiniteTraining, match="step_0.pt: not written: the weight .*lm_head.weight holds NaN"):
         save_run_checkpoint(run.state, run.train_data, cfg, run.model_config, run.run_dir, device, True)
     assert not list(Path(run.run_dir).glob("step_*"))
+    # a NaN checkpoint written before this guard existed is refused by generation
+    run.state.model.model.inner.lm_head.weight.data.zero_()
+    save_run_checkpoint(run.state, run.train_data, cfg, run.model_config, run.run_dir, device, True)
+    ckpt = load_checkpoint(str(Path(run.run_dir) / "step_0.pt"))
+    ckpt["model"] = {k: v.clone() for k, v in ckpt["model"].items()}
+    ckpt["model"]["model.inner.lm_head.weight"][0, 0] = float("nan")
+    save_checkpoint(str(tmp_path / "old" / "step_9.pt"), ckpt)
+    with pytest.raises(ValueError, match="step_9.pt: not usable .*: the weight model.inner.lm_head.weight holds NaN"):
+        load_trained_model(str(tmp_path / "old"))
 
 
 def test_the_checkpoint_is_saved_before_evaluating(sudoku_dir, tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from utils.files import atomic_write, make_dir
+from utils.nonfinite import check_finite_weights
 
 STEP_FILE = re.compile(r"step_(\d+)(\.pt)?$")
 
@@ -193,4 +194,5 @@ def load_trained_model(path: str, device: str | torch.device = "cpu", use_ema: b
         config["forward_dtype"] = dtype
     model = build_model(config)
     model.load_state_dict(model_state_from(checkpoint, use_ema))
+    check_finite_weights(model, file, "not usable (written by a run that diverged)")
     return model.to(device).eval(), checkpoint

@@ -31,11 +31,11 @@ def discard_gradients(model: torch.nn.Module, optimizers: list) -> None:
         opt.zero_grad(set_to_none=True)
 
 
-def check_finite_weights(model: torch.nn.Module, where: str) -> None:
-    """Refuse to write `where` (a checkpoint) when any weight is not finite."""
+def check_finite_weights(model: torch.nn.Module, where: str, doing: str) -> None:
+    """Raise NonFiniteTraining ("<where>: <doing>: the weight ... holds NaN ...") when any weight is not finite."""
     for name, tensor in model.state_dict().items():
         if tensor.is_floating_point() and not tensor.isfinite().all():
-            raise NonFiniteTraining(f"{where}: not written: the weight {name} holds NaN or infinite values")
+            raise NonFiniteTraining(f"{where}: {doing}: the weight {name} holds NaN or infinite values")
 
 
 class BadSteps:

@@ -82,7 +82,7 @@ def save_run_checkpoint(state: TrainState, train_data, cfg: DictConfig, model_co
                         device: torch.device, is_main: bool) -> None:
     """<run_dir>/step_<N>.pt. Every rank takes part (the carry is gathered); rank 0 writes."""
     path = os.path.join(run_dir, f"step_{state.step}.pt")
-    check_finite_weights(state.model, path)  # the same weights on every rank: every rank stops here together
+    check_finite_weights(state.model, path, "not written")  # the same weights on every rank: all stop together
     carry = global_carry(state.carry)
     if is_main:
         save_checkpoint(path, checkpoint_state(state, train_data, cfg, model_config, carry, device))
