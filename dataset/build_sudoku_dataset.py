@@ -34,6 +34,7 @@ from dataset.common import (PUZZLE_CSV_HEADER, PuzzleDatasetMetadata, puzzle_csv
                             save_split, staged_output)
 from tasks.sudoku import (PUZZLE_CHARS, augment, check_grid_string, fail, find_conflict, generate_puzzle,  # noqa: E402
                           parse_digits, rate, solve)
+from utils.files import WriteError  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- puzzle sets
@@ -448,7 +449,10 @@ def _parse_args(argv: Sequence[str] | None) -> SudokuBuildConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    build(_parse_args(argv))
+    try:
+        build(_parse_args(argv))
+    except WriteError as e:  # a full disk or an unwritable directory: one line, as for bad input
+        raise fail(str(e)) from None
 
 
 if __name__ == "__main__":

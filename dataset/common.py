@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from utils.files import TMP_SUFFIX, atomic_write, make_dir
+from utils.files import TMP_SUFFIX, WriteError, atomic_write, make_dir
 
 ARRAY_NAMES = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
 
@@ -85,11 +85,11 @@ def puzzle_csv_rows(path: str) -> Iterator[tuple[int, list[str]]]:
 
 
 def run_build_cli(build: Callable[[Any], None], config_class: type, args: argparse.Namespace) -> None:
-    """The end of a builder's CLI: its options (named like the config fields) -> config -> build; bad input
-    exits with one line `error: ...` and status 1."""
+    """The end of a builder's CLI: its options (named like the config fields) -> config -> build; bad input or
+    a full disk exits with one line `error: ...` and status 1."""
     try:
         build(config_class(**{k.replace("-", "_"): v for k, v in vars(args).items()}))
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, WriteError) as e:
         sys.exit(f"error: {e}")
 
 

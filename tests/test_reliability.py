@@ -426,6 +426,22 @@ def test_an_unwritable_checkpoint_dir_is_one_line_before_training(sudoku_dir, tm
     assert line.startswith(f"error: {tmp_path / 'a-file' / 'checkpoints'}") and "MiB free there" in line
 
 
+@pytest.mark.parametrize("builder, options", [
+    ("sudoku", ["--num-train", "32", "--num-test", "8", "--min-clues", "45", "--max-clues", "50"]),
+    ("maze", ["--num-train", "4", "--num-test", "2", "--min-path-length", "30"])])
+def test_a_full_disk_during_a_build_is_one_line_and_leaves_nothing(tmp_path, builder, options):
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2_000, 2_000))
+
+    proc = subprocess.run([sys.executable, "-m", f"dataset.build_{builder}_dataset", "--output-dir",
+                           str(tmp_path / "out"), *options],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, preexec_fn=small_files)
+    assert proc.returncode == 1
+    assert re.fullmatch(r"error: \S+all__inputs.npy: cannot write it \(File too large\); [\d,]+ MiB free there",
+                        proc.stderr.strip())
+    assert list(tmp_path.iterdir()) == []  # no dataset, no staging directory
+
+
 def test_a_failed_write_removes_its_temporary_file(tmp_path):
     script = (f"import resource, sys; sys.path.insert(0, {str(ROOT)!r})\n"
               "import torch\nfrom utils.checkpoint import save_checkpoint\n"
