@@ -21,6 +21,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -31,8 +32,8 @@ from tasks.sudoku import DatasetBuildError
 from utils.checkpoint import ALIASES, find_checkpoint, load_trained_model, named_checkpoint, run_steps
 from utils.device import resolve_dtype, select_device
 from utils.files import atomic_write
-from utils.sampling import (SamplingParams, act_steps, chat_stop_ids, context_length, fit_conversation,
-                            generate_tokens, prompt_ids, stream_tokens)
+from utils.sampling import (SamplingParams, act_steps, chat_stop_ids, check_sampling, context_length,
+                            fit_conversation, generate_tokens, prompt_ids, stream_tokens)
 from utils.tokenizer import ChatTokenizer
 
 HELP = """commands:
@@ -42,6 +43,16 @@ HELP = """commands:
   /params     show the settings                      /help     this text
   /models     list this run's checkpoints            /model N  switch to step N (or best, final, latest)
   /quit       leave (Ctrl-D too); Ctrl-C stops the current answer"""
+
+
+def sampling_option(name: str, kind: type) -> Callable[[str], float]:
+    """An argparse type for a sampling setting: parsed, then checked against its rule (utils/sampling.py)."""
+    def parse(text: str) -> float:
+        try:
+            return check_sampling(name, kind(text))
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e) if "must be" in str(e) else f"not a number: {text!r}") from None
+    return parse
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,11 +71,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--port", type=int, default=8000, help="with --serve: the port (0: a free one, printed)")
     ap.add_argument("--output-file", help="with --input-file: where the answers go (JSONL, same order)")
     ap.add_argument("--system", default="", help="system prompt")
-    ap.add_argument("--max-new-tokens", "--max-tokens", "--max", dest="max_new_tokens", type=int, default=256)
-    ap.add_argument("--temperature", "--temp", dest="temperature", type=float, default=0.0, help="0 = greedy")
-    ap.add_argument("--top-k", "--topk", dest="top_k", type=int, default=0)
-    ap.add_argument("--top-p", "--topp", dest="top_p", type=float, default=1.0)
-    ap.add_argument("--repetition-penalty", type=float, default=1.0)
+    ap.add_argument("--max-new-tokens", "--max-tokens", "--max", dest="max_new_tokens",
+                    type=sampling_option("max_new_tokens", int), default=256)
+    ap.add_argument("--temperature", "--temp", dest="temperature", type=sampling_option("temperature", float),
+                    default=0.0, help="0 = greedy")
+    ap.add_argument("--top-k", "--topk", dest="top_k", type=sampling_option("top_k", int), default=0)
+    ap.add_argument("--top-p", "--topp", dest="top_p", type=sampling_option("top_p", float), default=1.0)
+    ap.add_argument("--repetition-penalty", type=sampling_option("repetition_penalty", float), default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--num-samples", type=int, default=1, help="with --prompt or --input-file: N answers per prompt, "
                     "sample i drawn with seed + i (needs --temperature > 0)")
@@ -87,6 +100,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--input-file needs --output-file")
     if args.num_samples < 1:
         ap.error("--num-samples must be at least 1")
+    if args.batch_size < 1:
+        ap.error("--batch-size must be at least 1")
+    if args.output_file and not os.path.isdir(os.path.dirname(os.path.abspath(args.output_file))):
+        ap.error(f"--output-file {args.output_file}: the directory {os.path.dirname(args.output_file)} does not exist")
     if args.num_samples > 1 and args.prompt is None and args.input_file is None:
         ap.error("--num-samples goes with --prompt or --input-file")
     if args.num_samples > 1 and args.temperature <= 0:
@@ -221,9 +238,14 @@ class Generator:
         if name in settings:
             field, kind = settings[name]
             try:
-                setattr(self.params, field, kind(value))
+                number = kind(value)
             except ValueError:
                 print(f"{name} needs a number, e.g. {name} {kind(1)}")
+                return None
+            try:
+                setattr(self.params, field, check_sampling(field, number))
+            except ValueError as e:
+                print(f"error: {e}; unchanged")
                 return None
             print(f"{field} = {getattr(self.params, field)}")
         elif name == "/system":

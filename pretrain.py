@@ -34,40 +34,50 @@ from evaluators import Evaluator, make_evaluator
 from models.sparse_embedding import SignSGD
 from models.trm import Carry
 from utils.checkpoint import RunCheckpoints
+from utils.config_check import check_config
 from utils.curriculum import Curriculum
 from utils.device import describe_policy, resolve_compile
 from utils.distributed import Dist, all_reduce_sum, barrier, init_distributed, reduce_sums, shutdown, sum_gradients
+from utils.files import WriteError
 from utils.logger import RunLogger
+from utils.nonfinite import BadSteps, all_finite, discard_gradients
 from utils.optim import lr_factor
-from utils.run import open_run_dir, project_name, report, resume_config, run_tokenizer
+from utils.run import (last_checkpoint, open_run_dir, project_name, refuse_existing_run, report, resume_config,
+                       run_tokenizer)
 from utils.train_state import TrainState, enter_stage, save_run_checkpoint, start_state
 
 
 # ---------------------------------------------------------------- the step
 
 def train_step(state: TrainState, forward, batch: dict[str, torch.Tensor], cfg: DictConfig,
-               schedule: Callable[[int], float]) -> dict[str, torch.Tensor]:
+               schedule: Callable[[int], float]) -> dict[str, torch.Tensor] | None:
     """One optimizer step on this rank's rows of a global batch, in cfg.grad_accum_steps micro-batches (each its
     own forward and backward; their gradients add up to the batch's), at the learning rates times
-    schedule(step)."""
+    schedule(step). None: the step was skipped (a non-finite loss or gradient on some rank; nothing was updated)."""
     if state.carry is None:
         state.carry = state.model.initial_carry(batch)
     k = cfg.grad_accum_steps
     n = len(batch["inputs"]) // k
-    carries, metrics = [], {}
+    carries, metrics, losses = [], {}, []
     for i in range(k):
         rows = slice(i * n, (i + 1) * n)
         carry, loss, micro_metrics, _ = forward(state.carry.rows(rows) if k > 1 else state.carry,
                                                 {name: v[rows] for name, v in batch.items()} if k > 1 else batch,
                                                 (state.first_row + i * n, cfg.global_batch_size))  # exploration rows
         state.scaler.scale(loss / cfg.global_batch_size).backward()  # (scaled only in float16)
+        losses.append(loss.detach())
         for opt in state.optimizers:  # sign-SGD sets each micro-batch's puzzle-embedding gradient aside
             if isinstance(opt, SignSGD):
                 opt.collect()
         carries.append(carry)
         metrics = {name: metrics.get(name, 0) + v for name, v in micro_metrics.items()}
-    state.carry = Carry.cat(carries) if k > 1 else carries[0]
     sum_gradients(list(state.model.parameters()))  # torchrun: the ranks' parts add up to the global batch's gradient
+    # float16's loss scaler skips the steps whose gradients overflow itself; other dtypes check them here
+    checked = [] if state.scaler.is_enabled() else state.model.parameters()
+    if not all_finite(torch.stack(losses), checked, state.optimizers):
+        discard_gradients(state.model, state.optimizers)  # the carry stays the step's starting one, too
+        return None
+    state.carry = Carry.cat(carries) if k > 1 else carries[0]
     weights = [opt for opt in state.optimizers if not isinstance(opt, SignSGD)]
     if cfg.get("grad_clip"):  # the norm of the unscaled gradient, before clipping, is logged
         for opt in weights:
@@ -113,6 +123,7 @@ class Run:
     run_lrs: list[float]  # the optimizers' learning rates, before any curriculum stage scales them
     curriculum: Curriculum | None
     checkpoints: RunCheckpoints
+    bad_steps: BadSteps
 
     def schedule(self, step: int) -> float:
         """The learning-rate factor of training step `step`: the run's warmup and cosine, or the curriculum
@@ -125,6 +136,7 @@ class Run:
 def start_run(cfg: DictConfig, d: Dist, device: torch.device, run_dir: str | None) -> Run:
     """Data, model, optimizers and schedule; the run directory (a new one, or the resumed run's with its state
     restored), its logger and evaluator."""
+    refuse_existing_run(cfg, run_dir)  # before any long work
     torch.manual_seed(cfg.seed)  # weights and the ACT exploration draws: the same on every rank
     train_data, test_data = open_data(cfg, d.rank, d.world_size)
     state, model_config = start_state(cfg, device, train_data, d)
@@ -158,8 +170,10 @@ def start_run(cfg: DictConfig, d: Dist, device: torch.device, run_dir: str | Non
                        cfg.logger.tags, enabled=d.is_main, resumed_at=state.step if cfg.resume else None,
                        tensorboard=cfg.logger.get("tensorboard", False), group=cfg.logger.get("group"))
     forward = torch.compile(state.model) if use_compile else state.model
+    bad_steps = BadSteps(cfg.get("max_bad_steps", 10), lambda: last_checkpoint(run_dir),
+                         tqdm.write if d.is_main else lambda _: None)
     return Run(cfg, d, device, state, train_data, test_data, model_config, run_dir, evaluator, logger, forward,
-               total_steps, stop, eval_steps, run_lrs, curriculum, checkpoints)
+               total_steps, stop, eval_steps, run_lrs, curriculum, checkpoints, bad_steps)
 
 
 def requested_stage(cfg: DictConfig, curriculum: Curriculum | None) -> int | None:
@@ -200,6 +214,8 @@ def log_training(run: Run, sums: dict[str, torch.Tensor], since: int, since_time
     logged = {f"train/{k}": v / per.get(k, cfg.global_batch_size * (step - since) if k.endswith("loss") else count)
               for k, v in values.items()}
     logged["train/lr"] = run.state.base_lrs[-1] * run.schedule(step)
+    if run.bad_steps.total:
+        logged["train/skipped_steps"] = run.bad_steps.total
     logged["train/samples_per_s"] = (step - since) * cfg.global_batch_size / (time.perf_counter() - since_time)
     run.logger.log(logged, step)
     return logged
@@ -238,6 +254,10 @@ def train_loop(run: Run) -> tuple[dict[str, float], dict[str, float]]:
             _, batch, _ = next(batches)
             batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
             metrics = train_step(state, run.forward, batch, cfg, run.schedule)
+            if metrics is None:  # skipped (non-finite): nothing trained, nothing to log
+                run.bad_steps.bad(state.step + 1)
+                continue
+            run.bad_steps.good()
             sums = {k: sums.get(k, 0) + v.detach().float() for k, v in metrics.items()}  # no device sync
             bar.update(1)
             if state.step % cfg.log_interval == 0 or state.step == run.stop:
@@ -249,16 +269,26 @@ def train_loop(run: Run) -> tuple[dict[str, float], dict[str, float]]:
                 next_stage(run, run.curriculum.after_step(state.step))
             at_end = state.step == run.stop
             evaluating = state.step in run.eval_steps or (at_end and cfg.eval_at_end)
+            if not (at_end or evaluating):
+                continue
+            # saved before evaluating, so a failing evaluation loses no training; without checkpoint_every_eval an
+            # evaluation's file stays only as the new best (or the final one)
+            file = save_run_checkpoint(run.state, run.train_data, cfg, run.model_config, run.run_dir, run.device,
+                                       run.d.is_main)
+            best = False
             if evaluating:
                 eval_started = time.perf_counter()
                 results = run_evaluation(run)
                 logged_time += time.perf_counter() - eval_started  # throughput counts training time only
-            best = evaluating and run.checkpoints.improved(results)
-            if at_end or (evaluating and (cfg.checkpoint_every_eval or best)):
-                file = save_run_checkpoint(run.state, run.train_data, cfg, run.model_config, run.run_dir, run.device,
-                                           run.d.is_main)
-                if run.d.is_main:
+                best = run.checkpoints.improved(results)  # (every rank)
+                if run.curriculum is not None:  # the evaluation moved the curriculum: resume follows it
+                    save_run_checkpoint(run.state, run.train_data, cfg, run.model_config, run.run_dir, run.device,
+                                        run.d.is_main)
+            if run.d.is_main:
+                if at_end or cfg.checkpoint_every_eval or best:
                     run.checkpoints.saved(file, best, final=at_end)
+                else:
+                    os.remove(file)
     run.logger.finish()
     return results, logged
 
@@ -266,6 +296,7 @@ def train_loop(run: Run) -> tuple[dict[str, float], dict[str, float]]:
 def train(cfg: DictConfig, run_dir: str | None = None) -> dict[str, float]:
     """Run one training job (one of torchrun's processes: every rank calls this) into `run_dir` (default: a new
     directory under checkpoint_dir); returns the last evaluation's metrics (prefixed test/)."""
+    check_config(cfg)
     d, device = init_distributed(cfg.device)
     started = time.time()
     try:
@@ -288,7 +319,7 @@ def main(cfg: DictConfig) -> None:
             cfg = resume_config(cfg, list(hydra_cfg.overrides.task))
         # a sweep (-m) runs each job in its own directory under hydra.sweep.dir, named for its overrides
         train(cfg, hydra_cfg.runtime.output_dir if hydra_cfg.mode == RunMode.MULTIRUN and not cfg.resume else None)
-    except (FileNotFoundError, ValueError) as e:  # bad input: one clear line, non-zero exit
+    except (FileNotFoundError, ValueError, WriteError) as e:  # bad input, a full disk: one clear line, non-zero exit
         sys.exit(f"error: {e}")
 
 

@@ -41,7 +41,8 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dataset.common import PuzzleDatasetMetadata, run_build_cli, save_identifiers, save_split  # noqa: E402
+from dataset.common import (PuzzleDatasetMetadata, run_build_cli, save_identifiers, save_split,  # noqa: E402
+                            staged_output)
 from tasks.arc import (AUGMENTATIONS_FILE, GRID_SIZE, IDENTITY, PAD, SEQ_LEN, TASKS_FILE, VOCAB_SIZE,  # noqa: E402
                        Augmentation, Pair, Task, draw_augmentations, encode_grid, parse_task, read_json)
 from utils.files import atomic_write  # noqa: E402
@@ -186,27 +187,28 @@ def build(config: ArcBuildConfig) -> None:
         if is_test[i]:
             test.end_group()
 
-    out = Path(cfg.output_dir)
-    for split, rows in (("train", train), ("test", test)):
-        arrays = rows.arrays()
-        num_puzzles = len(arrays["puzzle_identifiers"])
-        metadata = PuzzleDatasetMetadata(
-            pad_id=PAD, ignore_label_id=PAD, blank_identifier_id=0, vocab_size=VOCAB_SIZE, seq_len=SEQ_LEN,
-            num_puzzle_identifiers=len(names), total_groups=len(arrays["group_indices"]) - 1,
-            mean_puzzle_examples=len(arrays["inputs"]) / max(num_puzzles, 1), total_puzzles=num_puzzles,
-            sets=["all"])
-        save_split(out, split, metadata, {"all": arrays})
-    save_identifiers(out, names)
-    atomic_write(out / AUGMENTATIONS_FILE, lambda f: np.savez(
-        f, task_index=np.asarray(task_index, np.int32), transform=np.asarray(transforms, np.int8),
-        colours=np.asarray(colours, np.uint8)))
     test_tasks = {t.id: {"test_inputs": [p.input.tolist() for p in t.test],
                          "test_outputs": [None if p.output is None else p.output.tolist() for p in t.test]}
                   for t, test in zip(tasks, is_test) if test}
     text = json.dumps({"tasks": [t.id for t in tasks], "subsets": [t.subset for t in tasks],
                        "test_set": cfg.test_set, "test_tasks": test_tasks}) + "\n"
-    atomic_write(out / TASKS_FILE, lambda f: f.write(text.encode()))
-    say(f"wrote {out}: {len(tasks)} tasks ({sum(is_test)} in the test set {cfg.test_set!r}), {len(names) - 1} "
+    with staged_output(cfg.output_dir) as out:
+        for split, rows in (("train", train), ("test", test)):
+            arrays = rows.arrays()
+            num_puzzles = len(arrays["puzzle_identifiers"])
+            metadata = PuzzleDatasetMetadata(
+                pad_id=PAD, ignore_label_id=PAD, blank_identifier_id=0, vocab_size=VOCAB_SIZE, seq_len=SEQ_LEN,
+                num_puzzle_identifiers=len(names), total_groups=len(arrays["group_indices"]) - 1,
+                mean_puzzle_examples=len(arrays["inputs"]) / max(num_puzzles, 1), total_puzzles=num_puzzles,
+                sets=["all"])
+            save_split(out, split, metadata, {"all": arrays})
+        save_identifiers(out, names)
+        atomic_write(out / AUGMENTATIONS_FILE, lambda f: np.savez(
+            f, task_index=np.asarray(task_index, np.int32), transform=np.asarray(transforms, np.int8),
+            colours=np.asarray(colours, np.uint8)))
+        atomic_write(out / TASKS_FILE, lambda f: f.write(text.encode()))
+    say(f"wrote {cfg.output_dir}: {len(tasks)} tasks ({sum(is_test)} in the test set {cfg.test_set!r}), "
+        f"{len(names) - 1} "
         f"puzzles with augmentations, train {n_train} examples, test {n_test} examples, "
         f"in {time.perf_counter() - start:.1f} s")
 

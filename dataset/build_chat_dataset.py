@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from dataset.chat_formats import BadRecordReport, Conversation, load_records, parse_records  # noqa: E402
 from dataset.common import (  # noqa: E402
     add_split_arguments, check_splits_not_empty, resolve_train_split, run_build_cli, save_arrays,
-    split_indices, token_dtype)
+    split_indices, staged_output, token_dtype)
 from utils.files import atomic_write  # noqa: E402
 from utils.tokenizer import ChatTokenizer, make_tokenizer  # noqa: E402
 
@@ -167,18 +167,18 @@ def build(cfg: ChatBuildConfig) -> dict:
     check_splits_not_empty({name: len(samples) for name, (samples, _) in encoded.items()}, "samples", sources,
                            validates=bool(cfg.valid_file) or train_split < 1, note=note)
 
-    out = Path(cfg.output_dir)
-    tok.save(str(out / "tokenizer"))
     meta = {"kind": "chat", "vocab_size": tok.vocab_size, "max_length": cfg.max_length, "pad_id": tok.pad_id,
             "eot_id": tok.eot_id, "tokenizer_fingerprint": tok.fingerprint(),
             "build": {**asdict(cfg), "train_split": train_split}, "bad_records": report.counts, "splits": {}}
     if cfg.valid_file:
         meta["valid_bad_records"] = valid_report.counts
-    for name, (samples, stats) in encoded.items():
-        save_split(out / name, samples, tok.vocab_size)
-        meta["splits"][name] = asdict(stats)
-    atomic_write(out / "dataset.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
-    print(f"wrote {out} (vocabulary {tok.vocab_size}, max length {cfg.max_length})")
+    with staged_output(cfg.output_dir) as out:
+        tok.save(str(out / "tokenizer"))
+        for name, (samples, stats) in encoded.items():
+            save_split(out / name, samples, tok.vocab_size)
+            meta["splits"][name] = asdict(stats)
+        atomic_write(out / "dataset.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    print(f"wrote {cfg.output_dir} (vocabulary {tok.vocab_size}, max length {cfg.max_length})")
     return meta
 
 

@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dataset.common import (PUZZLE_CSV_HEADER, PuzzleDatasetMetadata, puzzle_csv_rows, run_build_cli,  # noqa: E402
-                            save_identifiers, save_split)
+                            save_identifiers, save_split, staged_output)
 from tasks.common import NUM_DIHEDRAL, dihedral  # noqa: E402
 from tasks.maze import CHARSET, OPEN, PATH, SIZE, encode_maze, endpoints, generate_maze  # noqa: E402
 
@@ -129,9 +129,6 @@ def build(config: MazeBuildConfig) -> None:
             rng = np.random.default_rng([cfg.seed, k])
             splits[split] = list(zip(*[generate_maze(rng, cfg.min_path_length, cfg.openings) for _ in range(count)]))
         train, test = splits["train"], splits["test"]
-        if cfg.save_csv:
-            for split, (qs, ans) in splits.items():
-                write_csv(Path(cfg.save_csv) / f"{split}.csv", list(qs), list(ans))
     elif cfg.train_file is not None:
         train, test = read_csv_file(cfg.train_file), read_csv_file(cfg.test_file)
     else:
@@ -142,16 +139,19 @@ def build(config: MazeBuildConfig) -> None:
         pick = np.sort(np.random.default_rng([cfg.seed, 2]).choice(len(train[0]), cfg.subsample_size, replace=False))
         train = [[xs[i] for i in pick] for xs in train]
 
-    out = Path(cfg.output_dir)
-    for split, (questions, answers), augment in (("train", train, cfg.augment), ("test", test, False)):
-        arrays = _split_arrays(list(questions), list(answers), augment)
-        metadata = PuzzleDatasetMetadata(
-            pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=len(CHARSET) + 1, seq_len=SIZE * SIZE,
-            num_puzzle_identifiers=1, total_groups=len(questions), mean_puzzle_examples=1,
-            total_puzzles=len(arrays["inputs"]), sets=["all"])
-        save_split(out, split, metadata, {"all": arrays})
-    save_identifiers(out, ["<blank>"])
-    say(f"wrote {out}: {len(train[0])} train mazes ({NUM_DIHEDRAL if cfg.augment else 1} copies each), "
+    with staged_output(cfg.output_dir) as out:
+        for split, (questions, answers), augment in (("train", train, cfg.augment), ("test", test, False)):
+            arrays = _split_arrays(list(questions), list(answers), augment)
+            metadata = PuzzleDatasetMetadata(
+                pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=len(CHARSET) + 1, seq_len=SIZE * SIZE,
+                num_puzzle_identifiers=1, total_groups=len(questions), mean_puzzle_examples=1,
+                total_puzzles=len(arrays["inputs"]), sets=["all"])
+            save_split(out, split, metadata, {"all": arrays})
+        save_identifiers(out, ["<blank>"])
+    if cfg.source == "generate" and cfg.save_csv:  # after the dataset: a directory inside the output one stays
+        for split, (qs, ans) in splits.items():
+            write_csv(Path(cfg.save_csv) / f"{split}.csv", list(qs), list(ans))
+    say(f"wrote {cfg.output_dir}: {len(train[0])} train mazes ({NUM_DIHEDRAL if cfg.augment else 1} copies each), "
         f"{len(test[0]) if test else 0} test mazes, in {time.perf_counter() - start:.1f} s")
 
 

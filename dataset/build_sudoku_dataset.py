@@ -21,7 +21,7 @@ import csv
 import sys
 import time
 from array import array
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -31,9 +31,10 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dataset.common import (PUZZLE_CSV_HEADER, PuzzleDatasetMetadata, puzzle_csv_rows, save_identifiers,  # noqa: E402
-                            save_split)
+                            save_split, staged_output)
 from tasks.sudoku import (PUZZLE_CHARS, augment, check_grid_string, fail, find_conflict, generate_puzzle,  # noqa: E402
                           parse_digits, rate, solve)
+from utils.files import WriteError  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- puzzle sets
@@ -242,13 +243,15 @@ def read_hub_csv(repo: str, split: str) -> PuzzleSet:
 class ListRejections:
     no_solution: list[int]  # line numbers
     several_solutions: list[int]
+    duplicates: list[int] = field(default_factory=list)  # repeats of an earlier line's puzzle
 
     def summary(self, total: int, path: str) -> str:
-        lines = sorted(self.no_solution + self.several_solutions)
+        lines = sorted(self.no_solution + self.several_solutions + self.duplicates)
         shown = ", ".join(map(str, lines[:20])) + (", ..." if len(lines) > 20 else "")
         return (
             f"{path}: rejected {len(lines)} of {total} puzzles: {len(self.no_solution)} with no solution, "
-            f"{len(self.several_solutions)} with several solutions" + (f" (lines {shown})" if lines else "")
+            f"{len(self.several_solutions)} with several solutions, {len(self.duplicates)} duplicates"
+            + (f" (lines {shown})" if lines else "")
         )
 
 
@@ -263,7 +266,7 @@ def read_list_file(path: str) -> tuple[PuzzleSet, ListRejections, int]:
         raise fail(f"{path}: cannot read ({e})") from None
     puzzles, solutions, ratings = [], [], []
     rejected = ListRejections([], [])
-    total = 0
+    total, seen = 0, set()
     for line_no, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -275,6 +278,10 @@ def read_list_file(path: str) -> tuple[PuzzleSet, ListRejections, int]:
         if conflict:
             raise fail(f"{where}: the clues conflict ({conflict})")
         total += 1
+        if bytes(grid) in seen:  # a repeat could land on both sides of the train/test split
+            rejected.duplicates.append(line_no)
+            continue
+        seen.add(bytes(grid))
         result = solve(grid, limit=2)
         if result.num_solutions == 0:
             rejected.no_solution.append(line_no)
@@ -367,10 +374,6 @@ def build(config: SudokuBuildConfig) -> None:
             f"generated {len(train)} + {len(test)} puzzles in {time.perf_counter() - start:.1f} s "
             f"(discarded {train_discarded + test_discarded} drafts: too many clues, duplicate or too easy)"
         )
-        if cfg.save_csv:
-            write_csv(Path(cfg.save_csv) / "train.csv", train)
-            write_csv(Path(cfg.save_csv) / "test.csv", test)
-            say(f"wrote {cfg.save_csv}/train.csv and test.csv")
     elif cfg.source == "csv":
         if cfg.train_file is not None:
             train, test = read_csv_file(cfg.train_file), read_csv_file(cfg.test_file)
@@ -382,6 +385,11 @@ def build(config: SudokuBuildConfig) -> None:
         if cfg.test_file is not None:
             test, rejected, total = read_list_file(cfg.test_file)
             say(rejected.summary(total, cfg.test_file))
+            held_out = {bytes(p) for p in test.puzzles.tolist()}
+            kept = np.array([bytes(p) not in held_out for p in train.puzzles.tolist()], dtype=bool)
+            if not kept.all():
+                say(f"{cfg.train_file}: removed {int((~kept).sum())} puzzles that are also in {cfg.test_file}")
+                train = train.take(np.flatnonzero(kept))
         else:
             order = _rng(cfg.seed, "split").permutation(len(train))
             num_test = min(int(round(cfg.test_fraction * len(train))), max(len(train) - 1, 0))
@@ -402,13 +410,18 @@ def build(config: SudokuBuildConfig) -> None:
     if len(train) == 0:
         raise fail("no train puzzles left to write (check the input files and --min-difficulty)")
 
-    out = Path(cfg.output_dir)
-    train_total = write_split(out, "train", train, cfg.num_aug, _rng(cfg.seed, "augment"))
-    test_total = write_split(out, "test", test, 0, _rng(cfg.seed, "augment"))
-    save_identifiers(out, ["<blank>"])
+    with staged_output(cfg.output_dir) as out:
+        train_total = write_split(out, "train", train, cfg.num_aug, _rng(cfg.seed, "augment"))
+        test_total = write_split(out, "test", test, 0, _rng(cfg.seed, "augment"))
+        save_identifiers(out, ["<blank>"])
 
+    if cfg.save_csv:  # after the dataset: a directory inside the output one is not replaced with it
+        write_csv(Path(cfg.save_csv) / "train.csv", train)
+        write_csv(Path(cfg.save_csv) / "test.csv", test)
+        say(f"wrote {cfg.save_csv}/train.csv and test.csv")
     say(
-        f"wrote {out}: train {len(train)} groups / {train_total} puzzles ({cfg.num_aug} augmentations each), "
+        f"wrote {cfg.output_dir}: train {len(train)} groups / {train_total} puzzles "
+        f"({cfg.num_aug} augmentations each), "
         f"test {test_total} puzzles, in {time.perf_counter() - start:.1f} s"
     )
 
@@ -436,7 +449,10 @@ def _parse_args(argv: Sequence[str] | None) -> SudokuBuildConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    build(_parse_args(argv))
+    try:
+        build(_parse_args(argv))
+    except WriteError as e:  # a full disk or an unwritable directory: one line, as for bad input
+        raise fail(str(e)) from None
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from dataset.chat_formats import JSON_SUFFIXES, load_records  # noqa: E402
 from dataset.common import (  # noqa: E402
     add_split_arguments, check_splits_not_empty, resolve_train_split, run_build_cli, save_arrays,
-    split_indices, token_dtype)
+    split_indices, staged_output, token_dtype)
 from utils.files import atomic_write  # noqa: E402
 from utils.tokenizer import ChatTokenizer, make_tokenizer  # noqa: E402
 
@@ -108,7 +108,12 @@ def read_documents(sources: list[str], cfg: TextBuildConfig, report: Report) -> 
 
     def from_file(path: Path) -> Iterator[str]:
         if path.suffix in TEXT_SUFFIXES:
-            for k, doc in enumerate(split_text(path.read_text(encoding="utf-8"), cfg.doc_separator)):
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:  # one bad file is counted and skipped (--strict: stops the build)
+                report.bad("not_utf8", f"{path} (byte {e.start})", cfg.strict)
+                return
+            for k, doc in enumerate(split_text(text, cfg.doc_separator)):
                 yield from emit(doc, f"{path} document {k}")
         else:
             for k, record in enumerate(load_records(str(path))):
@@ -170,23 +175,24 @@ def build(cfg: TextBuildConfig) -> dict:
                            validates=bool(cfg.valid_file) or train_split < 1, note=note)
 
     tok = make_tokenizer(cfg.tokenizer, iter(splits["train"]), cfg.vocab_size)
-    out = Path(cfg.output_dir)
-    tok.save(str(out / "tokenizer"))
     meta = {"kind": "text", "vocab_size": tok.vocab_size, "pad_id": tok.pad_id, "eot_id": tok.eot_id,
             "tokenizer_fingerprint": tok.fingerprint(), "build": {**asdict(cfg), "train_split": train_split},
             "bad_records": report.counts, "skipped_files": len(report.skipped_files), "splits": {}}
     if cfg.valid_file:
         meta["valid_bad_records"] = valid_report.counts
-    for name, split_docs in splits.items():
-        arrays = encode_documents(tok, split_docs)
-        save_arrays(out / name, arrays)
-        stats = {"documents": len(split_docs), "tokens": int(len(arrays["tokens"])),
-                 "characters": sum(len(d) for d in split_docs)}
-        meta["splits"][name] = stats
-        print(f"{name}: {stats['documents']} documents, {stats['tokens']} tokens "
-              f"({stats['characters'] / max(stats['tokens'], 1):.2f} characters per token), {arrays['tokens'].dtype}")
-    atomic_write(out / "dataset.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
-    print(f"wrote {out} (vocabulary {tok.vocab_size})")
+    with staged_output(cfg.output_dir) as out:
+        tok.save(str(out / "tokenizer"))
+        for name, split_docs in splits.items():
+            arrays = encode_documents(tok, split_docs)
+            save_arrays(out / name, arrays)
+            stats = {"documents": len(split_docs), "tokens": int(len(arrays["tokens"])),
+                     "characters": sum(len(d) for d in split_docs)}
+            meta["splits"][name] = stats
+            per_token = stats["characters"] / max(stats["tokens"], 1)
+            print(f"{name}: {stats['documents']} documents, {stats['tokens']} tokens ({per_token:.2f} characters "
+                  f"per token), {arrays['tokens'].dtype}")
+        atomic_write(out / "dataset.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    print(f"wrote {cfg.output_dir} (vocabulary {tok.vocab_size})")
     return meta
 
 

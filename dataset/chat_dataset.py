@@ -9,8 +9,11 @@ conversation padded to seq_len, or with `pack=True` several whole conversations 
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
+from dataset.common import check_offsets
 from dataset.epochs import EpochStream
 from dataset.token_dataset import TokenDataset, next_token_pairs, single_paths
 
@@ -22,7 +25,14 @@ class ChatDataset(TokenDataset):
                  world_size: int = 1, pack: bool = False, seq_len: int | None = None):
         super().__init__(path, split, global_batch_size, seed, rank, world_size, pack)
         self.seq_len = int(seq_len or self.metadata["max_length"])  # longer rows than built for: more packing
-        self.arrays = {name: self._load(name, mmap=name != "offsets") for name in ("tokens", "trained", "offsets")}
+        self.arrays = {"tokens": self._load_tokens(), "trained": self._load("trained"),
+                       "offsets": self._load("offsets", mmap=False)}
+        file = os.path.join(self.split_dir, "{}.npy").format
+        if self.arrays["trained"].dtype != bool or len(self.arrays["trained"]) != len(self.arrays["tokens"]):
+            raise ValueError(f"{file('trained')}: expected {len(self.arrays['tokens'])} booleans (one per token), "
+                             f"got {len(self.arrays['trained'])} of dtype {self.arrays['trained'].dtype}")
+        offsets = self.arrays["offsets"]
+        check_offsets(file("offsets"), offsets, max(len(offsets) - 1, 0), len(self.arrays["tokens"]))
         lengths = np.diff(self.arrays["offsets"]) - 1  # input positions of each conversation
         if len(lengths) and lengths.max() > self.seq_len:
             raise ValueError(f"{self.split_dir}: a conversation has {lengths.max()} positions, more than the "

@@ -9,7 +9,8 @@ Layout (one directory per split):
     <output_dir>/<split>/<set>__puzzle_indices.npy      [num_puzzles + 1] int32, examples of each puzzle
     <output_dir>/<split>/<set>__group_indices.npy       [num_groups + 1] int32, puzzles of each group
 
-dataset.json is written last: its presence means the split is complete.
+dataset.json is written last: its presence means the split is complete. A build writes into a temporary
+sibling directory renamed into place when it is complete (staged_output).
 """
 from __future__ import annotations
 
@@ -18,14 +19,16 @@ import csv
 import dataclasses
 import json
 import os
+import shutil
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from utils.files import atomic_write
+from utils.files import TMP_SUFFIX, WriteError, atomic_write, make_dir
 
 ARRAY_NAMES = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
 
@@ -82,11 +85,11 @@ def puzzle_csv_rows(path: str) -> Iterator[tuple[int, list[str]]]:
 
 
 def run_build_cli(build: Callable[[Any], None], config_class: type, args: argparse.Namespace) -> None:
-    """The end of a builder's CLI: its options (named like the config fields) -> config -> build; bad input
-    exits with one line `error: ...` and status 1."""
+    """The end of a builder's CLI: its options (named like the config fields) -> config -> build; bad input or
+    a full disk exits with one line `error: ...` and status 1."""
     try:
         build(config_class(**{k.replace("-", "_"): v for k, v in vars(args).items()}))
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, WriteError) as e:
         sys.exit(f"error: {e}")
 
 
@@ -150,7 +153,8 @@ def split_indices(n: int, train_split: float, seed: int, subsample: int | None =
     return order[:n_train], order[n_train:]
 
 
-def _check_csr(name: str, offsets: np.ndarray, length: int, end: int) -> None:
+def check_offsets(name: str, offsets: np.ndarray, length: int, end: int) -> None:
+    """CSR offsets: `length` + 1 of them, from 0 to `end`, strictly increasing."""
     if offsets.ndim != 1 or offsets.shape[0] != length + 1:
         raise ValueError(f"{name} must have shape [{length + 1}], got {list(offsets.shape)}")
     if offsets[0] != 0 or offsets[-1] != end:
@@ -162,40 +166,71 @@ def _check_csr(name: str, offsets: np.ndarray, length: int, end: int) -> None:
 CHECK_ROWS = 1 << 16
 
 
-def _check_set(name: str, arrays: dict[str, np.ndarray], meta: PuzzleDatasetMetadata) -> tuple[int, int, int]:
-    """Validate one set's arrays against the metadata; returns (examples, puzzles, groups)."""
+def check_set(name: str, arrays: dict[str, np.ndarray], meta: PuzzleDatasetMetadata,
+              where: Callable[[str], str] | None = None) -> tuple[int, int, int]:
+    """Validate one set's arrays against the metadata (shapes, dtypes, id ranges, the index arrays); returns
+    (examples, puzzles, groups). `where(key)` names an array in messages (a loader: its file)."""
+    where = where or (lambda key: f"set {name!r}: {key}")
     if set(arrays) != set(ARRAY_NAMES):
         raise ValueError(f"set {name!r} needs exactly the arrays {list(ARRAY_NAMES)}, got {sorted(arrays)}")
     a = {k: np.asarray(v) for k, v in arrays.items()}
     inputs, labels = a["inputs"], a["labels"]
     for key in ARRAY_NAMES:
         if not np.issubdtype(a[key].dtype, np.integer):
-            raise ValueError(f"set {name!r}: {key} must be an integer array, got dtype {a[key].dtype}")
+            raise ValueError(f"{where(key)} must be an integer array, got dtype {a[key].dtype}")
     if inputs.ndim != 2 or inputs.shape[1] != meta.seq_len:
-        raise ValueError(f"set {name!r}: inputs must have shape [N, {meta.seq_len}], got {list(inputs.shape)}")
+        raise ValueError(f"{where('inputs')} must have shape [N, {meta.seq_len}] (seq_len), got {list(inputs.shape)}")
     if labels.shape != inputs.shape:
-        raise ValueError(f"set {name!r}: labels shape {list(labels.shape)} differs from inputs {list(inputs.shape)}")
+        raise ValueError(f"{where('labels')} shape {list(labels.shape)} differs from the inputs' {list(inputs.shape)}")
     for start in range(0, len(inputs), CHECK_ROWS):  # in blocks: a full-size boolean mask of ARC's ~4M rows is GBs
         x, y = inputs[start:start + CHECK_ROWS], labels[start:start + CHECK_ROWS]
         if x.min() < 0 or x.max() >= meta.vocab_size:
-            raise ValueError(f"set {name!r}: inputs must lie in [0, {meta.vocab_size}), got {x.min()}..{x.max()} "
-                             f"in rows {start}..{start + len(x) - 1}")
+            raise ValueError(f"{where('inputs')} must lie in [0, {meta.vocab_size}), got {x.min()}..{x.max()} "
+                             f"in rows {start}..{start + len(x) - 1} (vocab_size {meta.vocab_size})")
         bad_labels = (y < 0) | (y >= meta.vocab_size)
         if meta.ignore_label_id is not None:
             bad_labels &= y != meta.ignore_label_id
         if np.any(bad_labels):
-            raise ValueError(f"set {name!r}: labels must lie in [0, {meta.vocab_size}) or equal ignore_label_id")
+            raise ValueError(f"{where('labels')} must lie in [0, {meta.vocab_size}) or equal ignore_label_id")
 
     ids = a["puzzle_identifiers"]
     if ids.ndim != 1:
-        raise ValueError(f"set {name!r}: puzzle_identifiers must be 1-D, got shape {list(ids.shape)}")
+        raise ValueError(f"{where('puzzle_identifiers')} must be 1-D, got shape {list(ids.shape)}")
     if ids.size and (ids.min() < 0 or ids.max() >= meta.num_puzzle_identifiers):
-        raise ValueError(f"set {name!r}: puzzle_identifiers must lie in [0, {meta.num_puzzle_identifiers})")
+        raise ValueError(f"{where('puzzle_identifiers')} must lie in [0, {meta.num_puzzle_identifiers})")
     num_examples, num_puzzles = inputs.shape[0], ids.shape[0]
-    _check_csr(f"set {name!r}: puzzle_indices", a["puzzle_indices"], num_puzzles, num_examples)
+    check_offsets(where("puzzle_indices"), a["puzzle_indices"], num_puzzles, num_examples)
     num_groups = a["group_indices"].shape[0] - 1
-    _check_csr(f"set {name!r}: group_indices", a["group_indices"], num_groups, num_puzzles)
+    check_offsets(where("group_indices"), a["group_indices"], num_groups, num_puzzles)
     return num_examples, num_puzzles, num_groups
+
+
+DATASET_ENTRIES = ("dataset.json", "identifiers.json", "train", "test", "valid", "tokenizer")  # what builds write
+
+
+@contextmanager
+def staged_output(output_dir: str | os.PathLike) -> Iterator[Path]:
+    """The directory a build writes into: a temporary sibling that replaces `output_dir` only once the build is
+    complete, so an interrupted build leaves the previous dataset (or none) whole, never a mix that loads.
+    Leftovers of killed builds (the *.tmp siblings) go first. An existing `output_dir` that holds files but no
+    dataset is refused rather than replaced."""
+    out = Path(os.path.abspath(output_dir))
+    if out.is_dir() and any(out.iterdir()) and not any((out / name).exists() for name in DATASET_ENTRIES):
+        raise ValueError(f"{output_dir}: exists and holds no dataset; a build replaces its output directory "
+                         "whole, so give a new or empty one")
+    staging, replaced = (out.with_name(f"{out.name}.{what}{TMP_SUFFIX}") for what in ("building", "replaced"))
+    for leftover in (staging, replaced):
+        shutil.rmtree(leftover, ignore_errors=True)
+    make_dir(staging)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists():
+        os.replace(out, replaced)
+    os.replace(staging, out)
+    shutil.rmtree(replaced, ignore_errors=True)
 
 
 def save_split(
@@ -213,7 +248,7 @@ def save_split(
     for name, arrays in sets.items():
         if not name or "__" in name or os.sep in name:
             raise ValueError(f"invalid set name {name!r}")
-        totals += _check_set(name, arrays, metadata)
+        totals += check_set(name, arrays, metadata)
     examples, puzzles, groups = (int(x) for x in totals)
     if metadata.total_puzzles != puzzles or metadata.total_groups != groups:
         raise ValueError(

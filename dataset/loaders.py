@@ -17,4 +17,11 @@ def open_data(cfg: DictConfig, rank: int, world_size: int):
     (a mixture's test data is a dict of them, one per source)."""
     if cfg.dataset.name not in OPENERS:
         raise ValueError(f"dataset.name: unknown dataset kind {cfg.dataset.name!r}; choose one of {sorted(OPENERS)}")
-    return OPENERS[cfg.dataset.name](cfg, rank, world_size)
+    train, test = OPENERS[cfg.dataset.name](cfg, rank, world_size)
+    fields = train.model_fields()  # the model is built for the training data: the test data must fit it
+    for name, data in test.items() if isinstance(test, dict) else [("test", test)]:
+        for key, value in data.model_fields().items():
+            if value != fields[key] if key == "seq_len" else value > fields[key]:  # ids: the model's tables suffice
+                raise ValueError(f"the {name} data's {key}={value} does not fit the model built for the training "
+                                 f"data's {key}={fields[key]} (data_paths_test={list(cfg.data_paths_test)})")
+    return train, test

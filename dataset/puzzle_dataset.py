@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from constants import IGNORE_LABEL_ID
-from dataset.common import PuzzleDatasetMetadata, load_metadata
+from dataset.common import PuzzleDatasetMetadata, check_set, load_metadata
 from dataset.epochs import EpochStream, rank_rows
 from utils.distributed import barrier
 
@@ -65,7 +65,7 @@ class PuzzleDataset:
         self.local_batch_size = global_batch_size // world_size
         metas = [load_metadata(os.path.join(p, split)) for p in data_paths]
         self.metadata = _merge_metadata(data_paths, metas)
-        self.sets = [self._load_set(os.path.join(p, split), s, f"{p}:{s}" if len(data_paths) > 1 else s)
+        self.sets = [self._load_set(os.path.join(p, split), s, f"{p}:{s}" if len(data_paths) > 1 else s, m)
                      for p, m in zip(data_paths, metas) for s in m.sets]
         # global group id -> (set, local group) through cumulative offsets
         self._group_offsets = np.cumsum([0] + [len(s.arrays["group_indices"]) - 1 for s in self.sets])
@@ -81,14 +81,20 @@ class PuzzleDataset:
         return dict(seq_len=m.seq_len, vocab_size=m.vocab_size, num_puzzle_identifiers=m.num_puzzle_identifiers)
 
     @staticmethod
-    def _load_set(split_dir: str, set_name: str, label: str) -> PuzzleSet:
+    def _load_set(split_dir: str, set_name: str, label: str, meta: PuzzleDatasetMetadata) -> PuzzleSet:
+        """One set's arrays, checked against the split's dataset.json (a mismatch names the file)."""
+        def file(field: str) -> str:
+            return os.path.join(split_dir, f"{set_name}__{field}.npy")
+
         arrays = {}
         for field in FIELDS:
-            path = os.path.join(split_dir, f"{set_name}__{field}.npy")
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"{path}: missing array of set {set_name!r}")
-            # the example arrays can be large (ARC): map them instead of reading them
-            arrays[field] = np.load(path, mmap_mode="r" if field in ("inputs", "labels") else None)
+            if not os.path.exists(file(field)):
+                raise FileNotFoundError(f"{file(field)}: missing array of set {set_name!r}")
+            try:  # the example arrays can be large (ARC): map them instead of reading them
+                arrays[field] = np.load(file(field), mmap_mode="r" if field in ("inputs", "labels") else None)
+            except (ValueError, OSError, EOFError) as e:
+                raise ValueError(f"{file(field)}: not a readable .npy array ({e})") from None
+        check_set(set_name, arrays, meta, where=file)
         return PuzzleSet(label, arrays)
 
     # ---- state (exact resume) ----

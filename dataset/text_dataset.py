@@ -22,7 +22,7 @@ class TextDataset(TokenDataset):
         if seq_len < 1:
             raise ValueError(f"dataset.seq_len must be positive, got {seq_len}")
         self.seq_len = seq_len
-        self.tokens = self._load("tokens")
+        self.tokens = self._load_tokens()
         self.num_rows = max(0, -(-(len(self.tokens) - 1) // seq_len))  # ceil((n - 1) / seq_len)
         self.stream = EpochStream(self.num_rows, seed) if split == "train" else None
 

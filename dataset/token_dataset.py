@@ -17,6 +17,7 @@ from constants import IGNORE_LABEL_ID
 from dataset.epochs import EpochStream, rank_rows
 
 SPLIT_DIRS = {"train": "train", "test": "valid"}
+CHECK_TOKENS = 1 << 24
 
 
 def next_token_pairs(tokens: np.ndarray, trained: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -64,7 +65,26 @@ class TokenDataset:
         file = os.path.join(self.split_dir, f"{name}.npy")
         if not os.path.exists(file):
             raise FileNotFoundError(f"{file}: missing array of the {os.path.basename(self.split_dir)} split")
-        return np.load(file, mmap_mode="r" if mmap else None)
+        try:
+            array = np.load(file, mmap_mode="r" if mmap else None)
+        except (ValueError, OSError, EOFError) as e:
+            raise ValueError(f"{file}: not a readable .npy array ({e})") from None
+        if array.ndim != 1:
+            raise ValueError(f"{file}: expected a 1-D array, got shape {list(array.shape)}")
+        return array
+
+    def _load_tokens(self) -> np.ndarray:
+        """tokens.npy, checked: integer ids below dataset.json's vocab_size."""
+        tokens, file = self._load("tokens"), os.path.join(self.split_dir, "tokens.npy")
+        vocab = self.metadata["vocab_size"]
+        if not np.issubdtype(tokens.dtype, np.integer):
+            raise ValueError(f"{file}: token ids must be integers, got dtype {tokens.dtype}")
+        for start in range(0, len(tokens), CHECK_TOKENS):  # in blocks: the file is mapped, not read
+            block = tokens[start:start + CHECK_TOKENS]
+            if block.min() < 0 or block.max() >= vocab:
+                raise ValueError(f"{file}: token ids must lie in [0, {vocab}) (vocab_size of {self.path}/dataset.json)"
+                                 f", got {block.min()}..{block.max()}")
+        return tokens
 
     # ---- facts for the trainer
     def model_fields(self) -> dict[str, int]:

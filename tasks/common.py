@@ -44,6 +44,8 @@ class PuzzleText:
         if os.path.isfile(text):
             with open(text) as f:
                 return self.parse(f.read().strip("\n"), text)
+        if text.endswith(".txt") or os.sep in text:  # no puzzle has these: a file name
+            raise FileNotFoundError(f"{text}: no such puzzle file")
         return self.parse(text, "puzzle")
 
     def show(self, tokens: list[int]) -> str:

@@ -261,8 +261,11 @@ def parse_sudoku(text: str, where: str = "puzzle") -> list[int]:
 
 
 def encode_text(text: str, where: str) -> list[int]:
-    """A puzzle in text -> the model's tokens."""
-    return [d + 1 for d in parse_sudoku(text, where)]
+    """A puzzle in text -> the model's tokens; clues that break the rules are an error (no solution exists)."""
+    grid = parse_sudoku(text, where)
+    if conflict := find_conflict(grid):
+        raise fail(f"{where}: the clues conflict ({conflict}): no solution exists")
+    return [d + 1 for d in grid]
 
 
 TEXT = PuzzleText("Sudoku", 81, encode_text, lambda t: [str(v - 1) if v > 1 else "." for v in t], 9,

@@ -332,7 +332,7 @@ def test_list_source_rejects_bad_puzzles(tmp_path, puzzles, capsys):
     out = tmp_path / "data"
     build(SudokuBuildConfig(output_dir=str(out), source="list", train_file=str(path), test_fraction=0.34, seed=1))
     printed = capsys.readouterr().out
-    assert "rejected 3 of 9 puzzles: 1 with no solution, 2 with several solutions (lines 4, 6, 8)" in printed
+    assert "rejected 3 of 9 puzzles: 1 with no solution, 2 with several solutions, 0 duplicates (lines 4, 6, 8)" in printed
 
     train, test = load_split(out / "train"), load_split(out / "test")
     assert len(train["inputs"]) == 4 and len(test["inputs"]) == 2

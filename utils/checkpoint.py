@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from utils.files import atomic_write
+from utils.files import atomic_write, make_dir
+from utils.nonfinite import check_finite_weights
 
 STEP_FILE = re.compile(r"step_(\d+)(\.pt)?$")
 # <run>/<alias>.json names one of the run's step files (a small file written atomically, never a copy of weights)
@@ -26,7 +27,7 @@ HF_WEIGHTS = "model.safetensors"  # the weights of a Hugging Face export (utils/
 
 def save_checkpoint(path: str, state: dict[str, Any]) -> None:
     """Write to a temporary file, then rename: a crash never leaves a truncated checkpoint behind."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    make_dir(os.path.dirname(path) or ".")
     atomic_write(Path(path), lambda f: torch.save(state, f))  # synced to disk before the rename
 
 
@@ -39,6 +40,35 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
     except Exception as e:  # pickle with code in it, or a damaged file
         reason = (str(e).strip() or type(e).__name__).splitlines()[0]
         raise ValueError(f"{path}: cannot load as a safe (weights-only) checkpoint: {reason}") from e
+
+
+TRAINING_KEYS = ("model", "optimizers", "step")  # what a checkpoint of pretrain.py holds to continue from
+
+
+def check_resumable(path: str) -> None:
+    """resume= continues our own runs: a file with no training state (official weights, a bare state dict or
+    tensor) is refused, saying what it is and that init_from= starts from its weights."""
+    checkpoint = load_checkpoint(path)
+    if isinstance(checkpoint, dict) and all(k in checkpoint for k in TRAINING_KEYS):
+        return
+    if isinstance(checkpoint, torch.Tensor):
+        what = f"a single tensor of shape {list(checkpoint.shape)}"
+    elif isinstance(checkpoint, dict) and checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        what = f"a bare state dict of {len(checkpoint)} tensors (weights only, as the official TRM code saves)"
+    elif isinstance(checkpoint, dict):
+        what = f"a dict without {[k for k in TRAINING_KEYS if k not in checkpoint]} (keys {list(checkpoint)[:5]})"
+    else:
+        what = f"a {type(checkpoint).__name__}"
+    raise ValueError(f"resume={path}: {what}, not a checkpoint of pretrain.py with a training state to continue; "
+                     f"to start a new run from its weights use init_from={path}")
+
+
+def shape_mismatch(own: dict[str, torch.Tensor], saved: dict[str, torch.Tensor]) -> str | None:
+    """The first parameter whose shape differs between a model's state and a saved one, with both shapes."""
+    for key, value in saved.items():
+        if key in own and tuple(own[key].shape) != tuple(value.shape):
+            return f"parameter {key} is {list(value.shape)} in the checkpoint but {list(own[key].shape)} in this model"
+    return None
 
 
 def step_of(file: str) -> int:
@@ -228,7 +258,7 @@ def load_model_weights(model: nn.Module, path: str, use_ema: bool = False) -> No
     for key, value in list(state.items()):
         if key not in own or own[key].shape == value.shape:
             continue
-        if key.endswith("puzzle_emb.weights"):
+        if key.endswith("puzzle_emb.weights") and value.shape[1:] == own[key].shape[1:]:
             print(f"puzzle embedding {tuple(value.shape)} -> {tuple(own[key].shape)}: rows set to the saved mean")
             state[key] = value.mean(0, keepdim=True).expand_as(own[key]).clone()
         elif key.endswith(VOCAB_KEYS) and value.shape[0] < own[key].shape[0] and value.shape[1:] == own[key].shape[1:]:
@@ -236,6 +266,8 @@ def load_model_weights(model: nn.Module, path: str, use_ema: bool = False) -> No
             grown[: value.shape[0]] = value
             print(f"{key}: vocabulary {value.shape[0]} -> {own[key].shape[0]}, new rows set to the mean row")
             state[key] = grown
+    if mismatch := shape_mismatch(own, state):
+        raise ValueError(f"{path}: {mismatch}: the weights need the same architecture sizes (arch.*)")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{path}: checkpoint does not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
@@ -273,4 +305,5 @@ def load_trained_model(path: str, device: str | torch.device = "cpu", use_ema: b
         config["forward_dtype"] = dtype
     model = build_model(config)
     model.load_state_dict(model_state_from(checkpoint, use_ema))
+    check_finite_weights(model, file, "not usable (written by a run that diverged)")
     return model.to(device).eval(), checkpoint

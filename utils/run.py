@@ -10,9 +10,9 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from utils.checkpoint import find_checkpoint, load_checkpoint
+from utils.checkpoint import check_resumable, find_checkpoint, load_checkpoint, run_steps
 from utils.distributed import Dist, broadcast_object
-from utils.files import atomic_write
+from utils.files import atomic_write, make_dir, remove_leftovers
 from utils.sweep_summary import network_passes_per_act_step, write_run_summary
 from utils.tokenizer import ChatTokenizer
 from utils.train_state import TrainState, restore
@@ -40,6 +40,7 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     accepted; another option is refused."""
     latest = cfg.resume is True or cfg.resume == "latest"
     file = find_checkpoint(os.path.join(cfg.checkpoint_dir, project_name(cfg), "*", "latest") if latest else cfg.resume)
+    check_resumable(file)
     run_dir = os.path.dirname(file) or "."
     saved_path = os.path.join(run_dir, "config.yaml")
     if not os.path.exists(saved_path):
@@ -68,6 +69,26 @@ def project_name(cfg: DictConfig) -> str:
     return cfg.project_name or f"{os.path.basename(os.path.normpath(cfg.data_paths[0])).capitalize()}-ACT-torch"
 
 
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json")  # any of them (or a checkpoint): a run lives here
+
+
+def refuse_existing_run(cfg: DictConfig, run_dir: str | None) -> None:
+    """A new run never writes into another run's directory (their configs, metrics and checkpoints would mix):
+    `run_dir`, or the one run_name names, must not hold a run. Unnamed runs get a fresh name (new_run_dir)."""
+    if cfg.resume:
+        return
+    path = run_dir or (os.path.join(cfg.checkpoint_dir, project_name(cfg), cfg.run_name) if cfg.run_name else None)
+    if path and (run_steps(path) or any(os.path.exists(os.path.join(path, f)) for f in RUN_FILES)):
+        raise ValueError(f"{path} already holds a run: continue it with resume={path}, or start a new run with "
+                         "another run_name=...")
+
+
+def last_checkpoint(run_dir: str) -> str | None:
+    """The run's highest step_<N>.pt, None before its first save."""
+    steps = run_steps(run_dir)
+    return steps[-1][1] if steps else None
+
+
 def new_run_dir(cfg: DictConfig) -> str:
     project = project_name(cfg)
     arch = hydra_choices().get("arch", cfg.arch.name)  # the option (trm_chat) when known, else the model (trm)
@@ -91,6 +112,8 @@ def open_run_dir(cfg: DictConfig, d: Dist, state: TrainState, train_data, device
         run_dir = os.path.dirname(ckpt_path) or "."
         if d.is_main:
             print(f"resumed {ckpt_path} at step {state.step}")
+            if removed := remove_leftovers(run_dir):
+                print(f"removed {len(removed)} unfinished write(s) of an interrupted save: {', '.join(removed)}")
     else:
         run_dir = broadcast_object(run_dir or (new_run_dir(cfg) if d.is_main else None))  # rank 0 names it
     if d.is_main:
@@ -101,7 +124,7 @@ def open_run_dir(cfg: DictConfig, d: Dist, state: TrainState, train_data, device
 def save_run_config(cfg: DictConfig, run_dir: str) -> None:
     """config.yaml (which a resume reads back, so written atomically) and, for a new run, the Hydra choices
     (a resume checks its config group overrides against them)."""
-    os.makedirs(run_dir, exist_ok=True)
+    make_dir(run_dir)
     yaml = OmegaConf.to_yaml(cfg, resolve=True).encode()
     atomic_write(Path(run_dir) / "config.yaml", lambda f: f.write(yaml))
     if not cfg.resume and (choices := hydra_choices()):

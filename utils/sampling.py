@@ -2,6 +2,7 @@
 token generation with a KV cache for causal models."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -38,6 +39,24 @@ class SamplingParams:
     repetition_penalty: float = 1.0  # > 1 discourages tokens already in the context (1: off)
     max_new_tokens: int = 128
     seed: int = 0
+
+
+# field -> (the test a value passes, the rule as said to a user); generate.py's options and chat commands use them
+SAMPLING_RULES = {
+    "temperature": (lambda v: math.isfinite(v) and v >= 0, "a number >= 0 (0 = greedy)"),
+    "top_k": (lambda v: v >= 0, "a whole number >= 0 (0 = off)"),
+    "top_p": (lambda v: 0 < v <= 1, "a number in (0, 1] (1 = off)"),
+    "repetition_penalty": (lambda v: math.isfinite(v) and v > 0, "a number > 0 (1 = off)"),
+    "max_new_tokens": (lambda v: v >= 1, "a whole number >= 1"),
+}
+
+
+def check_sampling(name: str, value: float) -> float:
+    """`value` when it is a valid setting of the SamplingParams field `name`; else ValueError naming the rule."""
+    ok, rule = SAMPLING_RULES[name]
+    if not ok(value):
+        raise ValueError(f"{name} must be {rule}, got {value}")
+    return value
 
 
 def penalize_repetition(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:

@@ -13,10 +13,11 @@ from models import build_model
 from models.ema import EMA
 from models.losses import ACTLossHead
 from models.trm import Carry
-from utils.checkpoint import init_from_run, save_checkpoint
+from utils.checkpoint import init_from_run, save_checkpoint, shape_mismatch
 from utils.curriculum import Stage
 from utils.device import resolve_dtype
 from utils.distributed import Dist, gather_rows
+from utils.nonfinite import check_finite_weights
 from utils.optim import optimizers_from_config
 
 
@@ -88,8 +89,9 @@ def init_weights(cfg: DictConfig, model: ACTLossHead, train_data) -> None:
 def save_run_checkpoint(state: TrainState, train_data, cfg: DictConfig, model_config: dict[str, Any], run_dir: str,
                         device: torch.device, is_main: bool) -> str:
     """<run_dir>/step_<N>.pt (returned). Every rank takes part (the carry is gathered); rank 0 writes."""
-    carry = global_carry(state.carry)
     file = os.path.join(run_dir, f"step_{state.step}.pt")
+    check_finite_weights(state.model, file, "not written")  # the same weights on every rank: all stop together
+    carry = global_carry(state.carry)
     if is_main:
         save_checkpoint(file, checkpoint_state(state, train_data, cfg, model_config, carry, device))
     return file
@@ -120,6 +122,9 @@ def checkpoint_state(state: TrainState, train_data, cfg: DictConfig, model_confi
 def restore(state: TrainState, train_data, ckpt: dict[str, Any], device: torch.device, rows: slice,
             global_batch_size: int) -> None:
     """Load a checkpoint into this rank's state; `rows` are the rank's rows of the saved global-batch carry."""
+    if mismatch := shape_mismatch(state.model.state_dict(), ckpt["model"]):
+        raise ValueError(f"resume: {mismatch}: resume with the run's own sizes (arch.*), or start a new run from "
+                         "its weights with init_from=... (sizes must match there too)")
     state.model.load_state_dict(ckpt["model"])
     for opt, opt_state in zip(state.optimizers, ckpt["optimizers"], strict=True):
         opt.load_state_dict(opt_state)
