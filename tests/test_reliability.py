@@ -158,7 +158,7 @@ def test_a_skipped_step_leaves_weights_optimizers_ema_and_puzzle_embeddings_unto
     d, device = init_distributed("cpu")
     run = start_run(cfg, d, device, None)
     state, batches = run.state, iter(run.train_data)
-    assert train_step(state, run.forward, next(batches)[1], cfg, run.total_steps) is not None  # optimizer state
+    assert train_step(state, run.forward, next(batches)[1], cfg, run.schedule) is not None  # optimizer state
     before = copy.deepcopy((state.model.state_dict(), [o.state_dict() for o in state.optimizers],
                             state.ema.state_dict(), state.carry.state_dict(), state.step))
 
@@ -169,11 +169,11 @@ def test_a_skipped_step_leaves_weights_optimizers_ema_and_puzzle_embeddings_unto
         weight = state.model.model.inner.lm_head.weight
         return carry, loss + torch.sqrt(weight.flatten()[0] * 0), metrics, outputs  # finite loss, NaN gradient
 
-    assert train_step(state, bad_forward, next(batches)[1], cfg, run.total_steps) is None
+    assert train_step(state, bad_forward, next(batches)[1], cfg, run.schedule) is None
     after = (state.model.state_dict(), [o.state_dict() for o in state.optimizers], state.ema.state_dict(),
              state.carry.state_dict(), state.step)
     torch.testing.assert_close(after, before, rtol=0, atol=0)
-    assert train_step(state, run.forward, next(batches)[1], cfg, run.total_steps) is not None and state.step == 2
+    assert train_step(state, run.forward, next(batches)[1], cfg, run.schedule) is not None and state.step == 2
 
 
 def test_a_checkpoint_is_never_written_with_non_finite_weights(sudoku_dir, tmp_path):

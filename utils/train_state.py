@@ -50,8 +50,6 @@ def start_state(cfg: DictConfig, device: torch.device, train_data, d: Dist) -> t
     if arch["forward_dtype"] == "float16" and device.type != "cuda":
         raise ValueError(f"arch.forward_dtype=float16 trains on CUDA only (with a loss scaler); on {device.type} "
                          "train with bfloat16 or float32 (generate.py --dtype float16 is fine anywhere)")
-    if cfg.get("grad_clip") is not None and cfg.grad_clip <= 0:
-        raise ValueError(f"grad_clip={cfg.grad_clip}: the gradient norm limit must be positive (null: no clipping)")
     model_config = {**arch, **train_data.model_fields(),
                     "gradient_checkpointing": bool(cfg.get("gradient_checkpointing"))}
     if cfg.grad_accum_steps < 1 or train_data.local_batch_size % cfg.grad_accum_steps:
