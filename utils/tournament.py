@@ -22,9 +22,7 @@ rounds, which a YAML file states directly, and every run being its own process l
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
-import io
 import json
 import math
 import os
@@ -42,7 +40,7 @@ import yaml
 from utils.checkpoint import run_steps
 from utils.files import atomic_write
 from utils.plot_metrics import read_metrics
-from utils.sweep_summary import SUMMARY_FILE, fmt
+from utils.sweep_summary import SUMMARY_FILE, fmt, to_csv
 
 PRETRAIN = Path(__file__).resolve().parent.parent / "pretrain.py"
 STATE_FILE = "tournament.json"
@@ -306,14 +304,6 @@ def to_markdown(rows: list[dict[str, Any]], metric: str) -> str:
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join("-" if r[k] is None else fmt(r[k]) for k in header) + " |" for r in rows]
     return "\n".join(lines) + "\n"
-
-
-def to_csv(rows: list[dict[str, Any]]) -> str:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
 
 
 TRAIN_LOSS = "train/lm_loss"  # logged every log_interval steps: the dense curve beside the evaluations
