@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from conftest import ROOT, compose, grid_task, write_tasks
-from dataset.build_arc_dataset import ArcBuildConfig, build, load_combined
+from dataset.build_arc_dataset import ArcBuildConfig, build
 from dataset.puzzle_dataset import PuzzleDataset
 from evaluators.arc import ArcCollector, Prediction, as_grid, make_submission, pass_at_k, rank_candidates
 from generate import main as generate_main, run_task
 from pretrain import train
 from tasks.arc import (EOS, IDENTITY, PAD, Augmentation, Pair, Task, decode_grid, draw_augmentations, encode_grid,
-                       grid_offset, load_arc_metadata)
+                       grid_offset, load_arc_metadata, load_combined)
 from tasks.common import dihedral, inverse_dihedral
 
 
@@ -198,6 +198,43 @@ def test_real_build_inverts_every_row(tmp_path):
                 "output": aug.invert(decode_grid(a["labels"][r], offset)).tolist()}
         assert pair in demos[task]["train"]
     assert len(meta.test_inputs) == 120
+
+
+def top_left_per_puzzle(out: Path) -> tuple[list[int], list[int]]:
+    """(examples at the top left, examples) of every puzzle of a build's train split."""
+    inputs, indices = (np.load(out / "train" / f"all__{k}.npy") for k in ("inputs", "puzzle_indices"))
+    at_origin = [grid_offset(x) == (0, 0) for x in inputs]
+    spans = list(zip(indices[:-1], indices[1:]))
+    return [sum(at_origin[a:b]) for a, b in spans], [b - a for a, b in spans]
+
+
+def test_official_placement_keeps_one_random_demonstration_per_puzzle_at_the_top_left(tmp_path):
+    src = tmp_path / "src"
+    write_tasks(src, "training", {f"t{i}": grid_task(i, n_train=4) for i in range(6)})
+    kept_index = []
+    for translate_all in (False, True):
+        out = tmp_path / f"all-{translate_all}"
+        build(ArcBuildConfig(output_dir=str(out), input_dir=str(src), subsets=["training"], test_set="training",
+                             num_aug=7, translate_all=translate_all, seed=3, quiet=True))
+        top_left, sizes = top_left_per_puzzle(out)
+        assert sizes == [4] * 48  # the 4 demonstrations of 6 tasks x 8 copies (their test inputs: the test split)
+        if translate_all:  # today's rule: a 5x5 grid lands at (0, 0) once in 26 * 26 draws
+            assert sum(top_left) <= 2
+        else:
+            assert all(n >= 1 for n in top_left) and sum(top_left) <= 48 + 2
+            inputs, indices = (np.load(out / "train" / f"all__{k}.npy") for k in ("inputs", "puzzle_indices"))
+            kept_index = [next(i for i in range(4) if grid_offset(inputs[indices[p] + i]) == (0, 0)) for p in range(48)]
+    assert len(set(kept_index)) == 4  # the kept demonstration is drawn, not always the first
+
+
+@needs_real_data
+def test_real_arc_agi_1_build_has_a_top_left_demonstration_in_every_puzzle(tmp_path):
+    out = tmp_path / "arc1"
+    build(ArcBuildConfig(output_dir=str(out), input_prefix=str(ARC_DIR / "arc-agi"), num_aug=1, seed=0, quiet=True))
+    top_left, sizes = top_left_per_puzzle(out)
+    assert len(sizes) == 2 * (400 + 400 + 160)  # every task and one augmented copy
+    assert min(top_left) >= 1
+    assert sum(top_left) / sum(sizes) > 0.2  # ~ one example in four; translating every one: 0.2%
 
 
 @pytest.mark.parametrize("task, message", [
