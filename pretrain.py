@@ -119,6 +119,8 @@ def start_run(cfg: DictConfig, d: Dist, device: torch.device, run_dir: str | Non
     run_dir = open_run_dir(cfg, d, state, train_data, device, run_dir)
     tokenizer = run_tokenizer(cfg, train_data, run_dir, d.is_main)
     evaluator = make_evaluator(cfg, run_dir, tokenizer, all_reduce_sum if d.enabled else None)
+    if state.evaluator is not None and hasattr(evaluator, "load_state_dict"):  # a resumed run's pooled votes
+        evaluator.load_state_dict(state.evaluator)
     if d.is_main:
         print(f"{cfg.arch.name}: {sum(p.numel() for p in state.model.parameters()) / 1e6:.2f}M parameters on "
               f"{device} ({model_config['forward_dtype']}{f', {d.world_size} processes' if d.enabled else ''}); "
@@ -168,6 +170,7 @@ def log_training(run: Run, sums: dict[str, torch.Tensor], since: int, since_time
 def run_evaluation(run: Run) -> dict[str, float]:
     """Evaluate, log and print; a curriculum may change stage on the result. Returns the metrics (test/...)."""
     metrics, tables = evaluate(run)
+    run.state.evaluator = run.evaluator.state_dict() if hasattr(run.evaluator, "state_dict") else None
     results = {f"test/{k}": v for k, v in metrics.items()}
     run.logger.log(results, run.state.step)
     for name, rows in tables.items():
