@@ -226,3 +226,11 @@ class ArcEvaluator:
     def load_state_dict(self, state: dict | None) -> None:
         if self.pool is not None and state:
             self.pool.load_state_dict(state)
+
+
+if __name__ == "__main__":  # python -m evaluators.arc RUN --tasks ...: test-time embeddings for a set of tasks
+    import sys
+
+    from evaluators.arc_fit import main
+
+    sys.exit(main())
