@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FLOAT32, ROOT, compose, grid_task, write_tasks
+from conftest import FLOAT32, ROOT, arc_data_dir, compose, grid_task, write_tasks
 from dataset.build_arc_dataset import ArcBuildConfig, build
 from dataset.puzzle_dataset import PuzzleDataset
 from evaluators.arc import (ArcCollector, Prediction, VotePool, as_grid, make_submission, pass_at_k, rank_candidates,
@@ -24,15 +24,7 @@ from utils.checkpoint import load_checkpoint
 from utils.run import resume_config
 
 
-def _arc_dir() -> Path | None:
-    for candidate in (os.environ.get("ARC_DATA_DIR"), ROOT.parent / "shared" / "data" / "arc-agi",
-                      Path("/work/shared/data/arc-agi")):
-        if candidate and (Path(candidate) / "arc-agi_training_challenges.json").is_file():
-            return Path(candidate)
-    return None
-
-
-ARC_DIR = _arc_dir()
+ARC_DIR = arc_data_dir()
 needs_real_data = pytest.mark.skipif(ARC_DIR is None, reason="real ARC files not found (set ARC_DATA_DIR or put "
                                      "them in ../shared/data/arc-agi)")
 

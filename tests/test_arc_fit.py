@@ -2,18 +2,17 @@
 moves only the new rows, seeded answers, generate.py --arc-task, the resumable set evaluator, and (slow) fitting
 that solves tasks of a synthetic family the model never trained on."""
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, grid_task, write_tasks
-from evaluators.arc_fit import FitSettings, Task, evaluate_set, fresh_rows, main as set_main, solve_task, task_rows
+from conftest import ROOT, arc_data_dir, grid_task, write_tasks
+from evaluators.arc_fit import FitSettings, fresh_rows, main as set_main, solve_task, task_rows
 from generate import main as generate_main
 from models import build_model
-from tasks.arc import decode_grid, grid_offset, load_directory, parse_task
+from tasks.arc import Task, decode_grid, grid_offset, parse_task
 from utils.checkpoint import load_trained_model, save_checkpoint
 
 ARCH = dict(name="trm", hidden_size=16, num_heads=1, expansion=2, L_layers=1, H_cycles=1, L_cycles=1,
@@ -81,14 +80,32 @@ def test_fitting_moves_only_the_new_rows_and_is_seeded(arc_run):
     assert fresh_rows(build_model({**ARCH, "puzzle_emb_ndim": 0, "seq_len": 900, "vocab_size": 12}), 3) is None
 
 
-def test_generate_arc_task_prints_the_top_two_answers_and_whether_they_are_right(arc_run, tmp_path, capsys):
-    path = tmp_path / "flip.json"
-    path.write_text(json.dumps(grid_task(5, n_train=2, n_test=2)))
+def real_task(tmp_path: Path) -> tuple[Path, int, int]:
+    """The first ARC-AGI-1 evaluation task with its solutions, as one task file (skips without the files)."""
+    if (arc := arc_data_dir()) is None:
+        pytest.skip("real ARC files not found (set ARC_DATA_DIR or put them in ../shared/data/arc-agi)")
+    challenges = json.loads((arc / "arc-agi_evaluation_challenges.json").read_text())
+    solutions = json.loads((arc / "arc-agi_evaluation_solutions.json").read_text())
+    name = sorted(challenges)[0]
+    raw = challenges[name]
+    for pair, output in zip(raw["test"], solutions[name]):
+        pair["output"] = output
+    (tmp_path / f"{name}.json").write_text(json.dumps(raw))
+    return tmp_path / f"{name}.json", len(raw["train"]), len(raw["test"])
+
+
+@pytest.mark.parametrize("source", ["synthetic", "arc-agi-1"])
+def test_generate_arc_task_prints_the_top_two_answers_and_whether_they_are_right(source, arc_run, tmp_path, capsys):
+    if source == "synthetic":
+        path, demos, tests = tmp_path / "flip.json", 2, 2
+        path.write_text(json.dumps(grid_task(5, n_train=demos, n_test=tests)))
+    else:
+        path, demos, tests = real_task(tmp_path)
     assert generate_main(["--checkpoint", str(arc_run), "--arc-task", str(path), "--fit-steps", "2",
                           "--batch-size", "4"]) == 0
     out = capsys.readouterr().out
-    assert "task flip: 2 demonstrations, 1 augmentations, 2 fitting steps (lr 0.1)" in out
-    for i in (0, 1):
+    assert f"task {path.stem}: {demos} demonstrations, 1 augmentations, 2 fitting steps (lr 0.1)" in out
+    for i in range(tests):
         assert f"test {i}, attempt 1:" in out or f"test {i}: no well-formed grid" in out
         assert f"test {i}: wrong" in out or f"test {i}: correct" in out
     # bad task files: one line naming the file and what is wrong
