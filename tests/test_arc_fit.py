@@ -153,7 +153,7 @@ def test_fitted_rows_solve_unseen_recolour_tasks_that_untrained_rows_do_not():
     spec = importlib.util.spec_from_file_location("make_synthetic_arc", ROOT / "examples" / "make_synthetic_arc.py")
     synth = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(synth)
-    _, unseen = synth.make_tasks(24, 8)
+    _, unseen = synth.make_tasks(16, 8)
     model, checkpoint = load_trained_model(str(FIXTURE), "cpu")
     tasks = [parse_task(name, "unseen", raw) for name, raw in list(unseen.items())[:4]]
     solved = {}
