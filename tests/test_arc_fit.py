@@ -141,13 +141,13 @@ def test_the_set_evaluator_writes_a_submission_and_resumes_per_task(arc_run, tmp
 
 # ----------------------------------------------------------------------------- does fitting help?
 
-FIXTURE = ROOT / "tests" / "fixtures" / "arc_recolour"
+FIXTURE = ROOT / "tests" / "fixtures" / "arc_paint"
 
 
 @pytest.mark.slow
-def test_fitted_rows_solve_unseen_recolour_tasks_that_untrained_rows_do_not():
-    """A tiny TRM trained on recolouring tasks (examples/make_synthetic_arc.py; the rule a -> b varies per task,
-    tests/fixtures/arc_recolour/README.md says how it was trained) answers tasks it never saw."""
+def test_fitted_rows_solve_unseen_tasks_that_untrained_rows_do_not():
+    """A tiny TRM trained on 16 tasks of examples/make_synthetic_arc.py (each paints a grid's shapes in its own
+    colour; tests/fixtures/README.md says how it was trained) answers the family's 8 tasks it never saw."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("make_synthetic_arc", ROOT / "examples" / "make_synthetic_arc.py")
@@ -155,9 +155,9 @@ def test_fitted_rows_solve_unseen_recolour_tasks_that_untrained_rows_do_not():
     spec.loader.exec_module(synth)
     _, unseen = synth.make_tasks(16, 8)
     model, checkpoint = load_trained_model(str(FIXTURE), "cpu")
-    tasks = [parse_task(name, "unseen", raw) for name, raw in list(unseen.items())[:4]]
-    solved = {}
+    tasks = [parse_task(name, "unseen", raw) for name, raw in unseen.items()]
+    solved = {}  # tasks solved at the first attempt (README: 0 of 8 with untrained rows, 3 of 8 fitted)
     for steps in (0, 40):
-        settings = FitSettings.from_run(checkpoint, steps=steps, batch_size=8, num_aug=0)
-        solved[steps] = sum(solve_task(model, t, settings, torch.device("cpu")).scores()["pass@2"] for t in tasks)
-    assert solved[0] <= 1 and solved[40] >= 3, solved
+        settings = FitSettings.from_run(checkpoint, steps=steps, batch_size=8)
+        solved[steps] = sum(solve_task(model, t, settings, torch.device("cpu")).scores()["pass@1"] for t in tasks)
+    assert solved[40] >= solved[0] + 2, solved
