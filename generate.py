@@ -6,6 +6,7 @@
     python generate.py --checkpoint <run> --input-file prompts.jsonl --output-file answers.jsonl
     python generate.py --checkpoint <run> --serve --port 8000           # OpenAI-compatible API + chat page (serve.py)
     python generate.py --checkpoint <sudoku run> --puzzle "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
+    python generate.py --checkpoint <arc run> --arc-task task.json --fit-steps 200   # a task it never trained on
 
 Everything needed comes from the run: the weights (EMA when saved), the model config and the tokenizer.
 --checkpoint takes a run directory, a step_<N>[.pt] file, <run>/latest, <run>/best (the best evaluation's),
@@ -27,7 +28,10 @@ import torch
 from tqdm import tqdm
 
 from constants import IGNORE_LABEL_ID
+from evaluators.arc import as_grid
+from evaluators.arc_fit import FitSettings, puzzle_embedding, solve_task
 from tasks import task_module
+from tasks.arc import parse_task, read_json
 from tasks.sudoku import DatasetBuildError
 from utils.checkpoint import ALIASES, find_checkpoint, load_trained_model, named_checkpoint, run_steps
 from utils.device import resolve_dtype, select_device
@@ -69,7 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       "maze, 30 lines of 30 ('#' wall, ' ' open, 'S' start, 'G' goal)")
     ap.add_argument("--host", default="127.0.0.1", help="with --serve: the address to listen on")
     ap.add_argument("--port", type=int, default=8000, help="with --serve: the port (0: a free one, printed)")
+    mode.add_argument("--arc-task", help="an ARC task file ('train' pairs, 'test' inputs, outputs optional) the run "
+                      "never trained on: fit new puzzle-embedding rows on its demonstrations, then answer (top 2)")
     ap.add_argument("--output-file", help="with --input-file: where the answers go (JSONL, same order)")
+    ap.add_argument("--fit-steps", type=int, default=100, help="--arc-task: sign-SGD steps fitting the new rows")
+    ap.add_argument("--fit-lr", type=float, help="--arc-task: their learning rate (default: the run's puzzle_emb_lr)")
+    ap.add_argument("--num-aug", type=int, help="--arc-task: augmented copies (default: the run's dataset.build.num_aug)")
     ap.add_argument("--system", default="", help="system prompt")
     ap.add_argument("--max-new-tokens", "--max-tokens", "--max", dest="max_new_tokens",
                     type=sampling_option("max_new_tokens", int), default=256)
@@ -81,7 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--num-samples", type=int, default=1, help="with --prompt or --input-file: N answers per prompt, "
                     "sample i drawn with seed + i (needs --temperature > 0)")
-    ap.add_argument("--batch-size", type=int, default=8, help="prompts generated together with --input-file")
+    ap.add_argument("--batch-size", type=int, help="prompts generated together with --input-file (default 8); "
+                    "examples per fitting step and prediction batch with --arc-task (default 64)")
     ap.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16", "float64"],
                     help="forward dtype (auto: bfloat16 on CUDA, else float32)")
@@ -132,7 +142,7 @@ class Generator:
                                      args.max_new_tokens, args.seed)
         self.use_cache, self.compiled = not args.no_cache, args.compile
         self.system = args.system
-        self.batch_size = args.batch_size
+        self.batch_size = args.batch_size or 8
         dataset = (self.checkpoint.get("config") or {}).get("dataset", {})
         self.text_mode = (dataset.get("prompt_mode") or ("text" if dataset.get("name") == "text" else "chat")) == "text"
         self.tokenizer = self._load_tokenizer(args.tokenizer)
@@ -395,10 +405,53 @@ def solve_puzzle(model, checkpoint: dict, text: str, device: torch.device) -> bo
     return solved
 
 
+def show_grid(grid) -> str:
+    return "\n".join("".join(str(v) for v in row) for row in grid)
+
+
+def solve_arc_task(model, checkpoint: dict, path: str, args: argparse.Namespace, device: torch.device) -> bool | None:
+    """Fit new puzzle-embedding rows for an unseen ARC task, print the top-2 answers of every test input and
+    whether they are right (when the task gives its outputs). Returns whether every test input was solved
+    within two attempts (None: no outputs to check)."""
+    config = model.config
+    task_name = run_task(checkpoint, config.seq_len, config.vocab_size)
+    if task_name != "arc":
+        raise ValueError(f"this run's task is {task_name or 'not a puzzle task'}: --arc-task needs a run trained on "
+                         "ARC (Sudoku and maze runs share one puzzle identifier and need no fitting: use --puzzle)")
+    task = parse_task(Path(path).stem, "task", read_json(Path(path)), source=path)
+    settings = FitSettings.from_run(checkpoint, steps=args.fit_steps, lr=args.fit_lr, num_aug=args.num_aug,
+                                    batch_size=args.batch_size, seed=args.seed)
+    if puzzle_embedding(model) is None:
+        print("this run has no puzzle embedding (arch.puzzle_emb_ndim=0): nothing to fit", file=sys.stderr)
+    with tqdm(total=settings.steps if puzzle_embedding(model) else 0, desc="fitting the task's rows",
+              file=sys.stderr) as bar:
+        def progress(loss: float) -> None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+        answer = solve_task(model, task, settings, device, progress)
+    print(f"task {task.id}: {len(task.train)} demonstrations, {settings.num_aug} augmentations, {settings.steps} "
+          f"fitting steps (lr {settings.lr:g})")
+    solved = []
+    for i, (pair, candidates) in enumerate(zip(task.test, answer.candidates)):
+        for k, grid in enumerate(candidates[:2], start=1):
+            print(f"test {i}, attempt {k}:\n{show_grid(grid)}")
+        if not candidates:
+            print(f"test {i}: no well-formed grid predicted")
+        if pair.output is not None:
+            hit = next((k for k, g in enumerate(candidates[:2], start=1) if g == as_grid(pair.output)), None)
+            solved.append(hit is not None)
+            print(f"test {i}: {'correct (attempt %d)' % hit if hit else 'wrong'}")
+    return all(solved) if solved else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         args.checkpoint = find_checkpoint(args.checkpoint)  # once: a glob's choice is reported once
+        if args.arc_task is not None:
+            model, checkpoint, device = load_model(args)
+            solve_arc_task(model, checkpoint, args.arc_task, args, device)
+            return 0
         if args.puzzle is None and args.prompt is None and args.input_file is None:  # chat, or serve
             if not args.tokenizer and not os.path.isdir(saved_tokenizer(args.checkpoint)):
                 raise ValueError(f"{args.checkpoint}: a puzzle model (no tokenizer in its run): "

@@ -160,6 +160,8 @@ def start_run(cfg: DictConfig, d: Dist, device: torch.device, run_dir: str | Non
                                  resumed_at=state.step if cfg.resume else None)
     tokenizer = run_tokenizer(cfg, train_data, run_dir, d.is_main)
     evaluator = make_evaluator(cfg, run_dir, tokenizer, all_reduce_sum if d.enabled else None)
+    if state.evaluator is not None and hasattr(evaluator, "load_state_dict"):  # a resumed run's pooled votes
+        evaluator.load_state_dict(state.evaluator)
     if d.is_main:
         print(f"{cfg.arch.name}: {sum(p.numel() for p in state.model.parameters()) / 1e6:.2f}M parameters on "
               f"{device} ({model_config['forward_dtype']}{f', {d.world_size} processes' if d.enabled else ''}); "
@@ -225,6 +227,7 @@ def run_evaluation(run: Run) -> dict[str, float]:
     """Evaluate, log and print; a curriculum may change stage on the result. Returns the metrics (test/...)."""
     started = time.perf_counter()
     metrics, tables = evaluate(run)
+    run.state.evaluator = run.evaluator.state_dict() if hasattr(run.evaluator, "state_dict") else None
     results = {f"test/{k}": v for k, v in metrics.items()}
     run.logger.log({**results, "time/eval_s": time.perf_counter() - started}, run.state.step)
     for name, rows in tables.items():

@@ -13,7 +13,10 @@ Examples:
 
 Every task of every subset becomes one group: the task itself and up to `num_aug` distinct augmentations
 (one of the 8 dihedral transforms, a permutation of the colours 1..9 with black kept, and a random
-translation of each example on the canvas), each with its own puzzle identifier. Tasks of the test set
+translation of the examples on the canvas), each with its own puzzle identifier. Placement follows the
+official builder: in every augmented puzzle one demonstration, drawn at random (seeded), stays at the top
+left, where the test inputs sit and are scored, and the others move to random offsets (--translate-all
+moves every one, as this builder did before; --no-translate moves none). Tasks of the test set
 give their demonstration pairs to the train split and their test inputs to the test split (under the same
 identifiers); the other tasks give all their pairs (with known outputs) to the train split.
 
@@ -43,35 +46,12 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from dataset.common import (PuzzleDatasetMetadata, run_build_cli, save_identifiers, save_split,  # noqa: E402
                             staged_output)
-from tasks.arc import (AUGMENTATIONS_FILE, GRID_SIZE, IDENTITY, PAD, SEQ_LEN, TASKS_FILE, VOCAB_SIZE,  # noqa: E402
-                       Augmentation, Pair, Task, draw_augmentations, encode_grid, parse_task, read_json)
+from tasks.arc import (AUGMENTATIONS_FILE, IDENTITY, PAD, SEQ_LEN, TASKS_FILE, VOCAB_SIZE, Task,  # noqa: E402
+                       draw_augmentations, encode_demonstrations, encode_pair, load_combined, load_directory)
 from utils.files import atomic_write  # noqa: E402
 
 
-# ----------------------------------------------------------------------------- input files
-
-
-def load_combined(prefix: str, subset: str) -> list[Task]:
-    """Tasks of `<prefix>_<subset>_challenges.json`, outputs from `_solutions.json` when it exists."""
-    challenges_path = Path(f"{prefix}_{subset}_challenges.json")
-    solutions_path = Path(f"{prefix}_{subset}_solutions.json")
-    challenges = read_json(challenges_path)
-    solutions = read_json(solutions_path) if solutions_path.exists() else {}
-    if not isinstance(challenges, dict) or not isinstance(solutions, dict):
-        raise ValueError(f"{challenges_path}: expected an object mapping task ids to tasks")
-    return [parse_task(tid, subset, raw, solutions.get(tid), challenges_path.name)
-            for tid, raw in sorted(challenges.items())]
-
-
-def load_directory(root: str, subset: str) -> list[Task]:
-    """Tasks of `<root>/<subset>/*.json`, one task per file, named by the file."""
-    folder = Path(root) / subset
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: subset directory not found")
-    files = sorted(folder.glob("*.json"))
-    if not files:
-        raise ValueError(f"{folder}: no task files (*.json)")
-    return [parse_task(f.stem, subset, read_json(f), source=str(f)) for f in files]
+# ----------------------------------------------------------------------------- config and input files
 
 
 @dataclass
@@ -82,7 +62,8 @@ class ArcBuildConfig:
     subsets: list[str] = field(default_factory=lambda: ["training", "evaluation", "concept"])
     test_set: str = "evaluation"  # its demonstrations train, its test inputs are the test split
     num_aug: int = 1000  # augmented copies per task besides the original (fewer when duplicates arise)
-    translate: bool = True  # random placement of each train example on the canvas
+    translate: bool = True  # random placement of the train examples on the canvas (official rule: see below)
+    translate_all: bool = False  # move every demonstration; the official rule keeps one per puzzle at the top left
     translate_test: bool = False  # also of the test inputs (the official code places them top left)
     seed: int = 0
     quiet: bool = False
@@ -140,17 +121,6 @@ class _SplitRows:
                 "group_indices": np.asarray(self.group_indices, np.int32)}
 
 
-def _encode_pair(pair: Pair, aug: Augmentation, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
-    """Augment a pair and encode it, at a random offset shared by input and output when `rng` is given."""
-    x = aug.apply(pair.input)
-    y = aug.apply(pair.output) if pair.output is not None else None
-    offset = (0, 0)
-    if rng is not None:
-        h, w = (max(g.shape[d] for g in (x, y) if g is not None) for d in (0, 1))
-        offset = (int(rng.integers(GRID_SIZE - h + 1)), int(rng.integers(GRID_SIZE - w + 1)))
-    return encode_grid(x, offset), encode_grid(y, offset) if y is not None else np.full(SEQ_LEN, PAD, np.uint8)
-
-
 def build(config: ArcBuildConfig) -> None:
     """Write `<output_dir>/{train,test}`, identifiers.json, arc_augmentations.npz and arc_tasks.json."""
     cfg = config
@@ -173,16 +143,17 @@ def build(config: ArcBuildConfig) -> None:
     test = _SplitRows(np.empty((n_test, SEQ_LEN), np.uint8), np.empty((n_test, SEQ_LEN), np.uint8))
     names, task_index, transforms, colours = ["<blank>"], [-1], [0], [IDENTITY.colours]
     for i, (task, task_augs) in enumerate(zip(tasks, augs)):
-        rng = np.random.default_rng([cfg.seed, 1, i])
+        rng = np.random.default_rng([cfg.seed, 1, i])  # placement: which demonstration stays, the offsets
         for k, aug in enumerate(task_augs):
             identifier = len(names)
             names.append(f"{task.id}/{k}")
             task_index.append(i)
             transforms.append(aug.transform)
             colours.append(aug.colours)
-            train.add_puzzle(identifier, [_encode_pair(p, aug, rng if cfg.translate else None) for p in train_pairs[i]])
+            train.add_puzzle(identifier, encode_demonstrations(train_pairs[i], aug, rng if cfg.translate else None,
+                                                               cfg.translate_all))
             if is_test[i]:
-                test.add_puzzle(identifier, [_encode_pair(p, aug, rng if cfg.translate_test else None) for p in task.test])
+                test.add_puzzle(identifier, [encode_pair(p, aug, rng if cfg.translate_test else None) for p in task.test])
         train.end_group()
         if is_test[i]:
             test.end_group()
@@ -228,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--test-set", default=d.test_set, help="the subset whose test inputs form the test split")
     p.add_argument("--num-aug", type=int, default=d.num_aug, help="augmented copies per task")
     p.add_argument("--no-translate", dest="translate", action="store_false", help="keep grids at the top left")
+    p.add_argument("--translate-all", action="store_true", help="move every demonstration (the official rule, the "
+                   "default, keeps one random demonstration of each augmented puzzle at the top left)")
     p.add_argument("--translate-test", action="store_true", help="also move the test inputs on the canvas")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--quiet", action="store_true")

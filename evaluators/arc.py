@@ -45,16 +45,28 @@ class Prediction:
     confidence: float  # sigmoid of the q-halt logit
 
 
-def rank_candidates(predictions: Iterable[Prediction]) -> dict[tuple[str, int], list[Grid]]:
-    """(task, test index) -> distinct predicted grids, best first: most votes, then highest mean confidence
-    (then the grid itself, so the order never depends on the order the predictions arrived in)."""
-    votes: dict[tuple[str, int], dict[Grid, list[float]]] = defaultdict(dict)
+Votes = dict[tuple[str, int], dict[Grid, list]]  # (task, test index) -> grid -> [count, confidence sum]
+
+
+def add_votes(predictions: Iterable[Prediction], votes: Votes | None = None) -> Votes:
+    """Count the predictions' votes (into `votes` when given: pooled over evaluations)."""
+    votes = defaultdict(dict, votes or {})
     for p in predictions:
         if p.grid is not None:
             count_sum = votes[(p.task, p.test_index)].setdefault(p.grid, [0, 0.0])
             count_sum[0] += 1
             count_sum[1] += p.confidence
+    return dict(votes)
+
+
+def rank_votes(votes: Votes) -> dict[tuple[str, int], list[Grid]]:
+    """(task, test index) -> distinct predicted grids, best first: most votes, then highest mean confidence
+    (then the grid itself, so the order never depends on the order the predictions arrived in)."""
     return {key: sorted(c, key=lambda g: (-c[g][0], -c[g][1] / c[g][0], g)) for key, c in votes.items()}
+
+
+def rank_candidates(predictions: Iterable[Prediction]) -> dict[tuple[str, int], list[Grid]]:
+    return rank_votes(add_votes(predictions))
 
 
 def pass_at_k(ranked: dict[tuple[str, int], list[Grid]], solutions: dict[str, Sequence[Grid | None]],
@@ -132,35 +144,93 @@ def write_submission(path: str | os.PathLike, submission: dict) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
+class VotePool:
+    """Votes added up over the evaluations of a run (evaluator.pool_votes=true), as the official evaluator does
+    by never clearing them: its final pass@2, the number the paper reports, counts every checkpoint's votes.
+    Kept in the training state, so a resumed run goes on pooling."""
+
+    def __init__(self):
+        self.votes: Votes = {}
+        self.evaluations = 0
+
+    def add(self, predictions: list[Prediction]) -> None:
+        self.votes = add_votes(predictions, self.votes)
+        self.evaluations += 1
+
+    def state_dict(self) -> dict:
+        """Plain lists (a weights-only checkpoint holds them): [task, test index, grid, count, confidence sum]."""
+        return {"evaluations": self.evaluations,
+                "votes": [[task, index, [list(row) for row in grid], count, total]
+                          for (task, index), grids in sorted(self.votes.items())
+                          for grid, (count, total) in sorted(grids.items())]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.evaluations = int(state["evaluations"])
+        self.votes = {}
+        for task, index, grid, count, total in state["votes"]:
+            self.votes.setdefault((task, int(index)), {})[as_grid(grid)] = [int(count), float(total)]
+
+
 def evaluate_arc(model: ACTLossHead, batches: Batches, device: torch.device, dataset_dir: str,
                  submission_path: str | os.PathLike | None = None, ks: Sequence[int] = PASS_KS,
-                 reduce=None) -> dict[str, float]:
+                 reduce=None, pool: VotePool | None = None) -> dict[str, float]:
     """The puzzle metrics plus pass@k (on every rank); writes the submission (on rank 0) when a path is given.
-    Votes are collected afresh on every call."""
+    Votes are collected afresh on every call; with a `pool` they are also added to it, and pooled/pass@k
+    (and a pooled submission, `<name>_pooled.json`) count every evaluation the pool has seen."""
     meta = load_arc_metadata(dataset_dir)
     collector = ArcCollector(meta)
     metrics = evaluate_puzzles(model, batches, device, reduce, on_outputs=collector.add)
     predictions = gather_predictions(collector.predictions)
     scores = None
     if predictions is not None:  # rank 0 (or alone)
-        ranked = rank_candidates(predictions)
         solutions = {t: [None if g is None else as_grid(g) for g in outs] for t, outs in meta.test_outputs.items()}
-        scores = pass_at_k(ranked, solutions, ks)
-        if submission_path is not None:
-            write_submission(submission_path, make_submission(ranked, {t: len(v) for t, v in meta.test_inputs.items()}))
+        num_tests = {t: len(v) for t, v in meta.test_inputs.items()}
+        rankings = {"": rank_candidates(predictions)}
+        if pool is not None:
+            pool.add(predictions)
+            rankings["pooled/"] = rank_votes(pool.votes)
+        scores = {}
+        for prefix, ranked in rankings.items():
+            scores.update({f"{prefix}{k}": v for k, v in pass_at_k(ranked, solutions, ks).items()})
+            if submission_path is not None:
+                path = Path(submission_path)
+                write_submission(path.with_name(f"{path.stem}_pooled{path.suffix}") if prefix else path,
+                                 make_submission(ranked, num_tests))
+        if pool is not None:
+            scores["pooled/evaluations"] = float(pool.evaluations)
+            del scores["pooled/arc_tasks"]
     metrics.update(broadcast_object(scores))
     return metrics
 
 
 class ArcEvaluator:
     """dataset.evaluator=arc: puzzle metrics and pass@k on the first test dataset; each evaluation writes
-    <run_dir>/submission_step_<N>.json."""
+    <run_dir>/submission_step_<N>.json. With evaluator.pool_votes=true the votes of every evaluation of the run
+    also add up (VotePool): pooled/pass@k and submission_step_<N>_pooled.json."""
 
     def __init__(self, cfg, run_dir: str | None = None, tokenizer=None, reduce=None):
         self.dataset_dir = (cfg.data_paths_test or cfg.data_paths)[0]
         self.run_dir, self.reduce = run_dir, reduce
+        self.pool = VotePool() if (cfg.get("evaluator") or {}).get("pool_votes") else None
 
     def evaluate(self, model: ACTLossHead, test_data: Batches, device: torch.device,
                  step: int) -> tuple[dict[str, float], dict[str, list[dict]]]:
         submission = os.path.join(self.run_dir, f"submission_step_{step}.json") if self.run_dir else None
-        return evaluate_arc(model, test_data, device, self.dataset_dir, submission, reduce=self.reduce), {}
+        return evaluate_arc(model, test_data, device, self.dataset_dir, submission, reduce=self.reduce,
+                            pool=self.pool), {}
+
+    def state_dict(self) -> dict | None:
+        """What a checkpoint keeps of the evaluator: the pooled votes (None when not pooling)."""
+        return self.pool.state_dict() if self.pool is not None else None
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if self.pool is not None and state:
+            self.pool.load_state_dict(state)
+
+
+if __name__ == "__main__":  # python -m evaluators.arc RUN --tasks ...: test-time embeddings for a set of tasks
+    import sys
+
+    from evaluators.arc_fit import main
+
+    sys.exit(main())

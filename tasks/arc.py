@@ -88,6 +88,29 @@ def read_json(path: Path) -> Any:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
+def load_combined(prefix: str, subset: str) -> list[Task]:
+    """Tasks of `<prefix>_<subset>_challenges.json`, outputs from `_solutions.json` when it exists."""
+    challenges_path = Path(f"{prefix}_{subset}_challenges.json")
+    solutions_path = Path(f"{prefix}_{subset}_solutions.json")
+    challenges = read_json(challenges_path)
+    solutions = read_json(solutions_path) if solutions_path.exists() else {}
+    if not isinstance(challenges, dict) or not isinstance(solutions, dict):
+        raise ValueError(f"{challenges_path}: expected an object mapping task ids to tasks")
+    return [parse_task(tid, subset, raw, solutions.get(tid), challenges_path.name)
+            for tid, raw in sorted(challenges.items())]
+
+
+def load_directory(root: str, subset: str) -> list[Task]:
+    """Tasks of `<root>/<subset>/*.json`, one task per file, named by the file."""
+    folder = Path(root) / subset
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: subset directory not found")
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        raise ValueError(f"{folder}: no task files (*.json)")
+    return [parse_task(f.stem, subset, read_json(f), source=str(f)) for f in files]
+
+
 # ----------------------------------------------------------------------------- augmentation
 
 
@@ -152,6 +175,28 @@ def encode_grid(grid: np.ndarray, offset: tuple[int, int] = (0, 0)) -> np.ndarra
     if c + w < GRID_SIZE:
         canvas[r:r + h, c + w] = EOS
     return canvas.reshape(-1)
+
+
+def encode_pair(pair: Pair, aug: Augmentation, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Augment a pair and encode it: at the top left, or at a random offset shared by input and output when `rng`
+    is given. An unknown output encodes as all PAD."""
+    x = aug.apply(pair.input)
+    y = aug.apply(pair.output) if pair.output is not None else None
+    offset = (0, 0)
+    if rng is not None:
+        h, w = (max(g.shape[d] for g in (x, y) if g is not None) for d in (0, 1))
+        offset = (int(rng.integers(GRID_SIZE - h + 1)), int(rng.integers(GRID_SIZE - w + 1)))
+    return encode_grid(x, offset), encode_grid(y, offset) if y is not None else np.full(SEQ_LEN, PAD, np.uint8)
+
+
+def encode_demonstrations(pairs: list[Pair], aug: Augmentation, rng: np.random.Generator | None,
+                          translate_all: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The demonstrations of one augmented puzzle, encoded as training sees them. With `rng` (translation on),
+    the official rule: one demonstration drawn at random stays at the top left, where the test inputs are
+    scored, and the others move to random offsets; `translate_all` moves every one. Without `rng`, all stay
+    at the top left."""
+    keep = -1 if rng is None or translate_all else int(rng.integers(len(pairs)))
+    return [encode_pair(p, aug, None if i == keep else rng) for i, p in enumerate(pairs)]
 
 
 def grid_offset(tokens: np.ndarray) -> tuple[int, int] | None:

@@ -162,6 +162,15 @@ def generate(*args: str, stdin: str | None = None) -> subprocess.CompletedProces
 
 # ----------------------------------------------------------------------------- ARC tasks
 
+def arc_data_dir() -> Path | None:
+    """The real ARC-AGI files (Kaggle layout), when this machine has them."""
+    for candidate in (os.environ.get("ARC_DATA_DIR"), ROOT.parent / "shared" / "data" / "arc-agi",
+                      Path("/work/shared/data/arc-agi")):
+        if candidate and (Path(candidate) / "arc-agi_training_challenges.json").is_file():
+            return Path(candidate)
+    return None
+
+
 def write_tasks(root: Path, subset: str, tasks: dict) -> None:
     (root / subset).mkdir(parents=True, exist_ok=True)
     for name, task in tasks.items():

@@ -10,26 +10,21 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, compose, grid_task, write_tasks
-from dataset.build_arc_dataset import ArcBuildConfig, build, load_combined
+from conftest import FLOAT32, ROOT, arc_data_dir, compose, grid_task, write_tasks
+from dataset.build_arc_dataset import ArcBuildConfig, build
 from dataset.puzzle_dataset import PuzzleDataset
-from evaluators.arc import ArcCollector, Prediction, as_grid, make_submission, pass_at_k, rank_candidates
+from evaluators.arc import (ArcCollector, Prediction, VotePool, as_grid, make_submission, pass_at_k, rank_candidates,
+                            rank_votes)
 from generate import main as generate_main, run_task
 from pretrain import train
 from tasks.arc import (EOS, IDENTITY, PAD, Augmentation, Pair, Task, decode_grid, draw_augmentations, encode_grid,
-                       grid_offset, load_arc_metadata)
+                       grid_offset, load_arc_metadata, load_combined)
 from tasks.common import dihedral, inverse_dihedral
+from utils.checkpoint import load_checkpoint
+from utils.run import resume_config
 
 
-def _arc_dir() -> Path | None:
-    for candidate in (os.environ.get("ARC_DATA_DIR"), ROOT.parent / "shared" / "data" / "arc-agi",
-                      Path("/work/shared/data/arc-agi")):
-        if candidate and (Path(candidate) / "arc-agi_training_challenges.json").is_file():
-            return Path(candidate)
-    return None
-
-
-ARC_DIR = _arc_dir()
+ARC_DIR = arc_data_dir()
 needs_real_data = pytest.mark.skipif(ARC_DIR is None, reason="real ARC files not found (set ARC_DATA_DIR or put "
                                      "them in ../shared/data/arc-agi)")
 
@@ -200,6 +195,43 @@ def test_real_build_inverts_every_row(tmp_path):
     assert len(meta.test_inputs) == 120
 
 
+def top_left_per_puzzle(out: Path) -> tuple[list[int], list[int]]:
+    """(examples at the top left, examples) of every puzzle of a build's train split."""
+    inputs, indices = (np.load(out / "train" / f"all__{k}.npy") for k in ("inputs", "puzzle_indices"))
+    at_origin = [grid_offset(x) == (0, 0) for x in inputs]
+    spans = list(zip(indices[:-1], indices[1:]))
+    return [sum(at_origin[a:b]) for a, b in spans], [b - a for a, b in spans]
+
+
+def test_official_placement_keeps_one_random_demonstration_per_puzzle_at_the_top_left(tmp_path):
+    src = tmp_path / "src"
+    write_tasks(src, "training", {f"t{i}": grid_task(i, n_train=4) for i in range(6)})
+    kept_index = []
+    for translate_all in (False, True):
+        out = tmp_path / f"all-{translate_all}"
+        build(ArcBuildConfig(output_dir=str(out), input_dir=str(src), subsets=["training"], test_set="training",
+                             num_aug=7, translate_all=translate_all, seed=3, quiet=True))
+        top_left, sizes = top_left_per_puzzle(out)
+        assert sizes == [4] * 48  # the 4 demonstrations of 6 tasks x 8 copies (their test inputs: the test split)
+        if translate_all:  # today's rule: a 5x5 grid lands at (0, 0) once in 26 * 26 draws
+            assert sum(top_left) <= 2
+        else:
+            assert all(n >= 1 for n in top_left) and sum(top_left) <= 48 + 2
+            inputs, indices = (np.load(out / "train" / f"all__{k}.npy") for k in ("inputs", "puzzle_indices"))
+            kept_index = [next(i for i in range(4) if grid_offset(inputs[indices[p] + i]) == (0, 0)) for p in range(48)]
+    assert len(set(kept_index)) == 4  # the kept demonstration is drawn, not always the first
+
+
+@needs_real_data
+def test_real_arc_agi_1_build_has_a_top_left_demonstration_in_every_puzzle(tmp_path):
+    out = tmp_path / "arc1"
+    build(ArcBuildConfig(output_dir=str(out), input_prefix=str(ARC_DIR / "arc-agi"), num_aug=1, seed=0, quiet=True))
+    top_left, sizes = top_left_per_puzzle(out)
+    assert len(sizes) == 2 * (400 + 400 + 160)  # every task and one augmented copy
+    assert min(top_left) >= 1
+    assert sum(top_left) / sum(sizes) > 0.2  # ~ one example in four; translating every one: 0.2%
+
+
 @pytest.mark.parametrize("task, message", [
     ({"train": [{"input": [[1, 2], [3]], "output": [[1]]}], "test": [{"input": [[1]]}]}, "rows have different"),
     ({"train": [{"input": [[1, 12]], "output": [[1]]}], "test": [{"input": [[1]]}]}, "integers 0..9"),
@@ -311,6 +343,8 @@ def test_tiny_arc_training_run_writes_a_submission(tiny_arc, tmp_path, capsys):
     assert (data / "arc_tasks.json").exists()  # built through the builder registry
     assert {"test/pass@1", "test/pass@2", "test/pass@5", "test/pass@10"} <= set(results)
     assert results["test/arc_tasks"] == 2 and 0 <= results["test/pass@2"] <= 1
+    assert not any("pooled" in k for k in results)  # evaluator.pool_votes is off by default
+    assert load_checkpoint(str(tmp_path / "Built-on-first-run-ACT-torch" / "arc" / "step_2.pt"))["evaluator"] is None
     sub = json.loads((tmp_path / "Built-on-first-run-ACT-torch" / "arc" / "submission_step_2.json").read_text())
     assert sorted(sub) == ["ev1", "ev2"] and [len(sub[t]) for t in ("ev1", "ev2")] == [1, 2]
     for attempts in sub.values():
@@ -330,3 +364,57 @@ def test_tiny_arc_training_run_writes_a_submission(tiny_arc, tmp_path, capsys):
     ({}, (900, 12), "arc"), ({}, (900, 6), "maze"), ({}, (81, 11), "sudoku"), ({}, (81, 12), None)])  # the shape
 def test_generate_knows_the_task_of_old_and_new_runs(dataset, shape, task):
     assert run_task({"config": {"dataset": dataset}}, *shape) == task
+
+
+# ----------------------------------------------------------------------------- pooled votes
+
+
+def test_vote_pool_adds_up_and_survives_a_weights_only_checkpoint(tmp_path):
+    A, B = g([1, 2]), g([3])
+    pool = VotePool()
+    pool.add([Prediction("t", 0, A, 0.5), Prediction("t", 0, B, 0.75), Prediction("t", 0, None, 1.0)])
+    pool.add([Prediction("t", 0, B, 0.25), Prediction("t", 1, A, 1.0)])
+    assert pool.evaluations == 2
+    assert pool.votes == {("t", 0): {A: [1, 0.5], B: [2, 1.0]}, ("t", 1): {A: [1, 1.0]}}
+    assert rank_votes(pool.votes)[("t", 0)] == [B, A]  # B leads only once the evaluations are pooled
+    torch.save({"evaluator": pool.state_dict()}, tmp_path / "c.pt")
+    again = VotePool()
+    again.load_state_dict(torch.load(tmp_path / "c.pt", weights_only=True)["evaluator"])
+    assert again.votes == pool.votes and again.evaluations == 2
+
+
+def _pooled_run(src: Path, data: Path, tmp_path: Path, name: str, *extra: str) -> dict:
+    cfg = compose("dataset=arc", f"data_paths=[{data}]", f"checkpoint_dir={tmp_path}", f"run_name={name}",
+                  f"dataset.build.input_dir={src}", "dataset.build.input_prefix=null",
+                  "dataset.build.subsets=[training,evaluation]", "dataset.build.num_aug=2", "+dataset.build.quiet=true",
+                  *TINY_ARC, "global_batch_size=8", "epochs=3", "eval_interval=1.5", *extra)
+    return train(cfg)
+
+
+TINY_ARC = ["arch=trm", "arch.hidden_size=32", "arch.num_heads=2", "arch.puzzle_emb_ndim=32", "arch.puzzle_emb_len=1",
+            "arch.H_cycles=1", "arch.L_cycles=1", "arch.halt_max_steps=1", "logger.mode=disabled", FLOAT32]
+
+
+def test_pooled_votes_add_up_over_evaluations_and_resume(tiny_arc, tmp_path):
+    src, _ = tiny_arc
+    data = tmp_path / "arc-data"
+    straight = _pooled_run(src, data, tmp_path, "straight", "evaluator.pool_votes=true")
+    project = tmp_path / "Arc-data-ACT-torch"
+    logs = [json.loads(line) for line in (project / "straight" / "metrics.jsonl").read_text().splitlines()]
+    evals = [m for m in logs if "test/pass@2" in m]
+    assert [m["step"] for m in evals] == [2, 4]
+    assert [m["test/pooled/evaluations"] for m in evals] == [1, 2]
+    for k in (1, 2, 5, 10):  # one evaluation pooled is that evaluation
+        assert evals[0][f"test/pooled/pass@{k}"] == evals[0][f"test/pass@{k}"]
+    assert straight["test/pooled/pass@2"] == evals[-1]["test/pooled/pass@2"]
+    assert (project / "straight" / "submission_step_4_pooled.json").exists()
+    # every checkpoint holds the votes so far: the second evaluation adds its (at most 12) well-formed predictions
+    pools = [load_checkpoint(str(project / "straight" / f"step_{s}.pt"))["evaluator"] for s in (2, 4)]
+    totals = [sum(v[3] for v in p["votes"]) for p in pools]
+    assert [p["evaluations"] for p in pools] == [1, 2] and 0 < totals[0] < totals[1] <= totals[0] + 12
+    # a run stopped after 2 steps and resumed pools the same votes
+    _pooled_run(src, data, tmp_path, "split", "evaluator.pool_votes=true", "max_steps=2")
+    overrides = [f"resume={project / 'split'}", "max_steps=null"]
+    resumed = train(resume_config(compose(*overrides), overrides))
+    assert load_checkpoint(str(project / "split" / "step_4.pt"))["evaluator"] == pools[-1]
+    assert {k: v for k, v in resumed.items() if "pooled" in k} == {k: v for k, v in straight.items() if "pooled" in k}

@@ -380,3 +380,11 @@ def test_puzzle_mode_reads_a_maze_file(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("maze:\n" + "\n".join(maze[i:i + 30] for i in range(0, 900, 30)))
     assert "ACT step 2: halting confidence " in result.stdout and "ACT step 3" not in result.stdout
+
+
+def test_arc_task_on_a_sudoku_run_is_a_clear_error(sudoku_run, tmp_path):
+    (tmp_path / "task.json").write_text(json.dumps({"train": [{"input": [[1]], "output": [[2]]}], "test": [{"input": [[1]]}]}))
+    result = generate("--checkpoint", str(sudoku_run), "--arc-task", str(tmp_path / "task.json"))
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip() == ("error: this run's task is sudoku: --arc-task needs a run trained on ARC (Sudoku and "
+                                     "maze runs share one puzzle identifier and need no fitting: use --puzzle)")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, TINY, compose, run_cli, tiny_cfg, with_puzzle_ids
+from conftest import FLOAT32, ROOT, TINY, compose, grid_task, run_cli, tiny_cfg, with_puzzle_ids, write_tasks
 from pretrain import train
 from utils.checkpoint import find_checkpoint, load_checkpoint
 from utils.run import new_run_dir, resume_config
@@ -161,3 +161,29 @@ def test_gradient_accumulation_trains_like_the_whole_batch(sudoku_dir, tmp_path,
                 assert torch.equal(x, y), f"{key}.{name} differs"
     with pytest.raises(ValueError, match="grad_accum_steps=3 must divide the batch of each process"):
         train(tiny_cfg(data, tmp_path, "max_steps=1", "grad_accum_steps=3"))
+
+
+@pytest.mark.parametrize("task", ["sudoku", "maze", "arc"])
+def test_every_puzzle_task_trains_and_evaluates_without_a_puzzle_embedding(task, sudoku_dir, tmp_path):
+    """arch.puzzle_emb_ndim=0: no per-puzzle rows, no sign-SGD; the network sees the tokens alone."""
+    data = tmp_path / "data"
+    if task == "sudoku":
+        data_args = [f"data_paths=[{with_puzzle_ids(sudoku_dir, data)}]"]  # identifiers the model now ignores
+    elif task == "maze":
+        data_args = ["dataset=maze", f"data_paths=[{data}]", "dataset.build.num_train=4", "dataset.build.num_test=2",
+                     "dataset.build.min_path_length=30"]
+    else:
+        write_tasks(tmp_path / "src", "training", {"tr": grid_task(1)})
+        write_tasks(tmp_path / "src", "evaluation", {"ev": grid_task(2, n_test=2)})
+        data_args = ["dataset=arc", f"data_paths=[{data}]", f"dataset.build.input_dir={tmp_path / 'src'}",
+                     "dataset.build.input_prefix=null", "dataset.build.subsets=[training,evaluation]",
+                     "dataset.build.num_aug=1", "+dataset.build.quiet=true"]
+    cfg = compose(*data_args, f"checkpoint_dir={tmp_path}", "run_name=r", *TINY, FLOAT32, "arch=trm",
+                  "arch.puzzle_emb_ndim=0", "arch.H_cycles=1", "arch.halt_max_steps=1", "global_batch_size=4",
+                  "max_steps=2")
+    results = train(cfg)
+    assert results["test/count"] > 0 and 0 <= results["test/accuracy"] <= 1
+    if task == "arc":
+        assert results["test/arc_tasks"] == 1 and "test/pass@2" in results
+    ckpt = final_state(tmp_path / "Data-ACT-torch" / "r")
+    assert not any("puzzle_emb" in k for k in ckpt["model"]) and len(ckpt["optimizers"]) == 1

@@ -31,6 +31,7 @@ class TrainState:
     step: int = 0
     carry: Carry | None = None
     first_row: int = 0  # of this rank's rows in the global batch
+    evaluator: dict | None = None  # what the evaluator keeps across evaluations (pooled ARC votes), as saved
 
 
 def enter_stage(state: TrainState, stage: Stage, cfg: DictConfig, world_size: int, run_lrs: list[float],
@@ -112,6 +113,7 @@ def checkpoint_state(state: TrainState, train_data, cfg: DictConfig, model_confi
         "carry": carry,
         "data": train_data.state_dict(),
         "rng": rng,
+        "evaluator": state.evaluator,
         "config": OmegaConf.to_container(cfg, resolve=True),
         "model_config": model_config,  # build_model(**model_config) rebuilds the network without the data
     }
@@ -133,6 +135,7 @@ def restore(state: TrainState, train_data, ckpt: dict[str, Any], device: torch.d
     if state.scaler.is_enabled() and ckpt.get("scaler"):
         state.scaler.load_state_dict(ckpt["scaler"])
     state.step = int(ckpt["step"])
+    state.evaluator = ckpt.get("evaluator")
     if ckpt["carry"] is not None:
         saved_rows = len(ckpt["carry"]["steps"])
         if saved_rows != global_batch_size:
