@@ -110,7 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--input-file needs --output-file")
     if args.num_samples < 1:
         ap.error("--num-samples must be at least 1")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         ap.error("--batch-size must be at least 1")
     if args.output_file and not os.path.isdir(os.path.dirname(os.path.abspath(args.output_file))):
         ap.error(f"--output-file {args.output_file}: the directory {os.path.dirname(args.output_file)} does not exist")

@@ -284,7 +284,8 @@ def train_loop(run: Run) -> tuple[dict[str, float], dict[str, float]]:
                 results = run_evaluation(run)
                 logged_time += time.perf_counter() - eval_started  # throughput counts training time only
                 best = run.checkpoints.improved(results)  # (every rank)
-                if run.curriculum is not None:  # the evaluation moved the curriculum: resume follows it
+                if run.curriculum is not None or run.state.evaluator is not None:
+                    # the evaluation moved training state (the curriculum, pooled votes): the checkpoint follows it
                     save_run_checkpoint(run.state, run.train_data, cfg, run.model_config, run.run_dir, run.device,
                                         run.d.is_main)
             if run.d.is_main:
