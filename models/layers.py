@@ -205,10 +205,8 @@ class SwiGLU(nn.Module):
         self.down_proj = CastedLinear(inner, hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # the fused weight's two halves as two matmuls: contiguous gate and up, on which silu and the product run
-        # about a third faster on the CPU than on strided halves of one output
-        gate_w, up_w = self.gate_up_proj.cast_weight(x.dtype).chunk(2, dim=0)
-        return self.down_proj(F.silu(F.linear(x, gate_w)) * F.linear(x, up_w))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class Block(nn.Module):
