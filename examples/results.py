@@ -1,0 +1,222 @@
+"""The experiments of the results page (docs/results.md): every table there is written by this script.
+
+    python examples/results.py recursion   # 1. recursion vs depth vs width, with a learning-rate sweep each
+    python examples/results.py cycles      # 2. H_cycles x L_cycles of the TRM-MLP
+    python examples/results.py test_time   # 3-4. more ACT steps at test time, harder puzzles (section 1's models)
+    python examples/results.py report      # rewrite the generated tables and plots of docs/results.md
+    python examples/results.py all         # the three experiments, then the report
+
+Each training run is a `pretrain.py` process under checkpoints/results-<experiment>/<run>, logging to W&B (offline
+unless a key is configured) in the group results-<experiment>. The script is resumable: a finished run
+(summary.json) or evaluation (eval.json) is skipped, an interrupted run continues from its last checkpoint, so
+rerunning a command after a crash (or with more --seeds) only does what is missing. Runs go --jobs at a time with
+--threads threads each (two one-thread runs train ~20% more steps per second than one two-thread run on a 2-core
+CPU; a run's result does not depend on either).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from dataset.build_sudoku_dataset import SudokuBuildConfig, build  # noqa: E402
+
+PAGE = ROOT / "docs" / "results.md"
+FIGURES = ROOT / "docs" / "results"
+TRAIN_DATA = "data/sudoku-gen-1k"  # the default job's data (config/dataset/sudoku.yaml)
+# held-out puzzle sets: name -> (clues, seed of the generator); 200 test puzzles each, no training rows used
+EVAL_SETS = {"valid": ((35, 45), 101), "clues30-34": ((30, 34), 102), "clues25-29": ((25, 29), 103),
+             "clues22-24": ((22, 24), 104)}
+LRS = (1e-3, 3e-3, 1e-2)
+MAX_ACT_STEPS = 16  # test-time recursion: evaluate up to this many ACT steps
+
+# section 1: name -> (overrides, what it is); TRMs run 2 layers H_cycles(L_cycles + 1) = 6 times per ACT step
+MODELS = {
+    "trm_mlp": (["arch=trm_mlp"], "TRM-MLP, 2 layers, H 2 x L 2, up to 4 ACT steps"),
+    "transformer_mlp_2L": (["arch=transformer", "arch.mlp_t=true", "arch.pos_encodings=none", "arch.L_layers=2"],
+                           "transformer, MLP mixer, 2 layers (the TRM's parameters), 1 pass"),
+    "transformer_mlp_12L": (["arch=transformer", "arch.mlp_t=true", "arch.pos_encodings=none", "arch.L_layers=12"],
+                            "transformer, MLP mixer, 12 layers (the TRM's layer applications per ACT step)"),
+    "trm_att": (["arch=trm"], "TRM, attention + RoPE, 2 layers, H 2 x L 2, up to 4 ACT steps"),
+    "transformer_att_2L": (["arch=transformer", "arch.L_layers=2"], "transformer, attention, 2 layers, 1 pass"),
+    "transformer_att_12L": (["arch=transformer", "arch.L_layers=12"], "transformer, attention, 12 layers"),
+}
+CYCLES = [(h, l) for h in (1, 2, 3) for l in (1, 2, 4)]
+
+
+@dataclass
+class Job:
+    experiment: str
+    name: str
+    overrides: list[str] = field(default_factory=list)
+
+    @property
+    def run_dir(self) -> Path:
+        return ROOT / "checkpoints" / f"results-{self.experiment}" / self.name
+
+    def summary(self) -> dict | None:
+        path = self.run_dir / "summary.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def run_process(args: list[str], log_file: Path, threads: int) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    with open(log_file, "a") as out:
+        code = subprocess.call([sys.executable, *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    if code != 0:
+        raise RuntimeError(f"{' '.join(args[:3])} ... failed (exit {code}); see {log_file}")
+
+
+def train(job: Job, threads: int) -> dict:
+    """Train `job` to its end (resuming a run that was interrupted); returns its summary."""
+    if job.summary() is not None:
+        return job.summary()
+    run = job.run_dir
+    resume = [f"resume={run}"] if any(run.glob("step_*.pt")) else []
+    if run.exists() and not resume:  # killed before its first checkpoint: nothing to keep
+        shutil.rmtree(run)
+    run.parent.mkdir(parents=True, exist_ok=True)
+    log(f"train {job.experiment}/{job.name}{' (resuming)' if resume else ''}")
+    start = time.time()
+    run_process(["pretrain.py", *job.overrides, f"checkpoint_dir={ROOT / 'checkpoints'}",
+                 f"project_name=results-{job.experiment}", f"run_name={job.name}",
+                 f"logger.group=results-{job.experiment}", "checkpoint_keep_last=1", *resume],
+                run.parent / f"{job.name}.log", threads)
+    log(f"done {job.experiment}/{job.name} in {time.time() - start:.0f} s")
+    return job.summary()
+
+
+def evaluate(job: Job, sets: list[str], act_steps: int, threads: int) -> dict:
+    """The final checkpoint of `job` on the test split of each set, for up to `act_steps` ACT steps."""
+    out = job.run_dir / f"eval_act{act_steps}.json"
+    if not out.exists():
+        log(f"evaluate {job.experiment}/{job.name} ({act_steps} ACT steps)")
+        run_process(["generate.py", "--checkpoint", str(job.run_dir / "final"), "--evaluate", *sets,
+                     "--act-steps", str(act_steps), "--output-file", str(out)],
+                    job.run_dir.parent / f"{job.name}.log", threads)
+    return json.loads(out.read_text())
+
+
+def build_data() -> dict[str, str]:
+    """The training data and the held-out sets (built once; the generator is seeded)."""
+    sudoku = OmegaConf.load(ROOT / "config" / "dataset" / "sudoku.yaml")
+    if not (ROOT / TRAIN_DATA / "train" / "dataset.json").exists():
+        build(SudokuBuildConfig(output_dir=str(ROOT / TRAIN_DATA), **OmegaConf.to_container(sudoku.dataset.build)))
+    paths = {"test": TRAIN_DATA}
+    for name, ((low, high), seed) in EVAL_SETS.items():
+        path = f"data/results/{name}"
+        if not (ROOT / path / "test" / "dataset.json").exists():
+            build(SudokuBuildConfig(output_dir=str(ROOT / path), seed=seed, num_train=1, num_test=200, min_clues=low,
+                                    max_clues=high, quiet=True))
+        paths[name] = path
+    check_disjoint(paths)
+    return paths
+
+
+def check_disjoint(paths: dict[str, str]) -> None:
+    """No held-out puzzle may be a training row (the train split holds every augmented copy)."""
+    import numpy as np
+
+    train = {row.tobytes() for row in np.load(ROOT / TRAIN_DATA / "train" / "all__inputs.npy")}
+    for name, path in paths.items():
+        test = np.load(ROOT / path / "test" / "all__inputs.npy")
+        leaked = sum(row.tobytes() in train for row in test)
+        if leaked:
+            raise ValueError(f"{path}: {leaked} of its {len(test)} test puzzles are rows of {TRAIN_DATA}'s train split")
+
+
+def in_parallel(fn, items, jobs: int) -> list:
+    with ThreadPoolExecutor(jobs) as pool:
+        return list(pool.map(fn, items))
+
+
+# ---------------------------------------------------------------- the experiments
+
+def recursion_jobs(seeds: int, data: dict[str, str]) -> tuple[list[Job], dict[str, list[Job]]]:
+    """(the learning-rate sweep at seed 0, then per model its jobs at the chosen rate for every seed)."""
+    common = [f"data_paths_test=[{data['valid']}]"]  # choose on held-out validation puzzles, report on test
+    sweep = [Job("recursion", f"{m}-lr{lr:g}-s0", [*MODELS[m][0], f"lr={lr}", "seed=0", *common])
+             for m in MODELS for lr in LRS]
+    return sweep, {m: [Job("recursion", f"{m}-lr{{lr}}-s{s}", [*MODELS[m][0], "lr={lr}", f"seed={s}", *common])
+                       for s in range(seeds)] for m in MODELS}
+
+
+def best_lr(model: str) -> float:
+    """The rate whose seed-0 run reached the best validation exact accuracy (then token accuracy)."""
+    scores = {}
+    for lr in LRS:
+        summary = Job("recursion", f"{model}-lr{lr:g}-s0").summary()
+        scores[lr] = (summary["test"]["test/exact_accuracy"], summary["test"]["test/accuracy"])
+    return max(scores, key=scores.get)
+
+
+def chosen(job: Job, lr: float) -> Job:
+    return Job(job.experiment, job.name.format(lr=f"{lr:g}"), [o.format(lr=lr) for o in job.overrides])
+
+
+def run_recursion(args, data: dict[str, str]) -> None:
+    sweep, per_model = recursion_jobs(args.seeds, data)
+    in_parallel(lambda j: train(j, args.threads), sweep, args.jobs)
+    final = [chosen(j, best_lr(m)) for m, jobs in per_model.items() for j in jobs]
+    in_parallel(lambda j: train(j, args.threads), final, args.jobs)
+
+
+def cycles_jobs(seeds: int) -> list[Job]:
+    return [Job("cycles", f"H{h}-L{l}-s{s}", ["arch=trm_mlp", f"arch.H_cycles={h}", f"arch.L_cycles={l}", f"seed={s}"])
+            for s in range(seeds) for h, l in CYCLES]
+
+
+def run_cycles(args, data: dict[str, str]) -> None:
+    in_parallel(lambda j: train(j, args.threads), cycles_jobs(args.seeds), args.jobs)
+
+
+def trm_finals(seeds: int, data: dict[str, str]) -> list[Job]:
+    _, per_model = recursion_jobs(seeds, data)
+    return [chosen(j, best_lr(m)) for m, jobs in per_model.items() for j in jobs]
+
+
+def run_test_time(args, data: dict[str, str]) -> None:
+    sets = [data[k] for k in ("test", "clues30-34", "clues25-29", "clues22-24")]
+    jobs = trm_finals(args.seeds, data)
+    in_parallel(lambda j: evaluate(j, sets, MAX_ACT_STEPS if j.name.startswith("trm") else 1, args.threads),
+                jobs, args.jobs)
+
+
+EXPERIMENTS = {"recursion": run_recursion, "cycles": run_cycles, "test_time": run_test_time}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("experiment", choices=[*EXPERIMENTS, "report", "all"])
+    ap.add_argument("--seeds", type=int, default=3, help="seeds per point (0..N-1)")
+    ap.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    ap.add_argument("--threads", type=int, default=1, help="threads per run")
+    args = ap.parse_args(argv)
+    data = build_data()
+    names = list(EXPERIMENTS) if args.experiment == "all" else [] if args.experiment == "report" else [args.experiment]
+    for name in names:
+        EXPERIMENTS[name](args, data)
+    if args.experiment in ("report", "all"):
+        from examples.results_report import write_report
+        write_report(args.seeds)
+
+
+if __name__ == "__main__":
+    main()
