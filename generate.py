@@ -7,6 +7,7 @@
     python generate.py --checkpoint <run> --serve --port 8000           # OpenAI-compatible API + chat page (serve.py)
     python generate.py --checkpoint <sudoku run> --puzzle "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
     python generate.py --checkpoint <arc run> --arc-task task.json --fit-steps 200   # a task it never trained on
+    python generate.py --checkpoint <sudoku run> --evaluate data/sudoku-hard --act-steps 16  # score test splits
 
 Everything needed comes from the run: the weights (EMA when saved), the model config and the tokenizer.
 --checkpoint takes a run directory, a step_<N>[.pt] file, <run>/latest, <run>/best (the best evaluation's),
@@ -28,8 +29,10 @@ import torch
 from tqdm import tqdm
 
 from constants import IGNORE_LABEL_ID
+from dataset.puzzle_dataset import PuzzleDataset
 from evaluators.arc import as_grid
 from evaluators.arc_fit import FitSettings, puzzle_embedding, solve_task
+from evaluators.puzzle import evaluate_puzzles
 from tasks import task_module
 from tasks.arc import parse_task, read_json
 from tasks.sudoku import DatasetBuildError
@@ -71,11 +74,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       "(/v1/chat/completions, /v1/completions, /v1/models) and a chat page at / (see serve.py)")
     mode.add_argument("--puzzle", help="a puzzle or a file holding one: Sudoku, 81 characters ('.' or '0' blank); "
                       "maze, 30 lines of 30 ('#' wall, ' ' open, 'S' start, 'G' goal)")
+    mode.add_argument("--evaluate", nargs="+", metavar="DATASET", help="puzzle runs: score the test split of each "
+                      "dataset directory (exact accuracy after every ACT step, where the halting head stops)")
+    ap.add_argument("--act-steps", type=int, help="puzzle runs (--puzzle, --evaluate): run this many ACT steps "
+                    "instead of the run's halt_max_steps (test-time recursion)")
     ap.add_argument("--host", default="127.0.0.1", help="with --serve: the address to listen on")
     ap.add_argument("--port", type=int, default=8000, help="with --serve: the port (0: a free one, printed)")
     mode.add_argument("--arc-task", help="an ARC task file ('train' pairs, 'test' inputs, outputs optional) the run "
                       "never trained on: fit new puzzle-embedding rows on its demonstrations, then answer (top 2)")
-    ap.add_argument("--output-file", help="with --input-file: where the answers go (JSONL, same order)")
+    ap.add_argument("--output-file", help="with --input-file: where the answers go (JSONL, same order); with "
+                    "--evaluate: the scores (JSON)")
     ap.add_argument("--fit-steps", type=int, default=100, help="--arc-task: sign-SGD steps fitting the new rows")
     ap.add_argument("--fit-lr", type=float, help="--arc-task: their learning rate (default: the run's puzzle_emb_lr)")
     ap.add_argument("--num-aug", type=int, help="--arc-task: augmented copies (default: the run's dataset.build.num_aug)")
@@ -104,8 +112,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.compile and args.no_cache:
         ap.error("--compile compiles the cached decoding step; it does not go with --no-cache")
-    if args.output_file and not args.input_file:
-        ap.error("--output-file goes with --input-file")
+    if args.output_file and not (args.input_file or args.evaluate):
+        ap.error("--output-file goes with --input-file or --evaluate")
+    if args.act_steps is not None and (args.act_steps < 1 or not (args.puzzle or args.evaluate)):
+        ap.error("--act-steps must be at least 1 and goes with --puzzle or --evaluate")
     if args.input_file and not args.output_file:
         ap.error("--input-file needs --output-file")
     if args.num_samples < 1:
@@ -127,6 +137,8 @@ def load_model(args: argparse.Namespace):
     device = select_device(args.device)
     model, checkpoint = load_trained_model(args.checkpoint, device, use_ema=not args.no_ema,
                                            dtype=resolve_dtype(args.dtype, device))
+    if getattr(args, "act_steps", None):
+        model.config.halt_max_steps = args.act_steps
     return model, checkpoint, device
 
 
@@ -405,6 +417,25 @@ def solve_puzzle(model, checkpoint: dict, text: str, device: torch.device) -> bo
     return solved
 
 
+def evaluate_datasets(model, paths: list[str], device: torch.device, batch_size: int) -> dict[str, dict[str, float]]:
+    """The puzzle evaluation (evaluators/puzzle.py) of the test split of each dataset directory."""
+    results = {}
+    for path in paths:
+        data = PuzzleDataset([path], "test", global_batch_size=batch_size)
+        fields, config = data.model_fields(), model.config
+        if (fields["seq_len"], fields["vocab_size"]) != (config.seq_len, config.vocab_size) or \
+                fields["num_puzzle_identifiers"] > config.num_puzzle_identifiers:
+            raise ValueError(f"{path}: its puzzles ({fields}) do not fit this model (seq_len {config.seq_len}, "
+                             f"vocab_size {config.vocab_size}, {config.num_puzzle_identifiers} puzzle identifiers)")
+        results[path] = evaluate_puzzles(model, data, device)
+        r = results[path]
+        per_step = " ".join(f"{r[f'exact_accuracy@step{k}']:.3f}" for k in range(1, config.halt_max_steps + 1))
+        print(f"{path}: {int(r['count'])} puzzles, exact accuracy {r['exact_accuracy']:.4f} (token "
+              f"{r['accuracy']:.4f}) after {config.halt_max_steps} ACT steps; by step: {per_step}; the halting head "
+              f"stops at step {r['halt_step']:.2f} on average, exact accuracy there {r['halt_exact_accuracy']:.4f}")
+    return results
+
+
 def show_grid(grid) -> str:
     return "\n".join("".join(str(v) for v in row) for row in grid)
 
@@ -452,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
             model, checkpoint, device = load_model(args)
             solve_arc_task(model, checkpoint, args.arc_task, args, device)
             return 0
-        if args.puzzle is None and args.prompt is None and args.input_file is None:  # chat, or serve
+        if args.puzzle is None and args.prompt is None and args.input_file is None and not args.evaluate:  # chat, serve
             if not args.tokenizer and not os.path.isdir(saved_tokenizer(args.checkpoint)):
                 raise ValueError(f"{args.checkpoint}: a puzzle model (no tokenizer in its run): "
                                  f"{'--serve serves chat and text runs; ' if args.serve else ''}pass --puzzle with "
@@ -461,6 +492,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.puzzle is not None:
             model, checkpoint, device = load_model(args)
             solve_puzzle(model, checkpoint, args.puzzle, device)
+            return 0
+        if args.evaluate:
+            model, _, device = load_model(args)
+            results = evaluate_datasets(model, args.evaluate, device, args.batch_size or 256)
+            if args.output_file:
+                atomic_write(Path(args.output_file), lambda f: f.write(json.dumps(results, indent=1).encode()))
             return 0
         if args.serve:  # before loading the model
             try:

@@ -1,5 +1,6 @@
 """Puzzle evaluation: run every test example for the full ACT budget and score token/exact accuracy,
-q-halt accuracy, and the exact accuracy reached after each ACT step."""
+q-halt accuracy, the exact accuracy reached after each ACT step, and where the halting head would have
+stopped (halt_step) with the exact accuracy there (halt_exact_accuracy)."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -26,9 +27,17 @@ def evaluate_puzzles(model: ACTLossHead, batches: Batches, device: torch.device,
     for set_name, batch, _ in batches:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         valid = (batch["labels"] != IGNORE_LABEL_ID).any(-1)
+        halt_step = torch.zeros_like(valid, dtype=torch.long)  # 0: the head has not said stop yet
+        halt_correct = torch.zeros_like(valid)
         for step, (metrics, outputs) in enumerate(act_steps(model, batch), start=1):
             # accuracy had the model stopped after this step (every sample runs the same steps in eval)
             sums[set_name][f"exact_accuracy@step{step}"] += (outputs["seq_correct"] & valid).sum()
+            # the stopping rule of training (models/trm.py), the last step when it never fires
+            stop = (halt_step == 0) & (wants_to_halt(model, outputs) | (step == model.config.halt_max_steps))
+            halt_step = torch.where(stop, step, halt_step)
+            halt_correct = torch.where(stop, outputs["seq_correct"], halt_correct)
+        sums[set_name]["halt_step"] += (halt_step * valid).sum()
+        sums[set_name]["halt_exact_accuracy"] += (halt_correct & valid).sum()
         for k, v in metrics.items():
             sums[set_name][k] += v.float()
         if on_outputs is not None:
@@ -47,6 +56,12 @@ def evaluate_puzzles(model: ACTLossHead, batches: Batches, device: torch.device,
         results.update({f"{prefix}{k}": v / count for k, v in totals.items()})
         results[f"{prefix}count"] = count
     return results
+
+
+def wants_to_halt(model: ACTLossHead, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    if model.config.no_ACT_continue:
+        return outputs["q_halt_logits"] > 0
+    return outputs["q_halt_logits"] > outputs["q_continue_logits"]
 
 
 class PuzzleEvaluator:

@@ -353,6 +353,49 @@ def test_puzzle_mode_prints_every_act_step(sudoku_run, tmp_path):
     assert result.stdout.rstrip().endswith(("valid solution", "not a valid solution"))
 
 
+def test_evaluate_scores_every_act_step_and_the_halting_head(sudoku_run, sudoku_dir, tmp_path):
+    """--evaluate with more ACT steps than training: the scores match a step-by-step recomputation."""
+    import numpy as np
+
+    from utils.checkpoint import load_trained_model
+
+    out = tmp_path / "scores.json"
+    result = generate("--checkpoint", str(sudoku_run), "--evaluate", sudoku_dir, "--act-steps", "5",
+                      "--output-file", str(out))
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(out.read_text())[sudoku_dir]
+
+    model, _ = load_trained_model(str(sudoku_run), torch.device("cpu"), dtype="float32")
+    inputs = torch.from_numpy(np.load(Path(sudoku_dir) / "test" / "all__inputs.npy")).long()
+    labels = torch.from_numpy(np.load(Path(sudoku_dir) / "test" / "all__labels.npy")).long()
+    batch = {"inputs": inputs, "labels": labels, "puzzle_identifiers": torch.zeros(len(inputs), dtype=torch.long)}
+    model.config.halt_max_steps = 5
+    model.eval()
+    carry, correct, halts = model.initial_carry(batch), [], []
+    with torch.no_grad():
+        for _ in range(5):
+            carry, _, _, outputs = model(carry, batch)
+            correct.append((outputs["logits"].argmax(-1) == labels).all(-1))
+            halts.append(outputs["q_halt_logits"] > 0)
+    assert carry.halted.all()  # the fifth step ends the budget
+    for k in range(5):
+        assert scores[f"exact_accuracy@step{k + 1}"] == pytest.approx(correct[k].float().mean().item())
+    halts[-1] = torch.ones_like(halts[-1])
+    first = torch.stack(halts).int().argmax(0)  # the first step at which the head says stop
+    assert scores["halt_step"] == pytest.approx((first + 1).float().mean().item())
+    at_halt = torch.stack(correct).gather(0, first[None])[0]
+    assert scores["halt_exact_accuracy"] == pytest.approx(at_halt.float().mean().item())
+    assert "after 5 ACT steps" in result.stdout
+
+
+def test_evaluate_refuses_a_dataset_of_another_shape(sudoku_run, tmp_path):
+    from dataset.build_maze_dataset import MazeBuildConfig, build
+
+    build(MazeBuildConfig(output_dir=str(tmp_path / "maze"), num_train=2, num_test=1, min_path_length=30, seed=0))
+    result = generate("--checkpoint", str(sudoku_run), "--evaluate", str(tmp_path / "maze"))
+    assert result.returncode == 1 and "do not fit this model" in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize("puzzle, message", [(PUZZLE[:80], "80 characters, expected 81"),
                                              (PUZZLE[:80] + "x", "invalid character 'x' at position 81")])
 def test_malformed_puzzle_is_a_one_line_error(sudoku_run, puzzle, message):
