@@ -183,7 +183,7 @@ PUZZLE_BUILDERS = {"sudoku": ("dataset.build_sudoku_dataset", "SudokuBuildConfig
 
 
 def build_missing(cfg: DictConfig) -> None:
-    """Write data_paths[0] with the builder of dataset.task and the options dataset.build, when it is missing."""
+    """Write data_paths[0] (= dataset.build_path) with the builder of dataset.task and the options dataset.build."""
     build = dict(OmegaConf.to_container(cfg.dataset.build, resolve=True))
     task = build.pop("builder", None) or cfg.dataset.get("task")  # builder: the key of configs saved before `task`
     if task not in PUZZLE_BUILDERS:
@@ -196,14 +196,18 @@ def build_missing(cfg: DictConfig) -> None:
 def open_puzzle(cfg: DictConfig, rank: int, world_size: int) -> tuple[PuzzleDataset, PuzzleDataset]:
     """(train, test) puzzle data of data_paths (test: data_paths_test when given); rank 0 first builds a
     missing dataset when dataset.build says how."""
-    train_dir = os.path.join(cfg.data_paths[0], "train")
-    if cfg.dataset.get("build") and rank == 0 and not os.path.exists(os.path.join(train_dir, "dataset.json")):
+    # Only dataset.build_path is ever built: a missing data_paths=[...] is an error (a typo must not generate data)
+    build_path = cfg.dataset.get("build_path")
+    builds = cfg.dataset.get("build") and build_path and os.path.normpath(cfg.data_paths[0]) == os.path.normpath(build_path)
+    if builds and rank == 0 and not os.path.exists(os.path.join(cfg.data_paths[0], "train", "dataset.json")):
         build_missing(cfg)
     barrier(timeout=DATASET_BUILD_TIMEOUT)  # the other ranks wait for rank 0's build
     for path in list(cfg.data_paths) + list(cfg.data_paths_test):
         if not os.path.isdir(path):
+            how = (f"; to build a new dataset there with dataset.build's options, set dataset.build_path={path} "
+                   f"instead of data_paths" if cfg.dataset.get("build") and path == cfg.data_paths[0] else "")
             raise FileNotFoundError(f"dataset directory {path} not found (build it with dataset/build_*_dataset.py "
-                                    "or set data_paths=[...])")
+                                    f"or set data_paths=[...]){how}")
     kwargs = dict(global_batch_size=cfg.global_batch_size, seed=cfg.seed, rank=rank, world_size=world_size)
     return (PuzzleDataset(list(cfg.data_paths), "train", **kwargs),
             PuzzleDataset(list(cfg.data_paths_test or cfg.data_paths), "test", **kwargs))

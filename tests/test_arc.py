@@ -333,7 +333,7 @@ def test_collector_undoes_the_augmentations(tiny_arc):
 def test_tiny_arc_training_run_writes_a_submission(tiny_arc, tmp_path, capsys):
     src, _ = tiny_arc
     data = tmp_path / "built-on-first-run"
-    cfg = compose("dataset=arc", f"data_paths=[{data}]", f"checkpoint_dir={tmp_path}", "run_name=arc",
+    cfg = compose("dataset=arc", f"dataset.build_path={data}", f"checkpoint_dir={tmp_path}", "run_name=arc",
                   f"dataset.build.input_dir={src}", "dataset.build.input_prefix=null",
                   "dataset.build.subsets=[training,evaluation]", "dataset.build.num_aug=2", "+dataset.build.quiet=true",
                   "arch=trm", "arch.hidden_size=32", "arch.num_heads=2", "arch.puzzle_emb_ndim=32",
@@ -384,7 +384,7 @@ def test_vote_pool_adds_up_and_survives_a_weights_only_checkpoint(tmp_path):
 
 
 def _pooled_run(src: Path, data: Path, tmp_path: Path, name: str, *extra: str) -> dict:
-    cfg = compose("dataset=arc", f"data_paths=[{data}]", f"checkpoint_dir={tmp_path}", f"run_name={name}",
+    cfg = compose("dataset=arc", f"dataset.build_path={data}", f"checkpoint_dir={tmp_path}", f"run_name={name}",
                   f"dataset.build.input_dir={src}", "dataset.build.input_prefix=null",
                   "dataset.build.subsets=[training,evaluation]", "dataset.build.num_aug=2", "+dataset.build.quiet=true",
                   *TINY_ARC, "global_batch_size=8", "epochs=3", "eval_interval=1.5", *extra)

@@ -68,6 +68,24 @@ def test_every_shipped_config_passes_the_checks(overrides):
     check_config(compose_chat() if overrides == ["--config-name=cfg_chat"] else compose(*overrides))
 
 
+def test_a_typo_in_data_paths_is_an_error_not_a_new_dataset(tmp_path):
+    """dataset=sudoku builds only at dataset.build_path: a missing data_paths=[...] names the way to build there."""
+    proc = run_cli(f"data_paths=[{tmp_path / 'sudoku-gen-1k-typo'}]", f"checkpoint_dir={tmp_path}", "logger.mode=disabled")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"error: dataset directory {tmp_path / 'sudoku-gen-1k-typo'} not found (build it with dataset/build_*_dataset.py "
+        f"or set data_paths=[...]); to build a new dataset there with dataset.build's options, set "
+        f"dataset.build_path={tmp_path / 'sudoku-gen-1k-typo'} instead of data_paths"]
+    assert not (tmp_path / "sudoku-gen-1k-typo").exists()
+
+
+def test_dataset_build_path_builds_there_and_data_paths_follows(tmp_path):
+    data = tmp_path / "built-here"
+    results = train(compose(f"dataset.build_path={data}", f"checkpoint_dir={tmp_path}", "dataset.build.num_train=8",
+                            "dataset.build.num_test=4", "dataset.build.num_aug=0", *TINY, FLOAT32))
+    assert (data / "train" / "dataset.json").exists() and results["test/count"] == 4
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_on_a_machine_without_it_is_a_one_line_error_from_the_command_line(tmp_path):
     proc = run_cli("device=cuda", f"checkpoint_dir={tmp_path}", f"data_paths=[{tmp_path / 'none'}]")
