@@ -170,12 +170,12 @@ def test_every_puzzle_task_trains_and_evaluates_without_a_puzzle_embedding(task,
     if task == "sudoku":
         data_args = [f"data_paths=[{with_puzzle_ids(sudoku_dir, data)}]"]  # identifiers the model now ignores
     elif task == "maze":
-        data_args = ["dataset=maze", f"data_paths=[{data}]", "dataset.build.num_train=4", "dataset.build.num_test=2",
+        data_args = ["dataset=maze", f"dataset.build_path={data}", "dataset.build.num_train=4", "dataset.build.num_test=2",
                      "dataset.build.min_path_length=30"]
     else:
         write_tasks(tmp_path / "src", "training", {"tr": grid_task(1)})
         write_tasks(tmp_path / "src", "evaluation", {"ev": grid_task(2, n_test=2)})
-        data_args = ["dataset=arc", f"data_paths=[{data}]", f"dataset.build.input_dir={tmp_path / 'src'}",
+        data_args = ["dataset=arc", f"dataset.build_path={data}", f"dataset.build.input_dir={tmp_path / 'src'}",
                      "dataset.build.input_prefix=null", "dataset.build.subsets=[training,evaluation]",
                      "dataset.build.num_aug=1", "+dataset.build.quiet=true"]
     cfg = compose(*data_args, f"checkpoint_dir={tmp_path}", "run_name=r", *TINY, FLOAT32, "arch=trm",
