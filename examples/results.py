@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -149,32 +148,40 @@ def in_parallel(fn, items, jobs: int) -> list:
 
 # ---------------------------------------------------------------- the experiments
 
-def recursion_jobs(seeds: int, data: dict[str, str]) -> tuple[list[Job], dict[str, list[Job]]]:
+def recursion_jobs(seeds: int) -> tuple[list[Job], dict[str, list[Job]]]:
     """(the learning-rate sweep at seed 0, then per model its jobs at the chosen rate for every seed)."""
-    common = [f"data_paths_test=[{data['valid']}]"]  # choose on held-out validation puzzles, report on test
+    common = ["data_paths_test=[data/results/valid]"]  # choose on held-out validation puzzles, report on test
     sweep = [Job("recursion", f"{m}-lr{lr:g}-s0", [*MODELS[m][0], f"lr={lr}", "seed=0", *common])
              for m in MODELS for lr in LRS]
     return sweep, {m: [Job("recursion", f"{m}-lr{{lr}}-s{s}", [*MODELS[m][0], "lr={lr}", f"seed={s}", *common])
                        for s in range(seeds)] for m in MODELS}
 
 
-def best_lr(model: str) -> float:
-    """The rate whose seed-0 run reached the best validation exact accuracy (then token accuracy)."""
+def best_lr(model: str) -> float | None:
+    """The rate whose seed-0 run reached the best validation exact accuracy (then token accuracy); None while a
+    run of the sweep is unfinished."""
     scores = {}
     for lr in LRS:
         summary = Job("recursion", f"{model}-lr{lr:g}-s0").summary()
+        if summary is None:
+            return None
         scores[lr] = (summary["test"]["test/exact_accuracy"], summary["test"]["test/accuracy"])
     return max(scores, key=scores.get)
 
 
-def chosen(job: Job, lr: float) -> Job:
-    return Job(job.experiment, job.name.format(lr=f"{lr:g}"), [o.format(lr=lr) for o in job.overrides])
+def final_jobs(seeds: int) -> dict[str, list[Job]]:
+    """Per model, its runs at the chosen learning rate, one per seed (none while its sweep is unfinished)."""
+    out = {}
+    for model, jobs in recursion_jobs(seeds)[1].items():
+        lr = best_lr(model)
+        out[model] = [] if lr is None else [
+            Job(j.experiment, j.name.format(lr=f"{lr:g}"), [o.format(lr=lr) for o in j.overrides]) for j in jobs]
+    return out
 
 
 def run_recursion(args, data: dict[str, str]) -> None:
-    sweep, per_model = recursion_jobs(args.seeds, data)
-    in_parallel(lambda j: train(j, args.threads), sweep, args.jobs)
-    final = [chosen(j, best_lr(m)) for m, jobs in per_model.items() for j in jobs]
+    in_parallel(lambda j: train(j, args.threads), recursion_jobs(args.seeds)[0], args.jobs)
+    final = [job for jobs in final_jobs(args.seeds).values() for job in jobs]
     in_parallel(lambda j: train(j, args.threads), final, args.jobs)
 
 
@@ -187,16 +194,11 @@ def run_cycles(args, data: dict[str, str]) -> None:
     in_parallel(lambda j: train(j, args.threads), cycles_jobs(args.seeds), args.jobs)
 
 
-def trm_finals(seeds: int, data: dict[str, str]) -> list[Job]:
-    _, per_model = recursion_jobs(seeds, data)
-    return [chosen(j, best_lr(m)) for m, jobs in per_model.items() for j in jobs]
-
-
 def run_test_time(args, data: dict[str, str]) -> None:
     sets = [data[k] for k in ("test", "clues30-34", "clues25-29", "clues22-24")]
-    jobs = trm_finals(args.seeds, data)
-    in_parallel(lambda j: evaluate(j, sets, MAX_ACT_STEPS if j.name.startswith("trm") else 1, args.threads),
-                jobs, args.jobs)
+    work = [(job, steps) for jobs in final_jobs(args.seeds).values() for job in jobs
+            for steps in ((4, MAX_ACT_STEPS) if job.name.startswith("trm") else (1,))]  # the trained budget, more
+    in_parallel(lambda w: evaluate(w[0], sets, w[1], args.threads), work, args.jobs)
 
 
 EXPERIMENTS = {"recursion": run_recursion, "cycles": run_cycles, "test_time": run_test_time}

@@ -1,0 +1,207 @@
+"""The tables and plots of docs/results.md, from the runs of examples/results.py (its `report` command).
+
+The page's prose is written by hand; each generated block sits between `<!-- generated:NAME -->` and
+`<!-- /generated:NAME -->` and is replaced whole. A block whose runs are missing says which command makes them.
+"""
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+from examples.results import CYCLES, FIGURES, LRS, MAX_ACT_STEPS, MODELS, PAGE, Job, best_lr, final_jobs
+from utils.sweep_summary import heat_map
+
+SETS = {"data/sudoku-gen-1k": "test, 35-45 clues", "data/results/clues30-34": "30-34 clues",
+        "data/results/clues25-29": "25-29 clues", "data/results/clues22-24": "22-24 clues"}
+
+
+def mean_sd(values: list[float], percent: bool = True) -> str:
+    """'81.5 ± 2.1' over seeds (sample standard deviation), in percent."""
+    if not values:
+        return "-"
+    scale = 100 if percent else 1
+    if len(values) == 1:
+        return f"{scale * values[0]:.1f}"
+    return f"{scale * statistics.mean(values):.1f} ± {scale * statistics.stdev(values):.1f}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def load_eval(job: Job, act_steps: int) -> dict | None:
+    path = job.run_dir / f"eval_act{act_steps}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def trained_steps(model: str) -> int:
+    return 1 if model.startswith("transformer") else 4
+
+
+def seed_jobs(seeds: int) -> dict[str, list[Job]]:
+    """Per model, its finished runs at the chosen learning rate."""
+    return {model: [j for j in jobs if j.summary() is not None] for model, jobs in final_jobs(seeds).items()}
+
+
+# ---------------------------------------------------------------- the blocks
+
+def recursion_block(seeds: int) -> str:
+    rows = []
+    for model, jobs in seed_jobs(seeds).items():
+        sweep = [Job("recursion", f"{model}-lr{lr:g}-s0").summary() for lr in LRS]
+        if not jobs:
+            rows.append([model, MODELS[model][1]] + ["-"] * 7)
+            continue
+        s = jobs[0].summary()
+        layers = s["config"]["arch"]["L_layers"] * s["passes_per_act_step"]
+        evals = [load_eval(j, trained_steps(model)) for j in jobs]
+        test = [e["data/sudoku-gen-1k"] for e in evals if e]
+        rows.append([
+            model, MODELS[model][1], f"{s['parameters'] / 1e3:.0f}k", str(layers),
+            " / ".join("-" if x is None else f"{100 * x['test']['test/exact_accuracy']:.1f}" for x in sweep),
+            f"{best_lr(model):g}",
+            mean_sd([t["exact_accuracy"] for t in test]) + f" (n={len(test)})",
+            mean_sd([t["accuracy"] for t in test]),
+            f"{statistics.mean(j.summary()['wall_s'] for j in jobs):.0f}",
+        ])
+    return table(["run", "model", "parameters", "layer applications per ACT step",
+                  "validation exact % at lr " + " / ".join(f"{lr:g}" for lr in LRS), "chosen lr",
+                  "test exact %", "test token %", "wall s"], rows)
+
+
+def cycles_block(seeds: int) -> str:
+    cells, rows = [], []
+    for h, l in CYCLES:
+        runs = [s for s in (Job("cycles", f"H{h}-L{l}-s{seed}").summary() for seed in range(seeds)) if s]
+        if not runs:
+            rows.append([str(h), str(l)] + ["-"] * 5)
+            continue
+        exact = [s["test"]["test/exact_accuracy"] for s in runs]
+        passes = runs[0]["passes_per_act_step"]
+        cells.append({"H_cycles": h, "L_cycles": l, "exact_accuracy": statistics.mean(exact),
+                      "passes_per_act_step": passes})
+        rows.append([str(h), str(l), str(passes), str(4 * passes), mean_sd(exact) + f" (n={len(runs)})",
+                     mean_sd([s["test"]["test/accuracy"] for s in runs]),
+                     f"{statistics.mean(s['wall_s'] for s in runs):.0f}"])
+    text = table(["H_cycles", "L_cycles", "network passes per ACT step", "passes per test sample (4 ACT steps)",
+                  "test exact %", "test token %", "wall s"], rows)
+    if len(cells) >= 2:
+        FIGURES.mkdir(parents=True, exist_ok=True)
+        heat_map(cells, "exact_accuracy", str(FIGURES / "cycles_exact.png"),
+                 "TRM-MLP test exact accuracy, mean over seeds")
+        compute_plot(cells, FIGURES / "cycles_compute.png")
+        text += "\n\n![exact accuracy over H_cycles x L_cycles](results/cycles_exact.png)" \
+                "\n![exact accuracy against network passes](results/cycles_compute.png)"
+    return text
+
+
+def compute_plot(cells: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for c in cells:
+        x = 4 * c["passes_per_act_step"]
+        ax.scatter(x, 100 * c["exact_accuracy"], color="C0")
+        ax.annotate(f"H{c['H_cycles']} L{c['L_cycles']}", (x, 100 * c["exact_accuracy"]), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("network passes per test sample (4 ACT steps)")
+    ax.set_ylabel("test exact accuracy, %")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def test_time_evals(seeds: int) -> dict[str, list[dict]]:
+    """TRM model -> its seeds' 16-step evaluations."""
+    out = {}
+    for model, jobs in seed_jobs(seeds).items():
+        if model.startswith("trm"):
+            out[model] = [e for e in (load_eval(j, MAX_ACT_STEPS) for j in jobs) if e]
+    return out
+
+
+def test_time_block(seeds: int) -> str:
+    evals = test_time_evals(seeds)
+    rows = []
+    for model, runs in evals.items():
+        if not runs:
+            continue
+        for path, name in SETS.items():
+            at = lambda k: mean_sd([r[path][f"exact_accuracy@step{k}"] for r in runs])  # noqa: E731
+            rows.append([model, name, at(1), at(4), at(8), at(16),
+                         mean_sd([r[path]["halt_step"] for r in runs], percent=False),
+                         mean_sd([r[path]["halt_exact_accuracy"] for r in runs])])
+    if not rows:
+        return "(not run yet: `python examples/results.py test_time`)"
+    plot_act_steps(evals, FIGURES / "test_time.png")
+    return table(["model", "puzzles", "exact % after 1 ACT step", "4 (trained)", "8", "16",
+                  "halting head stops at step", "exact % where it stops"], rows) + \
+        "\n\n![exact accuracy against ACT steps at test time](results/test_time.png)"
+
+
+def plot_act_steps(evals: dict[str, list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = [m for m, runs in evals.items() if runs]
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.6), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        for i, (path_, name) in enumerate(SETS.items()):
+            ys = [100 * statistics.mean(r[path_][f"exact_accuracy@step{k}"] for r in evals[model])
+                  for k in range(1, MAX_ACT_STEPS + 1)]
+            ax.plot(range(1, MAX_ACT_STEPS + 1), ys, marker="o", markersize=3, label=name, color=f"C{i}")
+        ax.axvline(4, color="gray", linestyle="--", linewidth=1)
+        ax.set_title(f"{model} (trained with 4 ACT steps)", fontsize=10)
+        ax.set_xlabel("ACT steps at test time")
+        ax.set_ylabel("exact accuracy, %")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def difficulty_block(seeds: int) -> str:
+    rows = []
+    for model, jobs in seed_jobs(seeds).items():
+        trained = [e for e in (load_eval(j, trained_steps(model)) for j in jobs) if e]
+        more = [e for e in (load_eval(j, MAX_ACT_STEPS) for j in jobs) if e] if model.startswith("trm") else []
+        if not trained:
+            continue
+        row = [model]
+        for path in SETS:
+            cell = mean_sd([e[path]["exact_accuracy"] for e in trained])
+            if more:
+                cell += f" / {mean_sd([e[path]['exact_accuracy'] for e in more])}"
+            row.append(cell)
+        rows.append(row)
+    if not rows:
+        return "(not run yet: `python examples/results.py test_time`)"
+    return table(["model"] + [f"{name}: exact % (trained ACT steps / {MAX_ACT_STEPS})" for name in SETS.values()], rows)
+
+
+BLOCKS = {"recursion": recursion_block, "cycles": cycles_block, "test_time": test_time_block,
+          "difficulty": difficulty_block}
+
+
+def write_report(seeds: int) -> None:
+    page = PAGE.read_text()
+    for name, block in BLOCKS.items():
+        start, end = f"<!-- generated:{name} -->", f"<!-- /generated:{name} -->"
+        if start not in page:
+            print(f"warning: {PAGE} has no {start} block", file=sys.stderr)
+            continue
+        page = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{block(seeds)}\n{end}", page,
+                      flags=re.DOTALL)
+    PAGE.write_text(page)
+    print(f"wrote {PAGE}")
