@@ -1,0 +1,76 @@
+"""examples/results.py and its report: the choices it makes (learning rate, resume, leaks) and the page it writes,
+on fabricated run directories (training itself is tested elsewhere)."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import examples.results as results
+import examples.results_report as report
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setattr(results, "ROOT", tmp_path)
+    return tmp_path
+
+
+def write_summary(job: results.Job, exact: float, token: float = 0.9, **extra) -> None:
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    summary = {"test": {"test/exact_accuracy": exact, "test/accuracy": token}, "wall_s": 10.0, "parameters": 1000,
+               "passes_per_act_step": 6, "config": {"arch": {"L_layers": 2}}, **extra}
+    (job.run_dir / "summary.json").write_text(json.dumps(summary))
+
+
+def test_the_learning_rate_is_chosen_on_validation_and_the_seeds_follow_it(root):
+    assert results.best_lr("trm_mlp") is None and results.final_jobs(3)["trm_mlp"] == []  # sweep not run
+    for lr, exact in zip(results.LRS, (0.5, 0.7, 0.7)):
+        write_summary(results.Job("recursion", f"trm_mlp-lr{lr:g}-s0"), exact, token=0.8 if lr == 0.01 else 0.9)
+    assert results.best_lr("trm_mlp") == 3e-3  # tie on exact accuracy: the better token accuracy
+    jobs = results.final_jobs(3)["trm_mlp"]
+    assert [j.name for j in jobs] == ["trm_mlp-lr0.003-s0", "trm_mlp-lr0.003-s1", "trm_mlp-lr0.003-s2"]
+    assert "lr=0.003" in jobs[2].overrides and "seed=2" in jobs[2].overrides
+    assert "data_paths_test=[data/results/valid]" in jobs[2].overrides  # the test sets choose nothing
+
+
+def test_a_finished_run_is_skipped_and_an_interrupted_one_resumes(root, monkeypatch):
+    calls = []
+    monkeypatch.setattr(results, "run_process", lambda args, log, threads: calls.append(args))
+    done, killed, fresh = (results.Job("cycles", name, ["seed=0"]) for name in ("done", "killed", "fresh"))
+    write_summary(done, 0.5)
+    killed.run_dir.mkdir(parents=True)
+    (killed.run_dir / "step_100.pt").write_bytes(b"")
+    fresh.run_dir.mkdir(parents=True)
+    (fresh.run_dir / "metrics.jsonl").write_text("")  # killed before its first checkpoint
+    for job in (done, killed, fresh):
+        results.train(job, threads=1)
+    assert len(calls) == 2
+    assert f"resume={killed.run_dir}" in calls[0]
+    assert not any(a.startswith("resume=") for a in calls[1]) and not fresh.run_dir.exists()
+
+
+def test_a_held_out_puzzle_that_is_a_training_row_is_refused(root):
+    rows = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    for path, data in ((results.TRAIN_DATA + "/train", rows), ("data/results/valid/test", rows[:1] + 100),
+                       ("data/results/leaky/test", rows[2:])):
+        (root / path).mkdir(parents=True)
+        np.save(root / path / "all__inputs.npy", data)
+    results.check_disjoint({"valid": "data/results/valid"})
+    with pytest.raises(ValueError, match="data/results/leaky: 1 of its 1 test puzzles are rows of"):
+        results.check_disjoint({"valid": "data/results/valid", "leaky": "data/results/leaky"})
+
+
+def test_the_report_replaces_only_its_blocks(root, monkeypatch, tmp_path):
+    page = tmp_path / "results.md"
+    page.write_text("prose before\n<!-- generated:cycles -->\nold table\n<!-- /generated:cycles -->\nprose after\n")
+    monkeypatch.setattr(report, "PAGE", page)
+    monkeypatch.setattr(report, "FIGURES", tmp_path / "figures")
+    monkeypatch.setattr(report, "CYCLES", [(1, 1), (2, 2)])
+    for seed, exact in enumerate((0.2, 0.4)):
+        write_summary(results.Job("cycles", f"H2-L2-s{seed}"), exact)
+    report.write_report(seeds=3)
+    text = page.read_text()
+    assert text.startswith("prose before\n") and text.endswith("prose after\n") and "old table" not in text
+    assert "| 2 | 2 | 6 | 24 | 30.0 ± 14.1 (n=2) |" in text  # mean and sample deviation of the two seeds
+    assert "| 1 | 1 | - |" in text  # a cell not run yet
