@@ -3,6 +3,7 @@
     python examples/results.py recursion   # 1. recursion vs depth vs width, with a learning-rate sweep each
     python examples/results.py cycles      # 2. H_cycles x L_cycles of the TRM-MLP
     python examples/results.py test_time   # 3-4. more ACT steps at test time, harder puzzles (section 1's models)
+    python examples/results.py test_time --hard-list top95.txt   # also a list of hard puzzles you have
     python examples/results.py report      # rewrite the generated tables and plots of docs/results.md
     python examples/results.py all         # the three experiments, then the report
 
@@ -102,19 +103,30 @@ def train(job: Job, threads: int) -> dict:
     return job.summary()
 
 
-def evaluate(job: Job, sets: list[str], act_steps: int, threads: int) -> dict:
-    """The final checkpoint of `job` on the test split of each set, for up to `act_steps` ACT steps."""
-    out = job.run_dir / f"eval_act{act_steps}.json"
-    if not out.exists():
-        log(f"evaluate {job.experiment}/{job.name} ({act_steps} ACT steps)")
-        run_process(["generate.py", "--checkpoint", str(job.run_dir / "final"), "--evaluate", *sets,
-                     "--act-steps", str(act_steps), "--output-file", str(out)],
-                    job.run_dir.parent / f"{job.name}.log", threads)
-    return json.loads(out.read_text())
+def eval_file(job: Job, set_name: str, act_steps: int) -> Path:
+    return job.run_dir / f"eval_{set_name}_act{act_steps}.json"
 
 
-def build_data() -> dict[str, str]:
-    """The training data and the held-out sets (built once; the generator is seeded)."""
+def evaluate(job: Job, sets: dict[str, str], act_steps: int, threads: int) -> None:
+    """Score the final checkpoint of `job` on the test split of each set (name -> path) it has not been scored on,
+    with `act_steps` ACT steps: <run>/eval_<set>_act<K>.json."""
+    missing = {name: path for name, path in sets.items() if not eval_file(job, name, act_steps).exists()}
+    if not missing:
+        return
+    log(f"evaluate {job.experiment}/{job.name} ({act_steps} ACT steps) on {', '.join(missing)}")
+    out = job.run_dir / f"eval_act{act_steps}.tmp.json"
+    run_process(["generate.py", "--checkpoint", str(job.run_dir / "final"), "--evaluate", *missing.values(),
+                 "--act-steps", str(act_steps), "--output-file", str(out)], job.run_dir.parent / f"{job.name}.log",
+                threads)
+    scores = json.loads(out.read_text())
+    for name, path in missing.items():
+        eval_file(job, name, act_steps).write_text(json.dumps(scores[path], indent=1))
+    out.unlink()
+
+
+def build_data(hard_list: str | None = None) -> dict[str, str]:
+    """The training data and the held-out sets (built once; the generator is seeded); `hard_list`: a file of
+    puzzles, one per line (e.g. the public "top95" list), scored as the set `hard-list`."""
     sudoku = OmegaConf.load(ROOT / "config" / "dataset" / "sudoku.yaml")
     if not (ROOT / TRAIN_DATA / "train" / "dataset.json").exists():
         build(SudokuBuildConfig(output_dir=str(ROOT / TRAIN_DATA), **OmegaConf.to_container(sudoku.dataset.build)))
@@ -125,8 +137,26 @@ def build_data() -> dict[str, str]:
             build(SudokuBuildConfig(output_dir=str(ROOT / path), seed=seed, num_train=1, num_test=200, min_clues=low,
                                     max_clues=high, quiet=True))
         paths[name] = path
+    if hard_list:
+        paths["hard-list"] = build_list_set(hard_list, paths["valid"])
     check_disjoint(paths)
     return paths
+
+
+def build_list_set(hard_list: str, donor: str) -> str:
+    """A test-only dataset of the puzzles in `hard_list`, through the builder's list source (which needs a train
+    split: one puzzle of `donor`'s test split, never scored)."""
+    import numpy as np
+
+    path = "data/results/hard-list"
+    if not (ROOT / path / "test" / "dataset.json").exists():
+        first = np.load(ROOT / donor / "test" / "all__inputs.npy")[0]  # tokens: 1 blank, 2..10 the digits 1..9
+        train_file = ROOT / "data" / "results" / "hard-list-train.txt"
+        train_file.parent.mkdir(parents=True, exist_ok=True)
+        train_file.write_text("".join("." if v == 1 else str(v - 1) for v in first) + "\n")
+        build(SudokuBuildConfig(output_dir=str(ROOT / path), source="list", train_file=str(train_file),
+                                test_file=hard_list))
+    return path
 
 
 def check_disjoint(paths: dict[str, str]) -> None:
@@ -195,7 +225,7 @@ def run_cycles(args, data: dict[str, str]) -> None:
 
 
 def run_test_time(args, data: dict[str, str]) -> None:
-    sets = [data[k] for k in ("test", "clues30-34", "clues25-29", "clues22-24")]
+    sets = {k: v for k, v in data.items() if k != "valid"}
     work = [(job, steps) for jobs in final_jobs(args.seeds).values() for job in jobs
             for steps in ((4, MAX_ACT_STEPS) if job.name.startswith("trm") else (1,))]  # the trained budget, more
     in_parallel(lambda w: evaluate(w[0], sets, w[1], args.threads), work, args.jobs)
@@ -210,8 +240,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, default=3, help="seeds per point (0..N-1)")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time")
     ap.add_argument("--threads", type=int, default=1, help="threads per run")
+    ap.add_argument("--hard-list", help="test_time: also score a file of puzzles, one per line (81 characters, "
+                    "'.' or '0' blank), e.g. the public top95 list")
     args = ap.parse_args(argv)
-    data = build_data()
+    data = build_data(args.hard_list)
     names = list(EXPERIMENTS) if args.experiment == "all" else [] if args.experiment == "report" else [args.experiment]
     for name in names:
         EXPERIMENTS[name](args, data)

@@ -11,11 +11,11 @@ import statistics
 import sys
 from pathlib import Path
 
-from examples.results import CYCLES, FIGURES, LRS, MAX_ACT_STEPS, MODELS, PAGE, Job, best_lr, final_jobs
+from examples.results import CYCLES, FIGURES, LRS, MAX_ACT_STEPS, MODELS, PAGE, Job, best_lr, eval_file, final_jobs
 from utils.sweep_summary import heat_map
 
-SETS = {"data/sudoku-gen-1k": "test, 35-45 clues", "data/results/clues30-34": "30-34 clues",
-        "data/results/clues25-29": "25-29 clues", "data/results/clues22-24": "22-24 clues"}
+SETS = {"test": "test, 35-45 clues", "clues30-34": "30-34 clues", "clues25-29": "25-29 clues",
+        "clues22-24": "22-24 clues", "hard-list": "the hard list (--hard-list)"}
 
 
 def mean_sd(values: list[float], percent: bool = True) -> str:
@@ -33,9 +33,14 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def load_eval(job: Job, act_steps: int) -> dict | None:
-    path = job.run_dir / f"eval_act{act_steps}.json"
-    return json.loads(path.read_text()) if path.exists() else None
+def load_evals(jobs: list[Job], act_steps: int) -> dict[str, list[dict]]:
+    """Set name -> the scores of every job scored on it with `act_steps` ACT steps."""
+    out = {}
+    for name in SETS:
+        files = [eval_file(j, name, act_steps) for j in jobs]
+        if scores := [json.loads(f.read_text()) for f in files if f.exists()]:
+            out[name] = scores
+    return out
 
 
 def trained_steps(model: str) -> int:
@@ -58,8 +63,7 @@ def recursion_block(seeds: int) -> str:
             continue
         s = jobs[0].summary()
         layers = s["config"]["arch"]["L_layers"] * s["passes_per_act_step"]
-        evals = [load_eval(j, trained_steps(model)) for j in jobs]
-        test = [e["data/sudoku-gen-1k"] for e in evals if e]
+        test = load_evals(jobs, trained_steps(model)).get("test", [])
         rows.append([
             model, MODELS[model][1], f"{s['parameters'] / 1e3:.0f}k", str(layers),
             " / ".join("-" if x is None else f"{100 * x['test']['test/exact_accuracy']:.1f}" for x in sweep),
@@ -119,47 +123,41 @@ def compute_plot(cells: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def test_time_evals(seeds: int) -> dict[str, list[dict]]:
-    """TRM model -> its seeds' 16-step evaluations."""
-    out = {}
-    for model, jobs in seed_jobs(seeds).items():
-        if model.startswith("trm"):
-            out[model] = [e for e in (load_eval(j, MAX_ACT_STEPS) for j in jobs) if e]
-    return out
+def test_time_evals(seeds: int) -> dict[str, dict[str, list[dict]]]:
+    """TRM model -> set name -> its seeds' 16-step scores."""
+    evals = {model: load_evals(jobs, MAX_ACT_STEPS) for model, jobs in seed_jobs(seeds).items() if model.startswith("trm")}
+    return {model: sets for model, sets in evals.items() if sets}
 
 
 def test_time_block(seeds: int) -> str:
     evals = test_time_evals(seeds)
     rows = []
-    for model, runs in evals.items():
-        if not runs:
-            continue
-        for path, name in SETS.items():
-            at = lambda k: mean_sd([r[path][f"exact_accuracy@step{k}"] for r in runs])  # noqa: E731
-            rows.append([model, name, at(1), at(4), at(8), at(16),
-                         mean_sd([r[path]["halt_step"] for r in runs], percent=False),
-                         mean_sd([r[path]["halt_exact_accuracy"] for r in runs])])
+    for model, sets in evals.items():
+        for name, runs in sets.items():
+            at = lambda k: mean_sd([r[f"exact_accuracy@step{k}"] for r in runs])  # noqa: E731
+            rows.append([model, SETS[name], f"{len(runs)}", at(1), at(4), at(8), at(16),
+                         mean_sd([r["halt_step"] for r in runs], percent=False),
+                         mean_sd([r["halt_exact_accuracy"] for r in runs])])
     if not rows:
         return "(not run yet: `python examples/results.py test_time`)"
     plot_act_steps(evals, FIGURES / "test_time.png")
-    return table(["model", "puzzles", "exact % after 1 ACT step", "4 (trained)", "8", "16",
+    return table(["model", "puzzles", "seeds", "exact % after 1 ACT step", "4 (trained)", "8", "16",
                   "halting head stops at step", "exact % where it stops"], rows) + \
         "\n\n![exact accuracy against ACT steps at test time](results/test_time.png)"
 
 
-def plot_act_steps(evals: dict[str, list[dict]], path: Path) -> None:
+def plot_act_steps(evals: dict[str, dict[str, list[dict]]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = [m for m, runs in evals.items() if runs]
-    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.6), squeeze=False)
-    for ax, model in zip(axes[0], models):
-        for i, (path_, name) in enumerate(SETS.items()):
-            ys = [100 * statistics.mean(r[path_][f"exact_accuracy@step{k}"] for r in evals[model])
-                  for k in range(1, MAX_ACT_STEPS + 1)]
-            ax.plot(range(1, MAX_ACT_STEPS + 1), ys, marker="o", markersize=3, label=name, color=f"C{i}")
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(evals), figsize=(5 * len(evals), 3.6), squeeze=False)
+    for ax, (model, sets) in zip(axes[0], evals.items()):
+        for i, (name, runs) in enumerate(sets.items()):
+            ys = [100 * statistics.mean(r[f"exact_accuracy@step{k}"] for r in runs) for k in range(1, MAX_ACT_STEPS + 1)]
+            ax.plot(range(1, MAX_ACT_STEPS + 1), ys, marker="o", markersize=3, label=SETS[name], color=f"C{i}")
         ax.axvline(4, color="gray", linestyle="--", linewidth=1)
         ax.set_title(f"{model} (trained with 4 ACT steps)", fontsize=10)
         ax.set_xlabel("ACT steps at test time")
@@ -173,21 +171,23 @@ def plot_act_steps(evals: dict[str, list[dict]], path: Path) -> None:
 
 def difficulty_block(seeds: int) -> str:
     rows = []
+    names = []
     for model, jobs in seed_jobs(seeds).items():
-        trained = [e for e in (load_eval(j, trained_steps(model)) for j in jobs) if e]
-        more = [e for e in (load_eval(j, MAX_ACT_STEPS) for j in jobs) if e] if model.startswith("trm") else []
+        trained = load_evals(jobs, trained_steps(model))
+        more = load_evals(jobs, MAX_ACT_STEPS) if model.startswith("trm") else {}
         if not trained:
             continue
+        names = names or list(trained)
         row = [model]
-        for path in SETS:
-            cell = mean_sd([e[path]["exact_accuracy"] for e in trained])
-            if more:
-                cell += f" / {mean_sd([e[path]['exact_accuracy'] for e in more])}"
+        for name in names:
+            cell = mean_sd([e["exact_accuracy"] for e in trained.get(name, [])])
+            if name in more:
+                cell += f" / {mean_sd([e['exact_accuracy'] for e in more[name]])}"
             row.append(cell)
         rows.append(row)
     if not rows:
         return "(not run yet: `python examples/results.py test_time`)"
-    return table(["model"] + [f"{name}: exact % (trained ACT steps / {MAX_ACT_STEPS})" for name in SETS.values()], rows)
+    return table(["model"] + [f"{SETS[n]}: exact % ({MAX_ACT_STEPS} ACT steps after the /)" for n in names], rows)
 
 
 BLOCKS = {"recursion": recursion_block, "cycles": cycles_block, "test_time": test_time_block,

@@ -74,3 +74,13 @@ def test_the_report_replaces_only_its_blocks(root, monkeypatch, tmp_path):
     assert text.startswith("prose before\n") and text.endswith("prose after\n") and "old table" not in text
     assert "| 2 | 2 | 6 | 24 | 30.0 ± 14.1 (n=2) |" in text  # mean and sample deviation of the two seeds
     assert "| 1 | 1 | - |" in text  # a cell not run yet
+
+
+def test_a_hard_list_becomes_a_test_only_set(root, sudoku_dir):
+    listed = np.load(Path(sudoku_dir) / "test" / "all__inputs.npy")[1:4]  # [0] is the donor
+    hard = root / "top3.txt"
+    hard.write_text("".join("".join("." if v == 1 else str(v - 1) for v in row) + "\n" for row in listed))
+    path = results.build_list_set(str(hard), donor=sudoku_dir)
+    built = np.load(root / path / "test" / "all__inputs.npy")
+    assert sorted(map(bytes, built)) == sorted(map(bytes, listed))  # every listed puzzle, nothing else
+    assert len(np.load(root / path / "train" / "all__inputs.npy")) == 1  # the donor puzzle, never scored
