@@ -19,41 +19,40 @@ from models.layers import swiglu_width
 from models.trm import TRMConfig
 
 OURS = "model.inner."  # our state dict's prefix (ACTLossHead -> ACTModel -> inner)
+LAYER_WEIGHTS = ({f"self_attn.{p}_proj.weight" for p in "qkvo"}
+                 | {f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")})
 
 
-def llama_mismatch(arch: dict[str, Any]) -> str | None:
-    """Why a run's arch (its checkpoint's model_config) is not a Llama, or None when it is one."""
-    rules = {"name": ("transformer", "the plain transformer (not the recursive TRM)"),
-             "norm_position": ("pre", "pre-norm blocks"), "causal": (True, "causal attention"),
-             "pos_encodings": ("rope", "rotary positions"), "puzzle_emb_ndim": (0, "no puzzle embedding"),
-             "halt_max_steps": (1, "one ACT step (more make a recurrent transformer)"),
-             "mlp_t": (False, "attention blocks")}
-    defaults = {"norm_position": "post", "mlp_t": False, "causal": False}
-    for key, (wanted, what) in rules.items():
-        if arch.get(key, defaults.get(key)) != wanted:
-            return f"{key}={arch.get(key, defaults.get(key))} (a Llama needs {what})"
+def llama_mismatch(name: str, c: TRMConfig) -> str | None:
+    """Why a model (arch `name`, config `c`) is not a Llama, or None when it is one."""
+    rules = {"name": (name, "transformer", "the plain transformer, not the recursive TRM"),
+             "norm_position": (c.norm_position, "pre", "pre-norm blocks"),
+             "causal": (c.causal, True, "causal attention"), "mlp_t": (c.mlp_t, False, "attention blocks"),
+             "pos_encodings": (c.pos_encodings, "rope", "rotary positions"),
+             "puzzle_emb_ndim": (c.puzzle_emb_ndim, 0, "no puzzle embedding"),
+             "halt_max_steps": (c.halt_max_steps, 1, "one ACT step; more make a recurrent transformer")}
+    for key, (value, wanted, what) in rules.items():
+        if value != wanted:
+            return f"{key}={value} (a Llama needs {what})"
     return None
 
 
-def llama_config(arch: dict[str, Any]) -> dict[str, Any]:
-    """LlamaConfig's fields for a run's arch (llama_mismatch(arch) is None)."""
-    heads = arch["num_heads"]
-    return dict(vocab_size=arch["vocab_size"], hidden_size=arch["hidden_size"],
-                intermediate_size=swiglu_width(arch["hidden_size"], arch.get("expansion", 4.0)),
-                num_hidden_layers=arch["L_layers"], num_attention_heads=heads,
-                num_key_value_heads=arch.get("num_key_value_heads") or heads, head_dim=arch["hidden_size"] // heads,
-                hidden_act="silu", max_position_embeddings=arch["seq_len"], rms_norm_eps=arch.get("rms_norm_eps", 1e-5),
-                rope_theta=arch.get("rope_theta", 10000.0), attention_bias=False, mlp_bias=False,
-                tie_word_embeddings=False)
+def llama_config(c: TRMConfig) -> dict[str, Any]:
+    """LlamaConfig's fields for our model of config `c` (one that llama_mismatch passes)."""
+    return dict(vocab_size=c.vocab_size, hidden_size=c.hidden_size,
+                intermediate_size=swiglu_width(c.hidden_size, c.expansion), num_hidden_layers=c.L_layers, num_attention_heads=c.num_heads,
+                num_key_value_heads=c.num_key_value_heads or c.num_heads, head_dim=c.hidden_size // c.num_heads,
+                hidden_act="silu", max_position_embeddings=c.seq_len, rms_norm_eps=c.rms_norm_eps,
+                rope_theta=c.rope_theta, attention_bias=False, mlp_bias=False, tie_word_embeddings=False)
 
 
 def to_llama(state: dict[str, torch.Tensor], config: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Our state dict (without the Q-head) under Llama's names, with norm weights of ones."""
     q_rows = config["num_attention_heads"] * config["head_dim"]
     kv_rows = config["num_key_value_heads"] * config["head_dim"]
-    ones = torch.ones(config["hidden_size"])  # (cloned: safetensors stores no shared tensors)
+    ones = lambda: torch.ones(config["hidden_size"])  # noqa: E731 (a tensor each: safetensors stores none twice)
     out = {"model.embed_tokens.weight": state[OURS + "embed_tokens.embedding_weight"],
-           "lm_head.weight": state[OURS + "lm_head.weight"], "model.norm.weight": ones.clone()}
+           "lm_head.weight": state[OURS + "lm_head.weight"], "model.norm.weight": ones()}
     for i in range(config["num_hidden_layers"]):
         ours, theirs = f"{OURS}L_level.layers.{i}.", f"model.layers.{i}."
         q, k, v = state[ours + "self_attn.qkv_proj.weight"].split([q_rows, kv_rows, kv_rows])
@@ -63,11 +62,8 @@ def to_llama(state: dict[str, torch.Tensor], config: dict[str, Any]) -> dict[str
                 theirs + "self_attn.o_proj.weight": state[ours + "self_attn.o_proj.weight"],
                 theirs + "mlp.gate_proj.weight": gate, theirs + "mlp.up_proj.weight": up,
                 theirs + "mlp.down_proj.weight": state[ours + "mlp.down_proj.weight"],
-                theirs + "input_layernorm.weight": ones.clone(), theirs + "post_attention_layernorm.weight": ones.clone()}
+                theirs + "input_layernorm.weight": ones(), theirs + "post_attention_layernorm.weight": ones()}
     return {k: v.contiguous() for k, v in out.items()}
-
-
-LAYER_WEIGHTS = {f"self_attn.{p}_proj.weight" for p in "qkvo"} | {f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")}
 
 
 def check_llama_config(config: dict[str, Any], own: TRMConfig, source: str) -> None:
@@ -101,7 +97,8 @@ def from_llama(state: dict[str, torch.Tensor], source: str) -> dict[str, torch.T
     out[OURS + "lm_head.weight"] = state["lm_head.weight"]
     for i in sorted(layers):
         theirs, ours = f"model.layers.{i}.", f"{OURS}L_level.layers.{i}."
-        out[ours + "self_attn.qkv_proj.weight"] = torch.cat([state[f"{theirs}self_attn.{p}_proj.weight"] for p in "qkv"])
+        out[ours + "self_attn.qkv_proj.weight"] = torch.cat([state[f"{theirs}self_attn.{p}_proj.weight"]
+                                                            for p in "qkv"])
         out[ours + "self_attn.o_proj.weight"] = state[theirs + "self_attn.o_proj.weight"]
         out[ours + "mlp.gate_up_proj.weight"] = torch.cat([state[theirs + "mlp.gate_proj.weight"],
                                                            state[theirs + "mlp.up_proj.weight"]])

@@ -58,12 +58,13 @@ def llama_run(tmp_path_factory) -> Path:
 
     tmp = tmp_path_factory.mktemp("llama")
     records = [{"conversations": [{"from": "human", "value": f"What is {a} + {b}?"},
-                                  {"from": "gpt", "value": f"{a} + {b} = {a + b}."}]} for a in range(5) for b in range(5)]
+                                  {"from": "gpt", "value": f"{a} + {b} = {a + b}."}]}
+               for a in range(5) for b in range(5)]
     data, _ = build_tiny(tmp, records, train_split=0.9)
     train(compose_chat(f"data_paths=[{data}]", f"checkpoint_dir={tmp}", "run_name=run", "arch=transformer_chat",
                        "arch.hidden_size=32", "arch.num_heads=4", "arch.num_key_value_heads=2", "global_batch_size=4",
-                       "max_steps=4", "lr=1e-2", "lr_warmup_steps=0", "logger.mode=disabled", "dataset.max_new_tokens=2",
-                       FLOAT32))
+                       "max_steps=4", "lr=1e-2", "lr_warmup_steps=0", "logger.mode=disabled",
+                       "dataset.max_new_tokens=2", FLOAT32))
     return next(tmp.glob("*/run"))
 
 

@@ -70,7 +70,7 @@ def export(run: str, output: str, use_ema: bool = True) -> tuple[str, bool]:
     model, checkpoint = load_trained_model(file, use_ema=use_ema, dtype="float32")
     arch = {k: v for k, v in checkpoint["model_config"].items() if k != "loss"}
     arch["forward_dtype"] = "float32"  # transformers users pick their dtype with torch_dtype / .to()
-    llama = llama_mismatch(arch) is None
+    llama = llama_mismatch(arch["name"], model.config) is None
     tokenizer_dir = os.path.join(os.path.dirname(file), "tokenizer")
     tokenizer = ChatTokenizer.load(tokenizer_dir) if os.path.isdir(tokenizer_dir) else None
 
@@ -81,7 +81,7 @@ def export(run: str, output: str, use_ema: bool = True) -> tuple[str, bool]:
                        pad_token_id=tokenizer.pad_id, bos_token_id=None)
     state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
     if llama:
-        config = llama_config(arch)
+        config = llama_config(model.config)
         LlamaConfig(**config, **special, architectures=["LlamaForCausalLM"]).save_pretrained(output)
         save_file({k: v for k, v in state.items() if k.startswith(OURS + "q_head.")}, os.path.join(output, HF_Q_HEAD))
         state = to_llama(state, config)
