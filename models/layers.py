@@ -210,12 +210,16 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-    """Post-norm block: token mixing (attention, or with mlp_t a SwiGLU across the sequence axis), then SwiGLU."""
+    """Token mixing (attention, or with mlp_t a SwiGLU across the sequence axis), then SwiGLU, each with a
+    residual and a weightless RMS norm: post-norm h = norm(h + f(h)) (TRM), or pre-norm h = h + f(norm(h))
+    (Llama's, whose norm weights are then all ones)."""
 
     def __init__(self, hidden_size: int, num_heads: int, expansion: float, num_kv_heads: int | None = None,
-                 causal: bool = False, mlp_t_len: int | None = None, norm_eps: float = 1e-5):
+                 causal: bool = False, mlp_t_len: int | None = None, norm_eps: float = 1e-5, pre_norm: bool = False):
         super().__init__()
+        assert not (pre_norm and mlp_t_len), "pre-norm blocks mix tokens by attention"
         self.norm_eps = norm_eps
+        self.pre_norm = pre_norm
         if mlp_t_len is not None:
             self.mlp_t = SwiGLU(mlp_t_len, expansion)
         else:
@@ -223,6 +227,9 @@ class Block(nn.Module):
         self.mlp = SwiGLU(hidden_size, expansion)
 
     def forward(self, h: torch.Tensor, seq_info: SeqInfo = NO_SEQ_INFO) -> torch.Tensor:
+        if self.pre_norm:
+            h = h + self.self_attn(rms_norm(h, self.norm_eps), seq_info)
+            return h + self.mlp(rms_norm(h, self.norm_eps))
         if hasattr(self, "mlp_t"):
             # Mix along the sequence: [B, S, D] -> [B, D, S]; the norm then runs over the sequence axis, as in TRM.
             h = h.transpose(1, 2)

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from models.kv_cache import KVCache
-from models.layers import (Block, CastedEmbedding, CastedLinear, ReasoningModule, RotaryEmbedding, SeqInfo, rope_tables,
-                           trunc_normal_)
+from models.layers import (Block, CastedEmbedding, CastedLinear, ReasoningModule, RotaryEmbedding, SeqInfo, rms_norm,
+                           rope_tables, trunc_normal_)
 from models.sparse_embedding import SparseEmbedding
 
 Batch = dict[str, torch.Tensor]
@@ -37,6 +37,9 @@ class TRMConfig:
     pos_encodings: str = "rope"  # rope | learned | none
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-5
+    # post: h = norm(h + f(h)) in every block (TRM). pre: h = h + f(norm(h)), a norm before the heads and unscaled
+    # embeddings (init std 1, the scale the post-norm scaling gives): what Llama computes, norm weights all ones
+    norm_position: str = "post"
     mlp_t: bool = False  # replace attention by a SwiGLU across the sequence axis
     causal: bool = False
     puzzle_emb_ndim: int = 512
@@ -61,6 +64,10 @@ class TRMConfig:
     def __post_init__(self) -> None:
         if self.mlp_t and self.causal:
             raise ValueError("mlp_t mixes the whole sequence and cannot be causal; use attention for causal models")
+        if self.norm_position not in ("post", "pre"):
+            raise ValueError(f"norm_position must be post or pre, got {self.norm_position!r}")
+        if self.norm_position == "pre" and self.mlp_t:
+            raise ValueError("norm_position=pre is for attention blocks; mlp_t blocks are post-norm")
         if self.pos_encodings not in ("rope", "learned", "none"):
             raise ValueError(f"pos_encodings must be rope, learned or none, got {self.pos_encodings!r}")
         if self.forward_dtype not in DTYPES:
@@ -117,10 +124,11 @@ class TRMInner(nn.Module):
         self.config = c = config
         self.forward_dtype = DTYPES[c.forward_dtype]
         self.prefix_len = c.prefix_len
-        self.embed_scale = math.sqrt(c.hidden_size)
-        init_std = 1.0 / self.embed_scale
+        self.pre_norm = c.norm_position == "pre"
+        self.embed_scale = 1.0 if self.pre_norm else math.sqrt(c.hidden_size)
+        embed_std = 1.0 / self.embed_scale  # the scaled embeddings start at std 1 either way
 
-        self.embed_tokens = CastedEmbedding(c.vocab_size, c.hidden_size, init_std, self.forward_dtype)
+        self.embed_tokens = CastedEmbedding(c.vocab_size, c.hidden_size, embed_std, self.forward_dtype)
         self.lm_head = CastedLinear(c.hidden_size, c.vocab_size)
         self.q_head = CastedLinear(c.hidden_size, 2, bias=True)
         if c.puzzle_emb_ndim > 0:
@@ -130,11 +138,11 @@ class TRMInner(nn.Module):
         if c.pos_encodings == "rope":
             self.rotary_emb = RotaryEmbedding(c.hidden_size // c.num_heads, total_len, c.rope_theta)
         elif c.pos_encodings == "learned":
-            self.embed_pos = CastedEmbedding(total_len, c.hidden_size, init_std, self.forward_dtype)
+            self.embed_pos = CastedEmbedding(total_len, c.hidden_size, embed_std, self.forward_dtype)
 
         self.L_level = ReasoningModule([
             Block(c.hidden_size, c.num_heads, c.expansion, c.num_key_value_heads, causal=c.causal,
-                  mlp_t_len=total_len if c.mlp_t else None, norm_eps=c.rms_norm_eps)
+                  mlp_t_len=total_len if c.mlp_t else None, norm_eps=c.rms_norm_eps, pre_norm=self.pre_norm)
             for _ in range(c.L_layers)
         ], checkpointing=c.gradient_checkpointing)
         self._init_states()
@@ -179,7 +187,7 @@ class TRMInner(nn.Module):
             x = torch.cat((p.view(-1, self.prefix_len, c.hidden_size), x), dim=-2)
         if c.pos_encodings == "learned":
             x = 0.707106781 * (x + self.embed_pos(positions))  # keeps the variance
-        return self.embed_scale * x
+        return x if self.pre_norm else self.embed_scale * x
 
     def empty_carry(self, batch_size: int, length: int, device: torch.device | str) -> InnerCarry:
         shape = (batch_size, length + self.prefix_len, self.config.hidden_size)
@@ -216,10 +224,11 @@ class TRMInner(nn.Module):
         seq_info = SeqInfo(cos_sin, cache.mask if cache is not None else self.attention_mask(batch), cache)
         x = self.input_embeddings(batch, positions)
         z_H, z_L = self.recurse(carry.z_H, carry.z_L, x, seq_info)
-        logits = self.lm_head(z_H)[:, self.prefix_len:]
+        out = rms_norm(z_H, self.config.rms_norm_eps) if self.pre_norm else z_H  # (post-norm states are normed)
+        logits = self.lm_head(out)[:, self.prefix_len:]
         # The Q-head reads one state row. Non-causal: the first (a puzzle-embedding row, which sees everything).
         # Causal: the last, the only row that has seen the whole sequence.
-        q = self.q_head(z_H[:, -1 if self.config.causal else 0]).float()
+        q = self.q_head(out[:, -1 if self.config.causal else 0]).float()
         return InnerCarry(z_H.detach(), z_L.detach()), logits, (q[..., 0], q[..., 1])
 
 

@@ -1,14 +1,17 @@
-"""Hugging Face export (utils/export_hf.py): transformers loads it with its modeling file, the chat template gives
-our prompt tokens, the logits match ours within 1e-4 and greedy generation gives our tokens; it loads back with
-init_from=DIR with identical weights."""
+"""Hugging Face export (utils/export_hf.py): a pre-norm transformer_chat run is a plain LlamaForCausalLM, other runs
+load with their modeling file; the chat template gives our prompt tokens, the logits match ours within 1e-4 and
+greedy generation gives our tokens; every export loads back with init_from=DIR with identical weights."""
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
+from conftest import FLOAT32, build_tiny, compose_chat
 from models import build_model
-from utils.checkpoint import init_from_run, load_trained_model, save_checkpoint
+from utils.checkpoint import HF_Q_HEAD, HF_WEIGHTS, init_from_run, load_trained_model, save_checkpoint
 from utils.export_hf import main as export_main
 from utils.sampling import SamplingParams, chat_stop_ids, final_outputs, generate_tokens
 from utils.tokenizer import ChatTokenizer
@@ -48,21 +51,48 @@ def assert_loads_back(run: Path, out: Path) -> None:
         assert torch.equal(fresh.state_dict()[key], value), key
 
 
-def chat_run_of(kind: str, chat_run: Path, tmp: Path) -> Path:
+@pytest.fixture(scope="module")
+def llama_run(tmp_path_factory) -> Path:
+    """arch=transformer_chat as a user trains it (pre-norm by default), with grouped-query heads, a few steps."""
+    from pretrain import train
+
+    tmp = tmp_path_factory.mktemp("llama")
+    records = [{"conversations": [{"from": "human", "value": f"What is {a} + {b}?"},
+                                  {"from": "gpt", "value": f"{a} + {b} = {a + b}."}]}
+               for a in range(5) for b in range(5)]
+    data, _ = build_tiny(tmp, records, train_split=0.9)
+    train(compose_chat(f"data_paths=[{data}]", f"checkpoint_dir={tmp}", "run_name=run", "arch=transformer_chat",
+                       "arch.hidden_size=32", "arch.num_heads=4", "arch.num_key_value_heads=2", "global_batch_size=4",
+                       "max_steps=4", "lr=1e-2", "lr_warmup_steps=0", "logger.mode=disabled",
+                       "dataset.max_new_tokens=2", FLOAT32))
+    return next(tmp.glob("*/run"))
+
+
+def chat_run_of(kind: str, chat_run: Path, llama_run: Path, tmp: Path) -> Path:
     if kind == "trm_chat":
         return chat_run  # trained by pretrain.py
+    if kind == "transformer_chat":
+        return llama_run
     arch = dict(name="transformer", causal=True, pos_encodings="rope", puzzle_emb_ndim=0, hidden_size=32, num_heads=4,
                 num_key_value_heads=2, L_layers=2, halt_max_steps=1, seq_len=64, vocab_size=264,
                 forward_dtype="float32", loss={"loss_type": "softmax_cross_entropy"})
-    return fake_run(tmp, arch, tokenizer_from=chat_run / "tokenizer")
+    return fake_run(tmp, arch, tokenizer_from=chat_run / "tokenizer")  # post-norm: not a Llama
 
 
-@pytest.mark.parametrize("kind", ["trm_chat", "transformer_chat"])
-def test_chat_runs_load_in_transformers_with_our_prompts_logits_and_greedy_tokens(kind, chat_run, tmp_path):
-    run = chat_run_of(kind, chat_run, tmp_path)
+@pytest.mark.parametrize("kind", ["trm_chat", "transformer_post_norm", "transformer_chat"])
+def test_chat_runs_load_in_transformers_with_our_prompts_logits_and_greedy_tokens(kind, chat_run, llama_run, tmp_path):
+    run = chat_run_of(kind, chat_run, llama_run, tmp_path)
     out = export(run, tmp_path / "hf")
-    hf = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
-    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+    llama = kind == "transformer_chat"
+    custom = {} if llama else {"trust_remote_code": True}
+    hf, loading = transformers.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True, **custom)
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    config = json.loads((out / "config.json").read_text())
+    assert (type(hf) is transformers.LlamaForCausalLM) == llama
+    if llama:  # the built-in class, every weight in its place, no code in the directory
+        assert config["architectures"] == ["LlamaForCausalLM"] and config["model_type"] == "llama"
+        assert "auto_map" not in config and not list(out.glob("*.py"))
+        assert not any(loading.values()), loading
     ours, _ = load_trained_model(str(run), dtype="float32")
     tokenizer = ChatTokenizer.load(str(run / "tokenizer"))
 
@@ -79,6 +109,32 @@ def test_chat_runs_load_in_transformers_with_our_prompts_logits_and_greedy_token
         expected = generate_tokens(ours, [prompt], SamplingParams(max_new_tokens=10), chat_stop_ids(tokenizer))[0]
         assert [t for t in generated if t not in chat_stop_ids(tokenizer)] == expected
     assert_loads_back(run, out)
+
+
+def test_init_from_refuses_weights_it_would_compute_otherwise_and_loads_a_llama_without_q_head(llama_run, tmp_path,
+                                                                                                 capsys):
+    out = export(llama_run, tmp_path / "hf")
+    ours, checkpoint = load_trained_model(str(llama_run), dtype="float32")
+    arch = checkpoint["model_config"]
+    for source in (out, llama_run):  # an export and the run's checkpoint: pre-norm weights in post-norm blocks
+        with pytest.raises(ValueError, match="pre-norm blocks, this model has post-norm ones"):
+            init_from_run(build_model({**arch, "norm_position": "post"}), str(source))
+    with pytest.raises(ValueError, match="rope_theta=10000.0, this model 500.0"):
+        init_from_run(build_model({**arch, "rope_theta": 500.0}), str(out))
+    weights = load_file(out / HF_WEIGHTS)
+    weights["model.norm.weight"][3] = 2.0  # as a Llama fine-tuned elsewhere would have
+    save_file(weights, out / HF_WEIGHTS)
+    model = build_model(arch)
+    with pytest.raises(ValueError, match="model.norm.weight is not all ones"):
+        init_from_run(model, str(out))
+    weights["model.norm.weight"][3] = 1.0
+    save_file(weights, out / HF_WEIGHTS)
+    (out / HF_Q_HEAD).unlink()  # as transformers' save_pretrained writes a Llama
+    q_head = model.model.inner.q_head.weight.clone()
+    init_from_run(model, str(out))
+    assert "the ACT Q-head keeps its initial weights" in capsys.readouterr().out
+    assert torch.equal(model.model.inner.q_head.weight, q_head)
+    assert torch.equal(model.model.inner.lm_head.weight, ours.model.inner.lm_head.weight)
 
 
 def test_a_puzzle_trm_exports_with_its_modeling_file(tmp_path):

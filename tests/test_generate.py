@@ -1,4 +1,4 @@
-"""Generation: the KV cache is exact for the transformer and the recursive TRM, sampling is seeded, stop tokens
+"""Generation: the KV cache is exact for the transformer (post- and pre-norm) and the recursive TRM, sampling is seeded, stop tokens
 and the context window are honoured, and generate.py's modes and error messages work as a user runs them."""
 import functools
 import json
@@ -22,6 +22,7 @@ ARCHS = {  # several H/L cycles and ACT steps > 1 for the TRM; GQA and learned p
     "trm_gqa_learned": dict(name="trm", H_cycles=3, L_cycles=2, halt_max_steps=2, num_key_value_heads=2,
                             pos_encodings="learned"),
     "transformer": dict(name="transformer", halt_max_steps=1),
+    "transformer_pre_norm": dict(name="transformer", halt_max_steps=1, norm_position="pre", num_key_value_heads=2),
 }
 
 

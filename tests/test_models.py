@@ -247,8 +247,9 @@ def test_bfloat16_forward():
     assert out["q_halt_logits"].dtype == torch.float32 and torch.isfinite(loss)
 
 
-def test_transformer_is_one_pass_of_the_blocks():
-    model = tiny("transformer", halt_max_steps=1)
+@pytest.mark.parametrize("norm_position", ["post", "pre"])
+def test_transformer_is_one_pass_of_the_blocks(norm_position):
+    model = tiny("transformer", halt_max_steps=1, norm_position=norm_position)
     inner = model.model.inner
     assert not hasattr(inner, "H_init")
     b = batch()
@@ -259,7 +260,27 @@ def test_transformer_is_one_pass_of_the_blocks():
         h = inner.input_embeddings(b, inner.positions(b))
         for layer in inner.L_level.layers:
             h = layer(h, SeqInfo(rope_tables(*inner.rotary_emb())))
+        h = rms_norm(h) if norm_position == "pre" else h  # pre-norm: a final norm before the head
         torch.testing.assert_close(out["logits"], inner.lm_head(h)[:, inner.prefix_len:])
+
+
+def test_pre_norm_blocks_and_embeddings_compute_llamas_formula():
+    """h = h + attention(norm(h)); h = h + mlp(norm(h)); the embeddings unscaled, starting at std 1 as the scaled
+    post-norm ones do."""
+    torch.manual_seed(0)
+    block, x = Block(32, 4, 2, pre_norm=True), torch.randn(2, 5, 32)
+    h = x + block.self_attn(rms_norm(x))
+    torch.testing.assert_close(block(x), h + block.mlp(rms_norm(h)), rtol=0, atol=0)
+    post, pre = (tiny("transformer", norm_position=p, hidden_size=64).model.inner for p in ("post", "pre"))
+    b = batch()
+    torch.testing.assert_close(pre.input_embeddings(b, pre.positions(b))[:, pre.prefix_len:],
+                               pre.embed_tokens(b["inputs"]), rtol=0, atol=0)
+    for inner in (post, pre):
+        assert abs(inner.embed_scale * inner.embed_tokens.embedding_weight.std().item() - 1) < 0.1
+    with pytest.raises(ValueError, match="norm_position"):
+        tiny("trm", mlp_t=True, pos_encodings="none", norm_position="pre")
+    with pytest.raises(ValueError, match="norm_position must be post or pre"):
+        tiny("transformer", norm_position="sandwich")
 
 
 # ---- losses
@@ -352,10 +373,10 @@ def causal(name, **overrides):
     return tiny(name, **{"causal": True, "puzzle_emb_ndim": 0, "halt_max_steps": 3, **overrides})
 
 
-@pytest.mark.parametrize("name", ["trm", "transformer"])
+@pytest.mark.parametrize("name, norm", [("trm", "post"), ("transformer", "post"), ("transformer", "pre")])
 @pytest.mark.parametrize("pos", ["rope", "learned"])
-def test_causal_models_never_look_ahead(name, pos):
-    model = causal(name, pos_encodings=pos, H_cycles=2, L_cycles=3).eval()
+def test_causal_models_never_look_ahead(name, norm, pos):
+    model = causal(name, pos_encodings=pos, H_cycles=2, L_cycles=3, norm_position=norm).eval()
     b = batch()
     changed = {k: v.clone() for k, v in b.items()}
     t = 6
@@ -374,10 +395,10 @@ def test_mlp_t_cannot_be_causal():
         causal("trm", mlp_t=True)
 
 
-@pytest.mark.parametrize("name", ["trm", "transformer"])
-def test_packed_rows_match_separate_conversations(name):
+@pytest.mark.parametrize("name, norm", [("trm", "post"), ("transformer", "post"), ("transformer", "pre")])
+def test_packed_rows_match_separate_conversations(name, norm):
     """Two conversations packed in one row (segment ids, restarting positions) give the logits each gets alone."""
-    model = causal(name, halt_max_steps=1).eval()
+    model = causal(name, halt_max_steps=1, norm_position=norm).eval()
     g = torch.Generator().manual_seed(3)
     a, c = torch.randint(1, VOCAB, (1, 5), generator=g), torch.randint(1, VOCAB, (1, 7), generator=g)
 

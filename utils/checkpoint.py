@@ -23,6 +23,7 @@ STEP_FILE = re.compile(r"step_(\d+)(\.pt)?$")
 ALIASES = {"best": "the checkpoint of the best evaluation so far, by checkpoint_best_metric",
            "final": "the checkpoint where training last reached its end (epochs or max_steps)"}
 HF_WEIGHTS = "model.safetensors"  # the weights of a Hugging Face export (utils/export_hf.py)
+HF_Q_HEAD = "q_head.safetensors"  # a Llama export's ACT Q-head, which Llama has no place for
 
 
 def save_checkpoint(path: str, state: dict[str, Any]) -> None:
@@ -248,13 +249,17 @@ def load_model_weights(model: nn.Module, path: str, use_ema: bool = False) -> No
     output head; the new rows start at the mean of the trained ones. A puzzle-embedding table of another
     size (a new dataset) is replaced by the mean of the saved rows, as the official code does.
     """
-    if os.path.isfile(os.path.join(path, HF_WEIGHTS)):  # an export: the same state dict, as safetensors
-        from safetensors.torch import load_file
-
-        state = load_file(os.path.join(path, HF_WEIGHTS))
-    else:
-        state = model_state_from(load_checkpoint(find_checkpoint(path)), use_ema)
     own = model.state_dict()
+    if os.path.isfile(os.path.join(path, HF_WEIGHTS)):
+        state, norm_position = export_state(path, model, own)
+    else:
+        checkpoint = load_checkpoint(find_checkpoint(path))
+        state = model_state_from(checkpoint, use_ema)
+        norm_position = checkpoint.get("model_config", {}).get("norm_position", "post")  # official files: TRM's
+    wanted = getattr(getattr(model, "config", None), "norm_position", norm_position)
+    if norm_position != wanted:
+        raise ValueError(f"{path}: its weights were trained with {norm_position}-norm blocks, this model has "
+                         f"{wanted}-norm ones; start from them with arch.norm_position={norm_position}")
     for key, value in list(state.items()):
         if key not in own or own[key].shape == value.shape:
             continue
@@ -271,6 +276,29 @@ def load_model_weights(model: nn.Module, path: str, use_ema: bool = False) -> No
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{path}: checkpoint does not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+
+
+def export_state(path: str, model: nn.Module, own: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
+    """(our state dict, norm position) of a Hugging Face export: a LlamaForCausalLM's weights renamed (its
+    Q-head from its own file; without one, `model`'s is kept), or our own state dict as saved."""
+    from safetensors.torch import load_file
+
+    state = load_file(os.path.join(path, HF_WEIGHTS))
+    with open(os.path.join(path, "config.json")) as f:
+        config = json.load(f)
+    if config.get("model_type") != "llama":
+        return state, config.get("arch", {}).get("norm_position", "post")
+    from models.llama import check_llama_config, from_llama
+
+    if hasattr(model, "config"):
+        check_llama_config(config, model.config, path)
+    state = from_llama(state, path)
+    if os.path.isfile(os.path.join(path, HF_Q_HEAD)):
+        state |= load_file(os.path.join(path, HF_Q_HEAD))
+    else:
+        print(f"{path}: no {HF_Q_HEAD} (a Llama saved elsewhere): the ACT Q-head keeps its initial weights")
+        state |= {k: v for k, v in own.items() if ".q_head." in k}
+    return state, "pre"
 
 
 def init_from_run(model: nn.Module, path: str, tokenizer=None) -> None:
