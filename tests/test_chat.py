@@ -80,6 +80,15 @@ def test_a_split_left_without_samples_fails(tmp_path):
     assert not (tmp_path / "built").exists()
 
 
+def test_a_run_without_a_validation_split_trains_to_its_end(tmp_path):
+    from conftest import TINY_LM
+
+    out, _ = build_tiny(tmp_path)  # train_split=1.0: no validation conversations
+    train(compose_chat(*TINY_LM, f"data_paths=[{out}]", f"checkpoint_dir={tmp_path}", "run_name=r", "max_steps=1"))
+    summary = json.loads(next(tmp_path.glob("*/r/summary.json")).read_text())
+    assert summary["steps"] == 1 and summary["passes_per_act_step"] is None  # nothing to count it on
+
+
 def test_label_at_t_is_the_token_at_t_plus_1(tmp_path):
     out, _ = build_tiny(tmp_path)
     ds = ChatDataset(str(out), "train", global_batch_size=2, seed=0)

@@ -150,9 +150,10 @@ def report(cfg: DictConfig, run_dir: str, state: TrainState, test_data, device: 
            results: dict[str, float], logged: dict[str, float], world_size: int, wall_s: float) -> None:
     """Rank 0: the run's summary.json and its last line."""
     some_test_set = next(iter(test_data.values())) if isinstance(test_data, dict) else test_data  # (mixtures: by name)
+    batch = next(iter(some_test_set), None)  # None: the data has no validation split
     write_run_summary(run_dir, cfg, results, logged, parameters=sum(p.numel() for p in state.model.parameters()),
                       steps=state.step, world_size=world_size, wall_s=wall_s, seq_len=state.model.config.seq_len,
-                      passes_per_act_step=network_passes_per_act_step(state.model, next(iter(some_test_set))[1], device))
+                      passes_per_act_step=batch and network_passes_per_act_step(state.model, batch[1], device))
     if "test/exact_accuracy" in results:
         print(f"test exact accuracy: {results['test/exact_accuracy']:.4f} "
               f"(token accuracy {results['test/accuracy']:.4f}) after {state.step} steps; run dir {run_dir}")
