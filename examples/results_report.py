@@ -52,6 +52,12 @@ def seed_jobs(seeds: int) -> dict[str, list[Job]]:
     return {model: [j for j in jobs if j.summary() is not None] for model, jobs in final_jobs(seeds).items()}
 
 
+def budget(experiment: str) -> str:
+    """What the experiment's runs cost: their count and their summed wall time."""
+    walls = [json.loads(f.read_text())["wall_s"] for f in Job(experiment, "").run_dir.glob("*/summary.json")]
+    return f"{len(walls)} training runs, {sum(walls) / 60:.0f} min of run time in all (summed over the runs)."
+
+
 # ---------------------------------------------------------------- the blocks
 
 def recursion_block(seeds: int) -> str:
@@ -74,7 +80,7 @@ def recursion_block(seeds: int) -> str:
         ])
     return table(["run", "model", "parameters", "layer applications per ACT step",
                   "validation exact % at lr " + " / ".join(f"{lr:g}" for lr in LRS), "chosen lr",
-                  "test exact %", "test token %", "wall s"], rows)
+                  "test exact %", "test token %", "wall s"], rows) + "\n\n" + budget("recursion")
 
 
 def cycles_block(seeds: int) -> str:
@@ -92,7 +98,7 @@ def cycles_block(seeds: int) -> str:
                      mean_sd([s["test"]["test/accuracy"] for s in runs]),
                      f"{statistics.mean(s['wall_s'] for s in runs):.0f}"])
     text = table(["H_cycles", "L_cycles", "network passes per ACT step", "passes per test sample (4 ACT steps)",
-                  "test exact %", "test token %", "wall s"], rows)
+                  "test exact %", "test token %", "wall s"], rows) + "\n\n" + budget("cycles")
     if len(cells) >= 2:
         FIGURES.mkdir(parents=True, exist_ok=True)
         heat_map(cells, "exact_accuracy", str(FIGURES / "cycles_exact.png"),
