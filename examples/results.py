@@ -4,8 +4,9 @@
     python examples/results.py cycles      # 2. H_cycles x L_cycles of the TRM-MLP
     python examples/results.py test_time   # 3-4. more ACT steps at test time, harder puzzles (section 1's models)
     python examples/results.py test_time --hard-list top95.txt   # also a list of hard puzzles you have
+    python examples/results.py chat        # 5. trm_chat vs transformer_chat on the synthetic tasks, stories first
     python examples/results.py report      # rewrite the generated tables and plots of docs/results.md
-    python examples/results.py all         # the three experiments, then the report
+    python examples/results.py all         # every experiment, then the report
 
 Each training run is a `pretrain.py` process under checkpoints/results-<experiment>/<run>, logging to W&B (offline
 unless a key is configured) in the group results-<experiment>. The script is resumable: a finished run
@@ -55,6 +56,26 @@ MODELS = {
     "transformer_att_12L": (["arch=transformer", "arch.L_layers=12"], "transformer, attention, 12 layers"),
 }
 CYCLES = [(h, l) for h in (1, 2, 3) for l in (1, 2, 4)]
+
+# section 5: chat models on the synthetic task suite (byte tokenizer), levels 1-2, all at width 64
+TASKS, STORIES = "data/tasks", "data/results/stories"
+CHAT_STEPS = 300  # training (or fine-tuning) steps of every chat run; lower it to fit the CPU time
+PRETRAIN_STEPS = 200  # steps on the stories before fine-tuning
+CHAT_MODELS = {  # the TRM applies its 2 layers H_cycles(L_cycles + 1) = 4 times per token: 8 layer applications
+    "transformer_2L": (["arch=transformer_chat", "arch.L_layers=2"], "transformer_chat, 2 layers, 1 pass"),
+    "trm_H2L1": (["arch=trm_chat", "arch.L_layers=2", "arch.H_cycles=2", "arch.L_cycles=1"],
+                 "trm_chat, 2 layers, H 2 x L 1 (the transformer's parameters)"),
+    "transformer_8L": (["arch=transformer_chat", "arch.L_layers=8"],
+                       "transformer_chat, 8 layers (the TRM's layer applications per token)"),
+}
+STORIES_MODELS = ("transformer_2L", "trm_H2L1")  # also pretrained on the stories, then fine-tuned as the others
+# constant lr after warmup, so `epochs` (only a bound here) does not shape the schedule; max_steps ends each run,
+# with its one evaluation (eval_at_end)
+CHAT_COMMON = ["--config-name=cfg_chat", "arch.hidden_size=64", "global_batch_size=8", "lr=1e-3", "lr_min_ratio=1.0",
+               "lr_warmup_steps=20", "epochs=50", "eval_interval=50"]
+CHAT_TASKS = ["dataset=tasks", "dataset.stages=[{name: levels1-2, difficulty: 2}]", "dataset.eval_prompts=[]",
+              "dataset.probes=[data/tasks/probes/chat/level1,data/tasks/probes/chat/level2]", f"max_steps={CHAT_STEPS}"]
+CHAT_STORIES = ["dataset=text", f"data_paths=[{STORIES}]", "dataset.eval_prompts=[]", f"max_steps={PRETRAIN_STEPS}"]
 
 
 @dataclass
@@ -231,7 +252,46 @@ def run_test_time(args, data: dict[str, str]) -> None:
     in_parallel(lambda w: evaluate(w[0], sets, w[1], args.threads), work, args.jobs)
 
 
-EXPERIMENTS = {"recursion": run_recursion, "cycles": run_cycles, "test_time": run_test_time}
+def build_chat_data() -> None:
+    """The task suite (data/tasks) and the stories as a text dataset (data/results/stories), both with the byte
+    tokenizer, so a stories run's weights fine-tune on the tasks (init_from checks it); each built once, seeded."""
+    from dataset.build_text_dataset import TextBuildConfig, build as build_text
+    from examples import make_synthetic_tasks, make_synthetic_text
+
+    if not (ROOT / TASKS / "chat" / "dataset.json").exists():
+        make_synthetic_tasks.main(["--output-dir", str(ROOT / TASKS)])
+    if not (ROOT / STORIES / "dataset.json").exists():
+        raw = ROOT / "data" / "results" / "stories-raw"
+        make_synthetic_text.main(["--output-dir", str(raw)])
+        build_text(TextBuildConfig(input=[str(raw / "stories.jsonl")], output_dir=str(ROOT / STORIES)))
+
+
+def pretrain_job(model: str, seed: int) -> Job:
+    overrides = [*CHAT_COMMON, *CHAT_STORIES, *CHAT_MODELS[model][0], f"seed={seed}"]
+    return Job("chat", f"pretrain_{model}-s{seed}", overrides)
+
+
+def chat_jobs(seeds: int) -> dict[str, list[Job]]:
+    """Per variant, its runs on the tasks (one per seed); stories_<model> starts from pretrain_<model>-s<seed>."""
+    out = {m: [Job("chat", f"{m}-s{s}", [*CHAT_COMMON, *CHAT_TASKS, *o, f"seed={s}"]) for s in range(seeds)]
+           for m, (o, _) in CHAT_MODELS.items()}
+    for m in STORIES_MODELS:
+        out[f"stories_{m}"] = [Job("chat", f"stories_{m}-s{s}", [*run.overrides,
+                                                                  f"init_from={pretrain_job(m, s).run_dir}"])
+                               for s, run in enumerate(out[m])]
+    return out
+
+
+def run_chat(args, data: dict[str, str]) -> None:
+    build_chat_data()
+    jobs = chat_jobs(args.seeds)
+    first = [pretrain_job(m, s) for m in STORIES_MODELS for s in range(args.seeds)] + \
+        [j for m in CHAT_MODELS for j in jobs[m]]
+    in_parallel(lambda j: train(j, args.threads), first, args.jobs)
+    in_parallel(lambda j: train(j, args.threads), [j for m in STORIES_MODELS for j in jobs[f"stories_{m}"]], args.jobs)
+
+
+EXPERIMENTS = {"recursion": run_recursion, "cycles": run_cycles, "test_time": run_test_time, "chat": run_chat}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -243,8 +303,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--hard-list", help="test_time: also score a file of puzzles, one per line (81 characters, "
                     "'.' or '0' blank), e.g. the public top95 list")
     args = ap.parse_args(argv)
-    data = build_data(args.hard_list)
     names = list(EXPERIMENTS) if args.experiment == "all" else [] if args.experiment == "report" else [args.experiment]
+    data = build_data(args.hard_list) if set(names) - {"chat"} else {}  # the Sudoku sets
     for name in names:
         EXPERIMENTS[name](args, data)
     if args.experiment in ("report", "all"):

@@ -11,21 +11,24 @@ import statistics
 import sys
 from pathlib import Path
 
-from examples.results import CYCLES, FIGURES, LRS, MAX_ACT_STEPS, MODELS, PAGE, Job, best_lr, eval_file, final_jobs
+from examples.results import (CHAT_MODELS, CYCLES, FIGURES, LRS, MAX_ACT_STEPS, MODELS, PAGE, Job, best_lr, chat_jobs,
+                              eval_file, final_jobs, pretrain_job)
+from tasks.synthetic import FAMILIES
 from utils.sweep_summary import heat_map
+from utils.tournament import compute_per_step
 
 SETS = {"test": "test, 35-45 clues", "clues30-34": "30-34 clues", "clues25-29": "25-29 clues",
         "clues22-24": "22-24 clues", "hard-list": "the hard list (--hard-list)"}
 
 
-def mean_sd(values: list[float], percent: bool = True) -> str:
+def mean_sd(values: list[float], percent: bool = True, digits: int = 1) -> str:
     """'81.5 ± 2.1' over seeds (sample standard deviation), in percent."""
     if not values:
         return "-"
     scale = 100 if percent else 1
     if len(values) == 1:
-        return f"{scale * values[0]:.1f}"
-    return f"{scale * statistics.mean(values):.1f} ± {scale * statistics.stdev(values):.1f}"
+        return f"{scale * values[0]:.{digits}f}"
+    return f"{scale * statistics.mean(values):.{digits}f} ± {scale * statistics.stdev(values):.{digits}f}"
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
@@ -196,8 +199,47 @@ def difficulty_block(seeds: int) -> str:
     return table(["model"] + [f"{SETS[n]}: exact % ({MAX_ACT_STEPS} ACT steps after the /)" for n in names], rows)
 
 
+def probe_mean(summary: dict, level: int) -> float | None:
+    """Mean held-out accuracy over the families probed at `level` (test/probe/<family>_L<level>)."""
+    values = [v for k, v in summary["test"].items() if k.startswith("test/probe/") and k.endswith(f"_L{level}")]
+    return statistics.mean(values) if values else None
+
+
+def chat_block(seeds: int) -> str:
+    """Per variant: its size and compute, validation loss and mean held-out accuracy at levels 1 and 2; then the
+    level-2 accuracy per family."""
+    runs = {name: [s for s in (j.summary() for j in jobs) if s] for name, jobs in chat_jobs(seeds).items()}
+    if not any(runs.values()):
+        return "(not run yet: `python examples/results.py chat`)"
+    rows, family_rows = [], {f: [f] for f in FAMILIES}
+    for name, summaries in runs.items():
+        model = name.removeprefix("stories_")
+        description = CHAT_MODELS[model][1] + (", pretrained on the stories" if model != name else "")
+        for f in FAMILIES:
+            values = [s["test"][f"test/probe/{f}_L2"] for s in summaries if f"test/probe/{f}_L2" in s["test"]]
+            family_rows[f].append(f"{100 * statistics.mean(values):.0f}" if values else "-")
+        if not summaries:
+            rows.append([name, description] + ["-"] * 7)
+            continue
+        s, pretrain = summaries[0], [pretrain_job(model, k).summary() for k in range(seeds)] if model != name else []
+        passes, gflop = compute_per_step(s)
+        wall = f"{statistics.mean(x['wall_s'] for x in summaries):.0f}"
+        if pretrain := [x for x in pretrain if x]:
+            wall += f" + {statistics.mean(x['wall_s'] for x in pretrain):.0f}"
+        at = lambda level: [m for m in (probe_mean(x, level) for x in summaries) if m is not None]  # noqa: E731
+        rows.append([name, description, f"{s['parameters'] / 1e3:.0f}k",
+                     f"{passes * s['config']['arch']['L_layers']} ({passes} x {s['config']['arch']['L_layers']})",
+                     "-" if gflop is None else f"{gflop:.1f}",
+                     mean_sd([x["test"]["test/loss"] for x in summaries], percent=False, digits=3),
+                     mean_sd(at(1)) + f" (n={len(summaries)})", mean_sd(at(2)), wall])
+    return table(["run", "model", "parameters", "layer applications per token (passes x layers)", "GFLOP per step",
+                  "validation loss", "held-out % level 1", "held-out % level 2", "wall s (+ pretraining)"], rows) + \
+        "\n\nHeld-out accuracy (%) per family at level 2, mean over seeds:\n\n" + \
+        table(["family", *runs], list(family_rows.values()))
+
+
 BLOCKS = {"recursion": recursion_block, "cycles": cycles_block, "test_time": test_time_block,
-          "difficulty": difficulty_block}
+          "difficulty": difficulty_block, "chat": chat_block}
 
 
 def write_report(seeds: int) -> None:

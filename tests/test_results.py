@@ -2,6 +2,7 @@
 on fabricated run directories (training itself is tested elsewhere)."""
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -84,3 +85,39 @@ def test_a_hard_list_becomes_a_test_only_set(root, sudoku_dir):
     built = np.load(root / path / "test" / "all__inputs.npy")
     assert sorted(map(bytes, built)) == sorted(map(bytes, listed))  # every listed puzzle, nothing else
     assert len(np.load(root / path / "train" / "all__inputs.npy")) == 1  # the donor puzzle, never scored
+
+
+def chat_summary(job: results.Job, loss: float, probes: dict[str, float], arch: str = "transformer") -> None:
+    write_summary(job, 0.0, test={"test/loss": loss, **{f"test/probe/{k}": v for k, v in probes.items()}},
+                  parameters=164994, passes_per_act_step=1, seq_len=256,
+                  config={"arch": {"name": arch, "L_layers": 2}, "global_batch_size": 8})
+
+
+def test_the_chat_block_averages_families_then_seeds(root):
+    jobs = results.chat_jobs(3)
+    chat_summary(jobs["transformer_2L"][0], 2.0, {"arithmetic_L1": 0.2, "counting_L1": 0.4,
+                                                  "arithmetic_L2": 0.0, "counting_L2": 1.0})
+    chat_summary(jobs["transformer_2L"][1], 2.5, {"arithmetic_L1": 0.4, "counting_L1": 0.6,
+                                                  "arithmetic_L2": 0.5, "counting_L2": 0.5})
+    text = report.chat_block(seeds=3)
+    # level 1: family means 0.3 and 0.5 over the seeds; level 2: 0.5 and 0.5; 6 x 165k x 8 x 256 FLOP per step
+    assert "| transformer_2L | transformer_chat, 2 layers, 1 pass | 165k | 2 (1 x 2) | 2.0 | 2.250 ± 0.354 | " \
+           "40.0 ± 14.1 (n=2) | 50.0 ± 0.0 | 10 |" in text
+    assert "| transformer_8L | transformer_chat, 8 layers (the TRM's layer applications per token) | - |" in text
+    assert "| arithmetic | 25 | - | - | - | - |" in text and "| counting | 75 | - |" in text  # level 2, per family
+    assert report.chat_block(seeds=0) == "(not run yet: `python examples/results.py chat`)"
+
+
+def test_the_stories_runs_fine_tune_their_pretraining_run_on_the_same_budget(root, monkeypatch):
+    jobs = results.chat_jobs(3)
+    for seed, (plain, stories) in enumerate(zip(jobs["trm_H2L1"], jobs["stories_trm_H2L1"])):
+        pretrain = results.pretrain_job("trm_H2L1", seed)
+        assert stories.overrides == [*plain.overrides, f"init_from={pretrain.run_dir}"]
+        assert f"data_paths=[{results.STORIES}]" in pretrain.overrides and f"seed={seed}" in pretrain.overrides
+    trained = []
+    monkeypatch.setattr(results, "build_chat_data", lambda: None)
+    monkeypatch.setattr(results, "train", lambda job, threads: trained.append(job.name))
+    results.run_chat(SimpleNamespace(seeds=2, jobs=1, threads=1), {})
+    assert len(trained) == 2 * (len(results.CHAT_MODELS) + 2 * len(results.STORIES_MODELS))
+    assert max(trained.index(f"pretrain_{m}-s{s}") for m in results.STORIES_MODELS for s in (0, 1)) < \
+        min(trained.index(f"stories_{m}-s{s}") for m in results.STORIES_MODELS for s in (0, 1))
