@@ -196,7 +196,7 @@ def difficulty_block(seeds: int) -> str:
         rows.append(row)
     if not rows:
         return "(not run yet: `python examples/results.py test_time`)"
-    return table(["model"] + [f"{SETS[n]}: exact % ({MAX_ACT_STEPS} ACT steps after the /)" for n in names], rows)
+    return table(["model"] + [SETS[n] for n in names], rows)
 
 
 def probe_mean(summary: dict, level: int) -> float | None:
