@@ -168,6 +168,7 @@ def plot_act_steps(evals: dict[str, dict[str, list[dict]]], path: Path) -> None:
             ys = [100 * statistics.mean(r[f"exact_accuracy@step{k}"] for r in runs) for k in range(1, MAX_ACT_STEPS + 1)]
             ax.plot(range(1, MAX_ACT_STEPS + 1), ys, marker="o", markersize=3, label=SETS[name], color=f"C{i}")
         ax.axvline(4, color="gray", linestyle="--", linewidth=1)
+        ax.set_ylim(0, max(5.0, 1.08 * max(max(line.get_ydata()) for line in ax.get_lines())))
         ax.set_title(f"{model} (trained with 4 ACT steps)", fontsize=10)
         ax.set_xlabel("ACT steps at test time")
         ax.set_ylabel("exact accuracy, %")
