@@ -236,7 +236,7 @@ def chat_block(seeds: int) -> str:
     return table(["run", "model", "parameters", "layer applications per token (passes x layers)", "GFLOP per step",
                   "validation loss", "held-out % level 1", "held-out % level 2", "wall s (+ pretraining)"], rows) + \
         "\n\nHeld-out accuracy (%) per family at level 2, mean over seeds:\n\n" + \
-        table(["family", *runs], list(family_rows.values()))
+        table(["family", *runs], list(family_rows.values())) + "\n\n" + budget("chat")
 
 
 BLOCKS = {"recursion": recursion_block, "cycles": cycles_block, "test_time": test_time_block,
