@@ -198,7 +198,8 @@ def open_puzzle(cfg: DictConfig, rank: int, world_size: int) -> tuple[PuzzleData
     missing dataset when dataset.build says how."""
     # Only dataset.build_path is ever built: a missing data_paths=[...] is an error (a typo must not generate data)
     build_path = cfg.dataset.get("build_path")
-    builds = cfg.dataset.get("build") and build_path and os.path.normpath(cfg.data_paths[0]) == os.path.normpath(build_path)
+    builds = (cfg.dataset.get("build") and build_path
+              and os.path.normpath(cfg.data_paths[0]) == os.path.normpath(build_path))
     if builds and rank == 0 and not os.path.exists(os.path.join(cfg.data_paths[0], "train", "dataset.json")):
         build_missing(cfg)
     barrier(timeout=DATASET_BUILD_TIMEOUT)  # the other ranks wait for rank 0's build

@@ -134,7 +134,8 @@ def compute_plot(cells: list[dict], path: Path) -> None:
 
 def test_time_evals(seeds: int) -> dict[str, dict[str, list[dict]]]:
     """TRM model -> set name -> its seeds' 16-step scores."""
-    evals = {model: load_evals(jobs, MAX_ACT_STEPS) for model, jobs in seed_jobs(seeds).items() if model.startswith("trm")}
+    evals = {model: load_evals(jobs, MAX_ACT_STEPS) for model, jobs in seed_jobs(seeds).items()
+             if model.startswith("trm")}
     return {model: sets for model, sets in evals.items() if sets}
 
 
@@ -165,7 +166,8 @@ def plot_act_steps(evals: dict[str, dict[str, list[dict]]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(evals), figsize=(5 * len(evals), 3.6), squeeze=False)
     for ax, (model, sets) in zip(axes[0], evals.items()):
         for i, (name, runs) in enumerate(sets.items()):
-            ys = [100 * statistics.mean(r[f"exact_accuracy@step{k}"] for r in runs) for k in range(1, MAX_ACT_STEPS + 1)]
+            ys = [100 * statistics.mean(r[f"exact_accuracy@step{k}"] for r in runs)
+                  for k in range(1, MAX_ACT_STEPS + 1)]
             ax.plot(range(1, MAX_ACT_STEPS + 1), ys, marker="o", markersize=3, label=SETS[name], color=f"C{i}")
         ax.axvline(4, color="gray", linestyle="--", linewidth=1)
         ax.set_ylim(0, max(5.0, 1.08 * max(max(line.get_ydata()) for line in ax.get_lines())))

@@ -40,7 +40,8 @@ def llama_mismatch(name: str, c: TRMConfig) -> str | None:
 def llama_config(c: TRMConfig) -> dict[str, Any]:
     """LlamaConfig's fields for our model of config `c` (one that llama_mismatch passes)."""
     return dict(vocab_size=c.vocab_size, hidden_size=c.hidden_size,
-                intermediate_size=swiglu_width(c.hidden_size, c.expansion), num_hidden_layers=c.L_layers, num_attention_heads=c.num_heads,
+                intermediate_size=swiglu_width(c.hidden_size, c.expansion), num_hidden_layers=c.L_layers,
+                num_attention_heads=c.num_heads,
                 num_key_value_heads=c.num_key_value_heads or c.num_heads, head_dim=c.hidden_size // c.num_heads,
                 hidden_act="silu", max_position_embeddings=c.seq_len, rms_norm_eps=c.rms_norm_eps,
                 rope_theta=c.rope_theta, attention_bias=False, mlp_bias=False, tie_word_embeddings=False)
