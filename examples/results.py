@@ -13,8 +13,8 @@ unless a key is configured) in the group results-<experiment>. The script is res
 (summary.json) or evaluation (eval_<set>_act<K>.json) is skipped, an interrupted run continues from its last
 checkpoint, so rerunning a command after a crash (or with more --seeds) only does what is missing. Runs are found by
 name: after changing a budget here, remove checkpoints/results-<experiment> to train them again. Runs go --jobs at a
-time with --threads threads each (two one-thread runs train ~20% more steps per second than one two-thread run on a 2-core
-CPU; a run's result does not depend on either).
+time with --threads threads each (two one-thread runs train ~20% more steps per second than one two-thread run on
+a 2-core CPU; a run's result does not depend on either).
 """
 from __future__ import annotations
 
