@@ -96,7 +96,7 @@ def cycles_block(seeds: int) -> str:
         exact = [s["test"]["test/exact_accuracy"] for s in runs]
         passes = runs[0]["passes_per_act_step"]
         cells.append({"H_cycles": h, "L_cycles": l, "exact_accuracy": statistics.mean(exact),
-                      "passes_per_act_step": passes})
+                      "sd": statistics.stdev(exact) if len(exact) > 1 else 0.0, "passes_per_act_step": passes})
         rows.append([str(h), str(l), str(passes), str(4 * passes), mean_sd(exact) + f" (n={len(runs)})",
                      mean_sd([s["test"]["test/accuracy"] for s in runs]),
                      f"{statistics.mean(s['wall_s'] for s in runs):.0f}"])
@@ -121,11 +121,11 @@ def compute_plot(cells: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for c in cells:
         x = 4 * c["passes_per_act_step"]
-        ax.scatter(x, 100 * c["exact_accuracy"], color="C0")
+        ax.errorbar(x, 100 * c["exact_accuracy"], yerr=100 * c["sd"], fmt="o", color="C0", capsize=3)
         ax.annotate(f"H{c['H_cycles']} L{c['L_cycles']}", (x, 100 * c["exact_accuracy"]), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("network passes per test sample (4 ACT steps)")
-    ax.set_ylabel("test exact accuracy, %")
+    ax.set_ylabel("test exact accuracy, % (mean ± sd)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
