@@ -37,7 +37,8 @@ from utils.checkpoint import RunCheckpoints
 from utils.config_check import check_config
 from utils.curriculum import Curriculum
 from utils.device import describe_policy, resolve_compile
-from utils.distributed import Dist, all_reduce_sum, barrier, init_distributed, reduce_sums, shutdown, sum_gradients
+from utils.distributed import (Dist, all_reduce_sum, init_distributed, leave_together, reduce_sums, shutdown,
+                               sum_gradients)
 from utils.files import WriteError
 from utils.logger import RunLogger
 from utils.nonfinite import BadSteps, all_finite, discard_gradients
@@ -309,7 +310,7 @@ def train(cfg: DictConfig, run_dir: str | None = None) -> dict[str, float]:
         if d.is_main:
             report(cfg, run.run_dir, run.state, run.test_data, device, results, logged, d.world_size,
                    time.time() - started)
-        barrier()  # no process tears its connections down while another still uses them
+        leave_together(d)  # no process tears its connections down while another still uses them
         return results
     finally:
         shutdown(d)

@@ -69,6 +69,17 @@ def init_distributed(device_preference: str = "auto") -> tuple[Dist, torch.devic
     return d, device
 
 
+def leave_together(d: Dist) -> None:
+    """At the end of a run, before shutdown: every rank says, through the rendezvous store (a connection of its own,
+    served by torchrun's agent), that its collectives are done, and waits until all have. A Gloo rank that closes
+    its connections while another still reads the last collective's message makes that process abort ("terminate
+    called without an active exception"); a barrier cannot prevent it, being such a collective itself."""
+    if d.enabled and dist.is_initialized():
+        store = dist.distributed_c10d._get_default_store()
+        store.set(f"leave/{d.rank}", "done")
+        store.wait([f"leave/{r}" for r in range(d.world_size)])
+
+
 def shutdown(d: Dist) -> None:
     if d.enabled and dist.is_initialized():
         dist.destroy_process_group()
