@@ -12,7 +12,7 @@ Each training run is a `pretrain.py` process under checkpoints/results-<experime
 unless a key is configured) in the group results-<experiment>. The script is resumable: a finished run
 (summary.json) or evaluation (eval_<set>_act<K>.json) is skipped, an interrupted run continues from its last
 checkpoint, so rerunning a command after a crash (or with more --seeds) only does what is missing. Runs are found by
-name: after changing a budget here, remove checkpoints/results-<experiment> to train them again. Runs go --jobs at a
+name, and a run started with other settings (a budget changed here) is refused, naming what to remove. Runs go --jobs at a
 time with --threads threads each (two one-thread runs train ~20% more steps per second than one two-thread run on
 a 2-core CPU; a run's result does not depend on either).
 """
@@ -106,8 +106,19 @@ def run_process(args: list[str], log_file: Path, threads: int) -> None:
         raise RuntimeError(f"{' '.join(args[:3])} ... failed (exit {code}); see {log_file}")
 
 
+def check_settings(job: Job) -> None:
+    """A run is reused by name: refuse one that was started with other overrides (a budget changed since), and
+    record them for a new one in <experiment dir>/<run>.overrides.json."""
+    saved = job.run_dir.parent / f"{job.name}.overrides.json"
+    if saved.exists() and json.loads(saved.read_text()) != job.overrides:
+        raise ValueError(f"{job.run_dir}: started with other settings ({saved}); remove both to train it with these")
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(job.overrides))
+
+
 def train(job: Job, threads: int) -> dict:
     """Train `job` to its end (resuming a run that was interrupted); returns its summary."""
+    check_settings(job)
     if job.summary() is not None:
         return job.summary()
     run = job.run_dir
@@ -276,9 +287,9 @@ def chat_jobs(seeds: int) -> dict[str, list[Job]]:
     """Per variant, its runs on the tasks (one per seed); stories_<model> starts from pretrain_<model>-s<seed>."""
     out = {m: [Job("chat", f"{m}-s{s}", [*CHAT_COMMON, *CHAT_TASKS, *o, f"seed={s}"]) for s in range(seeds)]
            for m, (o, _) in CHAT_MODELS.items()}
-    for m in STORIES_MODELS:
-        out[f"stories_{m}"] = [Job("chat", f"stories_{m}-s{s}", [*run.overrides,
-                                                                  f"init_from={pretrain_job(m, s).run_dir}"])
+    for m in STORIES_MODELS:  # init_from relative to the repository (the runs' working directory)
+        starts = [f"init_from={pretrain_job(m, s).run_dir.relative_to(ROOT)}" for s in range(seeds)]
+        out[f"stories_{m}"] = [Job("chat", f"stories_{m}-s{s}", [*run.overrides, starts[s]])
                                for s, run in enumerate(out[m])]
     return out
 

@@ -49,6 +49,8 @@ def test_a_finished_run_is_skipped_and_an_interrupted_one_resumes(root, monkeypa
     assert len(calls) == 2
     assert f"resume={killed.run_dir}" in calls[0]
     assert not any(a.startswith("resume=") for a in calls[1]) and not fresh.run_dir.exists()
+    with pytest.raises(ValueError, match="done: started with other settings"):  # a budget changed since
+        results.train(results.Job("cycles", "done", ["seed=0", "max_steps=10"]), threads=1)
 
 
 def test_a_held_out_puzzle_that_is_a_training_row_is_refused(root):
@@ -112,7 +114,7 @@ def test_the_stories_runs_fine_tune_their_pretraining_run_on_the_same_budget(roo
     jobs = results.chat_jobs(3)
     for seed, (plain, stories) in enumerate(zip(jobs["trm_H2L1"], jobs["stories_trm_H2L1"])):
         pretrain = results.pretrain_job("trm_H2L1", seed)
-        assert stories.overrides == [*plain.overrides, f"init_from={pretrain.run_dir}"]
+        assert stories.overrides == [*plain.overrides, f"init_from={pretrain.run_dir.relative_to(results.ROOT)}"]
         assert f"data_paths=[{results.STORIES}]" in pretrain.overrides and f"seed={seed}" in pretrain.overrides
     trained = []
     monkeypatch.setattr(results, "build_chat_data", lambda: None)
