@@ -12,9 +12,9 @@ Each training run is a `pretrain.py` process under checkpoints/results-<experime
 unless a key is configured) in the group results-<experiment>. The script is resumable: a finished run
 (summary.json) or evaluation (eval_<set>_act<K>.json) is skipped, an interrupted run continues from its last
 checkpoint, so rerunning a command after a crash (or with more --seeds) only does what is missing. Runs are found by
-name, and a run started with other settings (a budget changed here) is refused, naming what to remove. Runs go --jobs at a
-time with --threads threads each (two one-thread runs train ~20% more steps per second than one two-thread run on
-a 2-core CPU; a run's result does not depend on either).
+name, and a run started with other settings (a budget changed here) is refused, naming what to remove. Runs go
+--jobs at a time with --threads threads each (two one-thread runs train ~20% more steps per second than one
+two-thread run on a 2-core CPU; a run's result does not depend on either).
 """
 from __future__ import annotations
 
@@ -38,8 +38,10 @@ from dataset.build_sudoku_dataset import SudokuBuildConfig, build  # noqa: E402
 
 PAGE = ROOT / "docs" / "results.md"
 FIGURES = ROOT / "docs" / "results"
-TRAIN_DATA = "data/sudoku-gen-1k"  # the default job's data (config/dataset/sudoku.yaml)
-# held-out puzzle sets: name -> (clues, seed of the generator); 200 test puzzles each, no training rows used
+SUDOKU = OmegaConf.load(ROOT / "config" / "dataset" / "sudoku.yaml").dataset  # the default job's data and builder
+TRAIN_DATA = SUDOKU.build_path
+# held-out puzzle sets under HELD_OUT: name -> (clues, seed of the generator); 200 test puzzles each, no training rows
+HELD_OUT = "data/results"
 EVAL_SETS = {"valid": ((35, 45), 101), "clues30-34": ((30, 34), 102), "clues25-29": ((25, 29), 103),
              "clues22-24": ((22, 24), 104)}
 LRS = (1e-3, 3e-3, 1e-2)
@@ -119,8 +121,8 @@ def check_settings(job: Job) -> None:
 def train(job: Job, threads: int) -> dict:
     """Train `job` to its end (resuming a run that was interrupted); returns its summary."""
     check_settings(job)
-    if job.summary() is not None:
-        return job.summary()
+    if (summary := job.summary()) is not None:
+        return summary
     run = job.run_dir
     resume = [f"resume={run}"] if any(run.glob("step_*.pt")) else []
     if run.exists() and not resume:  # killed before its first checkpoint: nothing to keep
@@ -160,12 +162,11 @@ def evaluate(job: Job, sets: dict[str, str], act_steps: int, threads: int) -> No
 def build_data(hard_list: str | None = None) -> dict[str, str]:
     """The training data and the held-out sets (built once; the generator is seeded); `hard_list`: a file of
     puzzles, one per line (e.g. the public "top95" list), scored as the set `hard-list`."""
-    sudoku = OmegaConf.load(ROOT / "config" / "dataset" / "sudoku.yaml")
     if not (ROOT / TRAIN_DATA / "train" / "dataset.json").exists():
-        build(SudokuBuildConfig(output_dir=str(ROOT / TRAIN_DATA), **OmegaConf.to_container(sudoku.dataset.build)))
+        build(SudokuBuildConfig(output_dir=str(ROOT / TRAIN_DATA), **OmegaConf.to_container(SUDOKU.build)))
     paths = {"test": TRAIN_DATA}
     for name, ((low, high), seed) in EVAL_SETS.items():
-        path = f"data/results/{name}"
+        path = f"{HELD_OUT}/{name}"
         if not (ROOT / path / "test" / "dataset.json").exists():
             build(SudokuBuildConfig(output_dir=str(ROOT / path), seed=seed, num_train=1, num_test=200, min_clues=low,
                                     max_clues=high, quiet=True))
@@ -181,10 +182,10 @@ def build_list_set(hard_list: str, donor: str) -> str:
     split: one puzzle of `donor`'s test split, never scored)."""
     import numpy as np
 
-    path = "data/results/hard-list"
+    path = f"{HELD_OUT}/hard-list"
     if not (ROOT / path / "test" / "dataset.json").exists():
         first = np.load(ROOT / donor / "test" / "all__inputs.npy")[0]  # tokens: 1 blank, 2..10 the digits 1..9
-        train_file = ROOT / "data" / "results" / "hard-list-train.txt"
+        train_file = ROOT / HELD_OUT / "hard-list-train.txt"
         train_file.parent.mkdir(parents=True, exist_ok=True)
         train_file.write_text("".join("." if v == 1 else str(v - 1) for v in first) + "\n")
         build(SudokuBuildConfig(output_dir=str(ROOT / path), source="list", train_file=str(train_file),
@@ -209,11 +210,31 @@ def in_parallel(fn, items, jobs: int) -> list:
         return list(pool.map(fn, items))
 
 
+def train_all(jobs: list[Job], args) -> None:
+    in_parallel(lambda j: train(j, args.threads), jobs, args.jobs)
+
+
+def trained_act_steps(job: Job) -> int:
+    """The ACT steps a finished run trained with (its halt_max_steps): the budget it is scored at."""
+    return job.summary()["config"]["arch"]["halt_max_steps"]
+
+
+def act_budgets(job: Job) -> tuple[int, ...]:
+    """The ACT steps a run is scored with: its trained budget, and MAX_ACT_STEPS when more steps can matter."""
+    trained = trained_act_steps(job)
+    return (trained, MAX_ACT_STEPS) if recurs_at_test_time(job) else (trained,)
+
+
+def recurs_at_test_time(job: Job) -> bool:
+    """Whether more ACT steps can change the run's answer: a one-step model keeps no latent state between them."""
+    return trained_act_steps(job) > 1
+
+
 # ---------------------------------------------------------------- the experiments
 
 def recursion_jobs(seeds: int) -> tuple[list[Job], dict[str, list[Job]]]:
     """(the learning-rate sweep at seed 0, then per model its jobs at the chosen rate for every seed)."""
-    common = ["data_paths_test=[data/results/valid]"]  # choose on held-out validation puzzles, report on test
+    common = [f"data_paths_test=[{HELD_OUT}/valid]"]  # choose on held-out validation puzzles, report on test
     sweep = [Job("recursion", f"{m}-lr{lr:g}-s0", [*MODELS[m][0], f"lr={lr}", "seed=0", *common])
              for m in MODELS for lr in LRS]
     return sweep, {m: [Job("recursion", f"{m}-lr{{lr}}-s{s}", [*MODELS[m][0], "lr={lr}", f"seed={s}", *common])
@@ -243,9 +264,8 @@ def final_jobs(seeds: int) -> dict[str, list[Job]]:
 
 
 def run_recursion(args, data: dict[str, str]) -> None:
-    in_parallel(lambda j: train(j, args.threads), recursion_jobs(args.seeds)[0], args.jobs)
-    final = [job for jobs in final_jobs(args.seeds).values() for job in jobs]
-    in_parallel(lambda j: train(j, args.threads), final, args.jobs)
+    train_all(recursion_jobs(args.seeds)[0], args)
+    train_all([job for jobs in final_jobs(args.seeds).values() for job in jobs], args)
 
 
 def cycles_jobs(seeds: int) -> list[Job]:
@@ -254,13 +274,13 @@ def cycles_jobs(seeds: int) -> list[Job]:
 
 
 def run_cycles(args, data: dict[str, str]) -> None:
-    in_parallel(lambda j: train(j, args.threads), cycles_jobs(args.seeds), args.jobs)
+    train_all(cycles_jobs(args.seeds), args)
 
 
 def run_test_time(args, data: dict[str, str]) -> None:
     sets = {k: v for k, v in data.items() if k != "valid"}
     work = [(job, steps) for jobs in final_jobs(args.seeds).values() for job in jobs
-            for steps in ((4, MAX_ACT_STEPS) if job.name.startswith("trm") else (1,))]  # the trained budget, more
+            for steps in act_budgets(job)]
     in_parallel(lambda w: evaluate(w[0], sets, w[1], args.threads), work, args.jobs)
 
 
@@ -299,8 +319,8 @@ def run_chat(args, data: dict[str, str]) -> None:
     jobs = chat_jobs(args.seeds)
     first = [pretrain_job(m, s) for m in STORIES_MODELS for s in range(args.seeds)] + \
         [j for m in CHAT_MODELS for j in jobs[m]]
-    in_parallel(lambda j: train(j, args.threads), first, args.jobs)
-    in_parallel(lambda j: train(j, args.threads), [j for m in STORIES_MODELS for j in jobs[f"stories_{m}"]], args.jobs)
+    train_all(first, args)
+    train_all([j for m in STORIES_MODELS for j in jobs[f"stories_{m}"]], args)
 
 
 EXPERIMENTS = {"recursion": run_recursion, "cycles": run_cycles, "test_time": run_test_time, "chat": run_chat}

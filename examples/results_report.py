@@ -11,10 +11,15 @@ import statistics
 import sys
 from pathlib import Path
 
+import matplotlib
+
+matplotlib.use("Agg")  # files only: works on machines without a display
+import matplotlib.pyplot as plt  # noqa: E402
+
 from examples.results import (CHAT_MODELS, CYCLES, FIGURES, LRS, MAX_ACT_STEPS, MODELS, PAGE, Job, best_lr, chat_jobs,
-                              eval_file, final_jobs, pretrain_job)
+                              eval_file, final_jobs, pretrain_job, recurs_at_test_time, trained_act_steps)
 from tasks.synthetic import FAMILIES
-from utils.sweep_summary import heat_map
+from utils.sweep_summary import heat_map, markdown_table
 from utils.tournament import compute_per_step
 
 SETS = {"test": "test, 35-45 clues", "clues30-34": "30-34 clues", "clues25-29": "25-29 clues",
@@ -31,11 +36,6 @@ def mean_sd(values: list[float], percent: bool = True, digits: int = 1) -> str:
     return f"{scale * statistics.mean(values):.{digits}f} ± {scale * statistics.stdev(values):.{digits}f}"
 
 
-def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-
-
 def load_evals(jobs: list[Job], act_steps: int) -> dict[str, list[dict]]:
     """Set name -> the scores of every job scored on it with `act_steps` ACT steps."""
     out = {}
@@ -44,10 +44,6 @@ def load_evals(jobs: list[Job], act_steps: int) -> dict[str, list[dict]]:
         if scores := [json.loads(f.read_text()) for f in files if f.exists()]:
             out[name] = scores
     return out
-
-
-def trained_steps(model: str) -> int:
-    return 1 if model.startswith("transformer") else 4
 
 
 def seed_jobs(seeds: int) -> dict[str, list[Job]]:
@@ -72,7 +68,7 @@ def recursion_block(seeds: int) -> str:
             continue
         s = jobs[0].summary()
         layers = s["config"]["arch"]["L_layers"] * s["passes_per_act_step"]
-        test = load_evals(jobs, trained_steps(model)).get("test", [])
+        test = load_evals(jobs, trained_act_steps(jobs[0])).get("test", [])
         rows.append([
             model, MODELS[model][1], f"{s['parameters'] / 1e3:.0f}k", str(layers),
             " / ".join("-" if x is None else f"{100 * x['test']['test/exact_accuracy']:.1f}" for x in sweep),
@@ -81,9 +77,9 @@ def recursion_block(seeds: int) -> str:
             mean_sd([t["accuracy"] for t in test]),
             f"{statistics.mean(j.summary()['wall_s'] for j in jobs):.0f}",
         ])
-    return table(["run", "model", "parameters", "layer applications per ACT step",
-                  "validation exact % at lr " + " / ".join(f"{lr:g}" for lr in LRS), "chosen lr",
-                  "test exact %", "test token %", "wall s"], rows) + "\n\n" + budget("recursion")
+    return markdown_table(["run", "model", "parameters", "layer applications per ACT step",
+                           "validation exact % at lr " + " / ".join(f"{lr:g}" for lr in LRS), "chosen lr",
+                           "test exact %", "test token %", "wall s"], rows) + "\n\n" + budget("recursion")
 
 
 def cycles_block(seeds: int) -> str:
@@ -100,8 +96,9 @@ def cycles_block(seeds: int) -> str:
         rows.append([str(h), str(l), str(passes), str(4 * passes), mean_sd(exact) + f" (n={len(runs)})",
                      mean_sd([s["test"]["test/accuracy"] for s in runs]),
                      f"{statistics.mean(s['wall_s'] for s in runs):.0f}"])
-    text = table(["H_cycles", "L_cycles", "network passes per ACT step", "passes per test sample (4 ACT steps)",
-                  "test exact %", "test token %", "wall s"], rows) + "\n\n" + budget("cycles")
+    header = ["H_cycles", "L_cycles", "network passes per ACT step", "passes per test sample (4 ACT steps)",
+              "test exact %", "test token %", "wall s"]
+    text = markdown_table(header, rows) + "\n\n" + budget("cycles")
     if len(cells) >= 2:
         FIGURES.mkdir(parents=True, exist_ok=True)
         heat_map(cells, "exact_accuracy", str(FIGURES / "cycles_exact.png"),
@@ -113,11 +110,6 @@ def cycles_block(seeds: int) -> str:
 
 
 def compute_plot(cells: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for c in cells:
         x = 4 * c["passes_per_act_step"]
@@ -135,7 +127,7 @@ def compute_plot(cells: list[dict], path: Path) -> None:
 def test_time_evals(seeds: int) -> dict[str, dict[str, list[dict]]]:
     """TRM model -> set name -> its seeds' 16-step scores."""
     evals = {model: load_evals(jobs, MAX_ACT_STEPS) for model, jobs in seed_jobs(seeds).items()
-             if model.startswith("trm")}
+             if jobs and recurs_at_test_time(jobs[0])}
     return {model: sets for model, sets in evals.items() if sets}
 
 
@@ -151,17 +143,12 @@ def test_time_block(seeds: int) -> str:
     if not rows:
         return "(not run yet: `python examples/results.py test_time`)"
     plot_act_steps(evals, FIGURES / "test_time.png")
-    return table(["model", "puzzles", "seeds", "exact % after 1 ACT step", "4 (trained)", "8", "16",
-                  "halting head stops at step", "exact % where it stops"], rows) + \
+    return markdown_table(["model", "puzzles", "seeds", "exact % after 1 ACT step", "4 (trained)", "8", "16",
+                           "halting head stops at step", "exact % where it stops"], rows) + \
         "\n\n![exact accuracy against ACT steps at test time](results/test_time.png)"
 
 
 def plot_act_steps(evals: dict[str, dict[str, list[dict]]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     FIGURES.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, len(evals), figsize=(5 * len(evals), 3.6), squeeze=False)
     for ax, (model, sets) in zip(axes[0], evals.items()):
@@ -185,10 +172,9 @@ def difficulty_block(seeds: int) -> str:
     rows = []
     names = []
     for model, jobs in seed_jobs(seeds).items():
-        trained = load_evals(jobs, trained_steps(model))
-        more = load_evals(jobs, MAX_ACT_STEPS) if model.startswith("trm") else {}
-        if not trained:
+        if not (jobs and (trained := load_evals(jobs, trained_act_steps(jobs[0])))):
             continue
+        more = load_evals(jobs, MAX_ACT_STEPS) if recurs_at_test_time(jobs[0]) else {}
         names = names or list(trained)
         row = [model]
         for name in names:
@@ -199,7 +185,7 @@ def difficulty_block(seeds: int) -> str:
         rows.append(row)
     if not rows:
         return "(not run yet: `python examples/results.py test_time`)"
-    return table(["model"] + [SETS[n] for n in names], rows)
+    return markdown_table(["model"] + [SETS[n] for n in names], rows)
 
 
 def probe_mean(summary: dict, level: int) -> float | None:
@@ -235,10 +221,11 @@ def chat_block(seeds: int) -> str:
                      "-" if gflop is None else f"{gflop:.1f}",
                      mean_sd([x["test"]["test/loss"] for x in summaries], percent=False, digits=3),
                      mean_sd(at(1)) + f" (n={len(summaries)})", mean_sd(at(2)), wall])
-    return table(["run", "model", "parameters", "layer applications per token (passes x layers)", "GFLOP per step",
-                  "validation loss", "held-out % level 1", "held-out % level 2", "wall s (+ pretraining)"], rows) + \
+    header = ["run", "model", "parameters", "layer applications per token (passes x layers)", "GFLOP per step",
+              "validation loss", "held-out % level 1", "held-out % level 2", "wall s (+ pretraining)"]
+    return markdown_table(header, rows) + \
         "\n\nHeld-out accuracy (%) per family at level 2, mean over seeds:\n\n" + \
-        table(["family", *runs], list(family_rows.values())) + "\n\n" + budget("chat")
+        markdown_table(["family", *runs], list(family_rows.values())) + "\n\n" + budget("chat")
 
 
 BLOCKS = {"recursion": recursion_block, "cycles": cycles_block, "test_time": test_time_block,

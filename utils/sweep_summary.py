@@ -145,12 +145,16 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table of cells already formatted (no trailing newline)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     """The table without the run directories (in the CSV): the swept columns name the runs."""
     header = [k for k in rows[0] if k != "run"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(fmt(r[k]) for k in header) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    return markdown_table(header, [[fmt(r[k]) for k in header] for r in rows]) + "\n"
 
 
 def heat_map(rows: list[dict[str, Any]], metric: str, path: str, title: str) -> None:

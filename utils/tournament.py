@@ -40,7 +40,7 @@ import yaml
 from utils.checkpoint import run_steps
 from utils.files import atomic_write
 from utils.plot_metrics import read_metrics
-from utils.sweep_summary import SUMMARY_FILE, fmt, to_csv
+from utils.sweep_summary import SUMMARY_FILE, fmt, markdown_table, to_csv
 
 PRETRAIN = Path(__file__).resolve().parent.parent / "pretrain.py"
 STATE_FILE = "tournament.json"
@@ -300,10 +300,9 @@ def bracket_rows(spec: Spec, state: dict[str, Any]) -> list[dict[str, Any]]:
 
 def to_markdown(rows: list[dict[str, Any]], metric: str) -> str:
     header = list(rows[0])
-    lines = [f"{metric} at the end of each round; eliminated_in: the round after which the variant stopped", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join("-" if r[k] is None else fmt(r[k]) for k in header) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    cells = [["-" if r[k] is None else fmt(r[k]) for k in header] for r in rows]
+    return (f"{metric} at the end of each round; eliminated_in: the round after which the variant stopped\n\n"
+            + markdown_table(header, cells) + "\n")
 
 
 TRAIN_LOSS = "train/lm_loss"  # logged every log_interval steps: the dense curve beside the evaluations
