@@ -17,7 +17,6 @@ and the peak memory a step allocates. Without --official, the reference applies 
 from __future__ import annotations
 
 import argparse
-import importlib
 import platform
 import statistics
 import sys
@@ -32,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from models import build_model  # noqa: E402
 from models.layers import swiglu_width  # noqa: E402
 from utils.device import resolve_dtype, select_device  # noqa: E402
+from utils.official import import_official as official_modules  # noqa: E402
 from utils.optim import AdamAtan2, build_optimizers  # noqa: E402
 
 PAPER = dict(name="trm", hidden_size=512, num_heads=8, expansion=4, L_layers=2, H_cycles=3, L_cycles=6,
@@ -144,27 +144,9 @@ def our_step(arch: dict, dtype: str, batch: dict[str, torch.Tensor], compile_: b
 
 
 def import_official(path: str) -> tuple[type, type, type]:
-    """(TRM class, ACTLossHead, sign-SGD optimizer) of the official code at `path`.
-
-    Its top-level package is also called `models`: ours are set aside in sys.modules while it imports, then
-    restored (the official classes keep references to their own modules)."""
-    ours = {k: v for k, v in sys.modules.items() if k == "models" or k.startswith("models.")}
-    for k in ours:
-        del sys.modules[k]
-    # its `models` is a namespace package, which any regular `models` package on the path (ours) would shadow
-    saved_path, root = list(sys.path), Path(__file__).resolve().parent.parent
-    sys.path[:] = [str(Path(path).resolve())] + [p for p in sys.path if Path(p or ".").resolve() != root]
-    try:
-        trm = importlib.import_module("models.recursive_reasoning.trm")
-        losses = importlib.import_module("models.losses")
-        sparse = importlib.import_module("models.sparse_embedding")
-    finally:
-        sys.path[:] = saved_path
-        for k in [k for k in sys.modules if k == "models" or k.startswith("models.")]:
-            module = sys.modules.pop(k)
-            module.__name__ = f"official_{k}"  # torch.compile finds a function's module by this name
-            sys.modules[module.__name__] = module
-        sys.modules.update(ours)
+    """(TRM class, ACTLossHead, sign-SGD optimizer) of the official code at `path`."""
+    trm, losses, sparse = official_modules(path, "models.recursive_reasoning.trm", "models.losses",
+                                           "models.sparse_embedding")
     return (trm.TinyRecursiveReasoningModel_ACTV1, losses.ACTLossHead,
             sparse.CastedSparseEmbeddingSignSGD_Distributed)
 

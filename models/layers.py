@@ -240,7 +240,7 @@ class Block(nn.Module):
 
 
 class ReasoningModule(nn.Module):
-    """A stack of blocks that first adds an injection to its input: f(h, inj) = blocks(h + inj).
+    """A stack of blocks that first adds an injection to its input: f(h, inj) = blocks(h + inj) (None: blocks(h)).
 
     checkpointing: an application with autograd on keeps only its inputs and recomputes its activations in backward
     (less memory, one more forward). The recursion's no-grad cycles are unaffected."""
@@ -250,13 +250,14 @@ class ReasoningModule(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.checkpointing = checkpointing
 
-    def forward(self, h: torch.Tensor, injection: torch.Tensor, seq_info: SeqInfo = NO_SEQ_INFO) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, injection: torch.Tensor | None, seq_info: SeqInfo = NO_SEQ_INFO) -> torch.Tensor:
         if self.checkpointing and torch.is_grad_enabled():
             return checkpoint(self.apply_layers, h, injection, seq_info, use_reentrant=False)
         return self.apply_layers(h, injection, seq_info)
 
-    def apply_layers(self, h: torch.Tensor, injection: torch.Tensor, seq_info: SeqInfo) -> torch.Tensor:
-        h = h + injection
+    def apply_layers(self, h: torch.Tensor, injection: torch.Tensor | None, seq_info: SeqInfo) -> torch.Tensor:
+        if injection is not None:
+            h = h + injection
         for layer in self.layers:
             h = layer(h, seq_info)
         return h

@@ -11,6 +11,11 @@ from models.trm import TRMInner
 
 
 class TransformerInner(TRMInner):
+    def __init__(self, config):
+        if config.H_layers or config.one_step_gradient or config.single_z:
+            raise ValueError("H_layers, one_step_gradient and single_z change the recursion: arch=trm options")
+        super().__init__(config)
+
     def _init_states(self) -> None:
         pass  # the state starts at zero (empty_carry), so the first step sees only the input
 

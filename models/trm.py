@@ -33,7 +33,7 @@ class TRMConfig:
     num_key_value_heads: int | None = None  # < num_heads for grouped-query attention
     expansion: float = 4.0
     L_layers: int = 2
-    H_layers: int = 0  # unused by TRM (one network); kept so official configs parse
+    H_layers: int = 0  # 0: one network makes both updates (TRM); > 0: z_H has its own network of H_layers blocks (HRM)
     pos_encodings: str = "rope"  # rope | learned | none
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-5
@@ -52,6 +52,9 @@ class TRMConfig:
     halt_max_steps: int = 16
     halt_exploration_prob: float = 0.1
     no_ACT_continue: bool = True
+    # ablations of the paper (HRM-style: H_layers > 0 with one_step_gradient)
+    one_step_gradient: bool = False  # HRM's approximation: backprop through the last z_L and z_H updates only
+    single_z: bool = False  # one latent (the official trm_singlez): L_cycles x z <- f(z + x), then z <- f(z)
 
     @classmethod
     def from_dict(cls, values: dict) -> "TRMConfig":
@@ -74,6 +77,8 @@ class TRMConfig:
             raise ValueError(f"forward_dtype must be one of {list(DTYPES)}, got {self.forward_dtype!r}")
         if self.H_cycles < 1 or self.L_cycles < 1 or self.halt_max_steps < 1:
             raise ValueError("H_cycles, L_cycles and halt_max_steps must be >= 1")
+        if self.single_z and (self.H_layers or self.one_step_gradient):
+            raise ValueError("single_z has no z_H update: it combines with neither H_layers > 0 nor one_step_gradient")
 
     @property
     def prefix_len(self) -> int:
@@ -140,11 +145,15 @@ class TRMInner(nn.Module):
         elif c.pos_encodings == "learned":
             self.embed_pos = CastedEmbedding(total_len, c.hidden_size, embed_std, self.forward_dtype)
 
-        self.L_level = ReasoningModule([
-            Block(c.hidden_size, c.num_heads, c.expansion, c.num_key_value_heads, causal=c.causal,
-                  mlp_t_len=total_len if c.mlp_t else None, norm_eps=c.rms_norm_eps, pre_norm=self.pre_norm)
-            for _ in range(c.L_layers)
-        ], checkpointing=c.gradient_checkpointing)
+        def network(layers: int) -> ReasoningModule:
+            return ReasoningModule([
+                Block(c.hidden_size, c.num_heads, c.expansion, c.num_key_value_heads, causal=c.causal,
+                      mlp_t_len=total_len if c.mlp_t else None, norm_eps=c.rms_norm_eps, pre_norm=self.pre_norm)
+                for _ in range(layers)
+            ], checkpointing=c.gradient_checkpointing)
+
+        self.L_level = network(c.L_layers)
+        self.H_level = network(c.H_layers) if c.H_layers else None  # None: L_level also updates z_H
         self._init_states()
         with torch.no_grad():  # q_head starts at "never halt"
             self.q_head.weight.zero_()
@@ -201,20 +210,33 @@ class TRMInner(nn.Module):
     def recurse(self, z_H: torch.Tensor, z_L: torch.Tensor, x: torch.Tensor,
                 seq_info: SeqInfo) -> tuple[torch.Tensor, torch.Tensor]:
         """H_cycles x (L_cycles updates of z_L, then one of z_H); gradient only through the last H cycle (whose
-        activations gradient_checkpointing recomputes in backward)."""
+        activations gradient_checkpointing recomputes in backward), or with one_step_gradient only through its
+        last z_L and z_H updates."""
         c = self.config
         with torch.no_grad():
             for _ in range(c.H_cycles - 1):
                 z_H, z_L = self.cycle(z_H, z_L, x, seq_info)
-        return self.cycle(z_H, z_L, x, seq_info)
+            if c.one_step_gradient:  # HRM: all but the last z_L update of the last cycle run without gradient too
+                z_L = self.update_z_L(z_L, z_H + x, seq_info, c.L_cycles - 1)
+        return self.cycle(z_H, z_L, x, seq_info, 1 if c.one_step_gradient else None)
 
-    def cycle(self, z_H: torch.Tensor, z_L: torch.Tensor, x: torch.Tensor,
-              seq_info: SeqInfo) -> tuple[torch.Tensor, torch.Tensor]:
-        """One H cycle: L_cycles updates of z_L from (z_H + x), which is fixed within the cycle, then one of z_H."""
-        injection = z_H + x
-        for _ in range(self.config.L_cycles):
+    def cycle(self, z_H: torch.Tensor, z_L: torch.Tensor, x: torch.Tensor, seq_info: SeqInfo,
+              L_steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One H cycle: L_steps (default L_cycles) updates of z_L from (z_H + x), which is fixed within the cycle,
+        then one of z_H (by H_level when the model has one)."""
+        c = self.config
+        L_steps = c.L_cycles if L_steps is None else L_steps
+        if c.single_z:  # the one latent (z_L) is also the answer: updated from x alone, then once without it
+            z_L = self.update_z_L(z_L, x, seq_info, L_steps)
+            return z_H, self.L_level(z_L, None, seq_info)
+        z_L = self.update_z_L(z_L, z_H + x, seq_info, L_steps)
+        H_level = self.H_level if self.H_level is not None else self.L_level
+        return H_level(z_H, z_L, seq_info), z_L
+
+    def update_z_L(self, z_L: torch.Tensor, injection: torch.Tensor, seq_info: SeqInfo, steps: int) -> torch.Tensor:
+        for _ in range(steps):
             z_L = self.L_level(z_L, injection, seq_info)
-        return self.L_level(z_H, z_L, seq_info), z_L
+        return z_L
 
     def forward(self, carry: InnerCarry, batch: Batch,
                 cache: KVCache | None = None) -> tuple[InnerCarry, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
@@ -224,7 +246,8 @@ class TRMInner(nn.Module):
         seq_info = SeqInfo(cos_sin, cache.mask if cache is not None else self.attention_mask(batch), cache)
         x = self.input_embeddings(batch, positions)
         z_H, z_L = self.recurse(carry.z_H, carry.z_L, x, seq_info)
-        out = rms_norm(z_H, self.config.rms_norm_eps) if self.pre_norm else z_H  # (post-norm states are normed)
+        answer = z_L if self.config.single_z else z_H
+        out = rms_norm(answer, self.config.rms_norm_eps) if self.pre_norm else answer  # (post-norm states are normed)
         logits = self.lm_head(out)[:, self.prefix_len:]
         # The Q-head reads one state row. Non-causal: the first (a puzzle-embedding row, which sees everything).
         # Causal: the last, the only row that has seen the whole sequence.

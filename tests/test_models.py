@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import ROOT
 from constants import IGNORE_LABEL_ID
 from models import build_model
 from models.ema import EMA
@@ -12,6 +13,7 @@ from models.layers import (Attention, Block, RotaryEmbedding, SeqInfo, SwiGLU, a
                            trunc_normal_)
 from models.losses import log_stablemax, softmax_cross_entropy, stablemax_cross_entropy
 from models.sparse_embedding import SignSGD, SparseEmbedding
+from utils.official import import_official
 
 SEQ, VOCAB, B = 12, 7, 3
 
@@ -106,9 +108,9 @@ def test_mlp_t_block_mixes_along_sequence():
 
 # ---- recursion and ACT
 
-def count_level_calls(model):
+def count_calls(level):
+    """Whether autograd was on at each call of `level`."""
     calls = []
-    level = model.model.inner.L_level
     original = level.forward
 
     def counting(*args, **kwargs):
@@ -122,7 +124,7 @@ def count_level_calls(model):
 @pytest.mark.parametrize("H,L", [(1, 1), (3, 2), (2, 6)])
 def test_recursion_calls_network_H_times_L_plus_1_with_grad_only_in_last_cycle(H, L):
     model = tiny(H_cycles=H, L_cycles=L)
-    calls = count_level_calls(model)
+    calls = count_calls(model.model.inner.L_level)
     b = batch()
     _, loss, _, _ = model(model.initial_carry(b), b)
     assert len(calls) == H * (L + 1)
@@ -253,7 +255,7 @@ def test_transformer_is_one_pass_of_the_blocks(norm_position):
     inner = model.model.inner
     assert not hasattr(inner, "H_init")
     b = batch()
-    calls = count_level_calls(model)
+    calls = count_calls(model.model.inner.L_level)
     carry, _, _, out = model(model.initial_carry(b), b)
     assert len(calls) == 1 and carry.halted.all()
     with torch.no_grad():
@@ -411,3 +413,91 @@ def test_packed_rows_match_separate_conversations(name, norm):
                  position_ids=torch.tensor([list(range(5)) + list(range(7))]))
     torch.testing.assert_close(packed[:, :5], run(a), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(packed[:, 5:], run(c), atol=1e-5, rtol=1e-5)
+
+
+# ---- the paper's ablations: a separate z_H network (HRM), HRM's one-step gradient, a single latent
+
+def test_hrm_style_updates_z_H_with_its_own_network_and_backprops_only_the_last_two_updates():
+    model = tiny(H_layers=1, one_step_gradient=True)  # H 3, L 2
+    inner = model.model.inner
+    assert len(inner.H_level.layers) == 1 and len(inner.L_level.layers) == 2
+    L_calls, H_calls = count_calls(inner.L_level), count_calls(inner.H_level)
+    b = batch()
+    _, loss, _, _ = model(model.initial_carry(b), b)
+    assert L_calls == [False] * (3 * 2 - 1) + [True] and H_calls == [False, False, True]
+    loss.backward()
+    assert inner.H_level.layers[0].mlp.down_proj.weight.grad is not None
+    assert inner.L_level.layers[0].mlp.down_proj.weight.grad is not None
+
+
+def test_single_z_recurses_one_latent_and_leaves_z_H_at_its_start():
+    model = tiny(single_z=True)
+    calls = count_calls(model.model.inner.L_level)
+    b = batch()
+    carry, loss, _, _ = model(model.initial_carry(b), b)
+    assert calls == [False] * (2 * (2 + 1)) + [True] * (2 + 1)  # H 3 x (L 2 + 1), gradient in the last cycle
+    torch.testing.assert_close(carry.inner.z_H, model.model.inner.H_init.expand_as(carry.inner.z_H))
+    assert not torch.equal(carry.inner.z_L, model.model.inner.L_init.expand_as(carry.inner.z_L))
+
+
+@pytest.mark.parametrize("overrides", [dict(single_z=True, H_layers=1), dict(single_z=True, one_step_gradient=True)])
+def test_single_z_refuses_the_z_H_options(overrides):
+    with pytest.raises(ValueError, match="single_z"):
+        tiny(**overrides)
+
+
+@pytest.mark.parametrize("option", [dict(H_layers=1), dict(one_step_gradient=True), dict(single_z=True)])
+def test_the_transformer_refuses_the_recursion_options(option):
+    with pytest.raises(ValueError, match="arch=trm options"):
+        tiny("transformer", **option)
+
+
+OFFICIAL = ROOT.parent / "shared" / "reference" / "TinyRecursiveModels"
+
+
+@pytest.mark.skipif(not OFFICIAL.is_dir(), reason=f"needs the official code at {OFFICIAL}")
+@pytest.mark.parametrize("variant", ["hrm", "trm_singlez"])
+def test_ablations_compute_what_the_official_code_computes(variant):
+    """Our HRM-style and single-z options against the official hrm.py and trm_singlez.py with the same weights:
+    the logits and Q-logits of every ACT step in evaluation, and the gradients of one training step."""
+    # (hrm.py's puzzle embedding takes ceil(puzzle_emb_ndim / hidden_size) = 1 positions)
+    # float64 (the official code still runs its norms and rotary tables in float32: about 1e-6 apart, as its TRM)
+    ours = tiny(forward_dtype="float64", **(dict(H_layers=2, one_step_gradient=True, puzzle_emb_len=1)
+                                           if variant == "hrm" else dict(single_z=True)))
+    with torch.no_grad():  # a puzzle embedding that is not all zeros
+        ours.model.inner.puzzle_emb.weights.normal_()
+    module, = import_official(OFFICIAL, f"models.recursive_reasoning.{variant}")
+    cls = module.HierarchicalReasoningModel_ACTV1 if variant == "hrm" else module.TinyRecursiveReasoningModel_ACTV1
+    c = ours.model.config
+    theirs = cls(dict(batch_size=B, seq_len=SEQ, puzzle_emb_ndim=c.puzzle_emb_ndim, puzzle_emb_len=c.puzzle_emb_len,
+                      num_puzzle_identifiers=c.num_puzzle_identifiers, vocab_size=VOCAB, H_cycles=c.H_cycles,
+                      L_cycles=c.L_cycles, H_layers=c.H_layers, L_layers=c.L_layers, hidden_size=c.hidden_size,
+                      expansion=c.expansion, num_heads=c.num_heads, pos_encodings=c.pos_encodings,
+                      halt_max_steps=c.halt_max_steps, halt_exploration_prob=0.1, forward_dtype="float64"))
+    missing, unexpected = theirs.load_state_dict(ours.model.state_dict(), strict=False)
+    assert not missing and unexpected == (["inner.H_init"] if variant == "trm_singlez" else [])
+
+    b = batch()
+    ours.eval(), theirs.eval()
+    ours_carry, their_carry = ours.model.initial_carry(b), theirs.initial_carry(b)
+    with torch.no_grad():
+        for _ in range(c.halt_max_steps):
+            ours_carry, ours_out = ours.model(ours_carry, b)
+            their_carry, their_out = theirs(their_carry, b)
+            for key in ("logits", "q_halt_logits", "q_continue_logits"):
+                torch.testing.assert_close(ours_out[key], their_out[key], atol=1e-4, rtol=0)
+
+    # training: one inner step from fresh latents, the same loss on both sides
+    grads = []
+    for model in (ours.model, theirs):
+        model.train()
+        model.zero_grad()
+        reset = torch.ones(B, dtype=torch.bool)
+        start = model.inner.reset_carry(reset, model.inner.empty_carry(B, SEQ, "cpu") if model is ours.model
+                                        else model.inner.empty_carry(B))
+        _, logits, (q_halt, _) = model.inner(start, b)
+        (logits.square().mean() + q_halt.sum()).backward()
+        grads.append({k: p.grad for k, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 5
+    for k in grads[0]:
+        torch.testing.assert_close(grads[0][k], grads[1][k], atol=1e-6, rtol=1e-3, msg=k)

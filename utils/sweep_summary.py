@@ -32,21 +32,23 @@ METRICS = ("exact_accuracy", "accuracy", "lm_loss", "loss", "perplexity")  # sho
 @torch.no_grad()
 def network_passes_per_act_step(model, batch: dict[str, torch.Tensor], device: torch.device) -> int:
     """How many times one ACT step (in evaluation) runs the network, counted on one sample: TRM runs its
-    blocks H_cycles * (L_cycles + 1) times, the transformer once."""
+    blocks H_cycles * (L_cycles + 1) times (counting H_level's runs where z_H has its own), the transformer once."""
     calls = 0
 
     def count(*_):
         nonlocal calls
         calls += 1
 
-    handle = model.model.inner.L_level.register_forward_hook(count)
+    inner = model.model.inner
+    handles = [level.register_forward_hook(count) for level in (inner.L_level, inner.H_level) if level is not None]
     was_training = model.training
     model.eval()
     try:
         one = {k: v[:1].to(device) for k, v in batch.items()}
         model(model.initial_carry(one), one)
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
         model.train(was_training)
     return calls
 
