@@ -1,6 +1,7 @@
 """The experiments of the results page (docs/results.md): every table there is written by this script.
 
     python examples/results.py recursion   # 1. recursion vs depth vs width, with a learning-rate sweep each
+    python examples/results.py ablations   # 1. the paper's ablations of the TRM-MLP (HRM-style, single z, EMA)
     python examples/results.py cycles      # 2. H_cycles x L_cycles of the TRM-MLP
     python examples/results.py test_time   # 3-4. more ACT steps at test time, harder puzzles (section 1's models)
     python examples/results.py test_time --hard-list top95.txt   # also a list of hard puzzles you have
@@ -57,6 +58,14 @@ MODELS = {
     "trm_att": (["arch=trm"], "TRM, attention + RoPE, 2 layers, H 2 x L 2, up to 4 ACT steps"),
     "transformer_att_2L": (["arch=transformer", "arch.L_layers=2"], "transformer, attention, 2 layers, 1 pass"),
     "transformer_att_12L": (["arch=transformer", "arch.L_layers=12"], "transformer, attention, 12 layers"),
+}
+# section 1, the paper's ablations (its Table 1) of the TRM-MLP, at the rate chosen for it: name -> (overrides, what)
+ABLATIONS = {
+    "separate_fH": (["arch.H_layers=2"], "z_H updated by its own 2-layer network (HRM's f_H and f_L)"),
+    "one_step_gradient": (["arch.one_step_gradient=true"], "gradient through the last z_L and z_H updates only (HRM)"),
+    "hrm_style": (["arch.H_layers=2", "arch.one_step_gradient=true"], "both: HRM's two networks and 1-step gradient"),
+    "single_z": (["arch.single_z=true"], "one latent for the reasoning and the answer"),
+    "ema": (["ema=true", "ema_rate=0.99"], "an EMA of the weights, rate 0.99 (the paper: 0.999 over ~60x the steps)"),
 }
 CYCLES = [(h, l) for h in (1, 2, 3) for l in (1, 2, 4)]
 
@@ -232,13 +241,15 @@ def recurs_at_test_time(job: Job) -> bool:
 
 # ---------------------------------------------------------------- the experiments
 
-def recursion_jobs(seeds: int) -> tuple[list[Job], dict[str, list[Job]]]:
+VALID = [f"data_paths_test=[{HELD_OUT}/valid]"]  # runs choose on held-out validation puzzles; the report is on test
+
+
+def recursion_jobs(seeds: int, models=MODELS) -> tuple[list[Job], dict[str, list[Job]]]:
     """(the learning-rate sweep at seed 0, then per model its jobs at the chosen rate for every seed)."""
-    common = [f"data_paths_test=[{HELD_OUT}/valid]"]  # choose on held-out validation puzzles, report on test
-    sweep = [Job("recursion", f"{m}-lr{lr:g}-s0", [*MODELS[m][0], f"lr={lr}", "seed=0", *common])
-             for m in MODELS for lr in LRS]
-    return sweep, {m: [Job("recursion", f"{m}-lr{{lr}}-s{s}", [*MODELS[m][0], "lr={lr}", f"seed={s}", *common])
-                       for s in range(seeds)] for m in MODELS}
+    sweep = [Job("recursion", f"{m}-lr{lr:g}-s0", [*MODELS[m][0], f"lr={lr}", "seed=0", *VALID])
+             for m in models for lr in LRS]
+    return sweep, {m: [Job("recursion", f"{m}-lr{{lr}}-s{s}", [*MODELS[m][0], "lr={lr}", f"seed={s}", *VALID])
+                       for s in range(seeds)] for m in models}
 
 
 def best_lr(model: str) -> float | None:
@@ -266,6 +277,23 @@ def final_jobs(seeds: int) -> dict[str, list[Job]]:
 def run_recursion(args, data: dict[str, str]) -> None:
     train_all(recursion_jobs(args.seeds)[0], args)
     train_all([job for jobs in final_jobs(args.seeds).values() for job in jobs], args)
+
+
+def ablation_jobs(seeds: int) -> dict[str, list[Job]]:
+    """Per ablation, its runs at the TRM-MLP's chosen rate, one per seed (none while its sweep is unfinished)."""
+    lr = best_lr("trm_mlp")
+    return {name: [] if lr is None else [
+        Job("ablations", f"{name}-s{s}", [*MODELS["trm_mlp"][0], *overrides, f"lr={lr}", f"seed={s}", *VALID])
+        for s in range(seeds)] for name, (overrides, _) in ABLATIONS.items()}
+
+
+def run_ablations(args, data: dict[str, str]) -> None:
+    """Against section 1's TRM-MLP runs (trained here first if missing), scored as they are on the test split."""
+    train_all(recursion_jobs(args.seeds, ["trm_mlp"])[0], args)
+    jobs = final_jobs(args.seeds)["trm_mlp"] + [j for jobs in ablation_jobs(args.seeds).values() for j in jobs]
+    train_all(jobs, args)
+    in_parallel(lambda job: evaluate(job, {"test": data["test"]}, trained_act_steps(job), args.threads), jobs,
+                args.jobs)
 
 
 def cycles_jobs(seeds: int) -> list[Job]:
@@ -323,7 +351,8 @@ def run_chat(args, data: dict[str, str]) -> None:
     train_all([j for m in STORIES_MODELS for j in jobs[f"stories_{m}"]], args)
 
 
-EXPERIMENTS = {"recursion": run_recursion, "cycles": run_cycles, "test_time": run_test_time, "chat": run_chat}
+EXPERIMENTS = {"recursion": run_recursion, "ablations": run_ablations, "cycles": run_cycles, "test_time": run_test_time,
+               "chat": run_chat}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,8 +16,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only: works on machines without a display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from examples.results import (CHAT_MODELS, CYCLES, FIGURES, LRS, MAX_ACT_STEPS, MODELS, PAGE, Job, best_lr, chat_jobs,
-                              eval_file, final_jobs, pretrain_job, recurs_at_test_time, trained_act_steps)
+from examples.results import (ABLATIONS, CHAT_MODELS, CYCLES, FIGURES, LRS, MAX_ACT_STEPS, MODELS, PAGE, Job,
+                              ablation_jobs, best_lr, chat_jobs, eval_file, final_jobs, pretrain_job,
+                              recurs_at_test_time, trained_act_steps)
 from tasks.synthetic import FAMILIES
 from utils.sweep_summary import heat_map, markdown_table
 from utils.tournament import compute_per_step
@@ -80,6 +81,26 @@ def recursion_block(seeds: int) -> str:
     return markdown_table(["run", "model", "parameters", "layer applications per ACT step",
                            "validation exact % at lr " + " / ".join(f"{lr:g}" for lr in LRS), "chosen lr",
                            "test exact %", "test token %", "wall s"], rows) + "\n\n" + budget("recursion")
+
+
+def ablations_block(seeds: int) -> str:
+    """The TRM-MLP of section 1 and its ablations: test exact accuracy, and its difference to the TRM-MLP's."""
+    variants = {"trm_mlp": ("the TRM-MLP of the table above", seed_jobs(seeds)["trm_mlp"])}
+    for name, jobs in ablation_jobs(seeds).items():
+        variants[name] = (ABLATIONS[name][1], [j for j in jobs if j.summary() is not None])
+    rows, baseline = [], None
+    for name, (what, jobs) in variants.items():
+        test = load_evals(jobs, trained_act_steps(jobs[0])).get("test", []) if jobs else []
+        exact = [t["exact_accuracy"] for t in test]
+        if not exact:
+            rows.append([name, what] + ["-"] * 5)
+            continue
+        baseline = statistics.mean(exact) if name == "trm_mlp" else baseline
+        delta = "-" if name == "trm_mlp" or baseline is None else f"{100 * (statistics.mean(exact) - baseline):+.1f}"
+        rows.append([name, what, f"{jobs[0].summary()['parameters'] / 1e3:.0f}k", mean_sd(exact) + f" (n={len(exact)})",
+                     delta, mean_sd([t["accuracy"] for t in test]), f"{statistics.mean(j.summary()['wall_s'] for j in jobs):.0f}"])
+    return markdown_table(["run", "change", "parameters", "test exact %", "vs TRM-MLP (points)", "test token %",
+                           "wall s"], rows) + "\n\n" + budget("ablations")
 
 
 def cycles_block(seeds: int) -> str:
@@ -228,7 +249,7 @@ def chat_block(seeds: int) -> str:
         markdown_table(["family", *runs], list(family_rows.values())) + "\n\n" + budget("chat")
 
 
-BLOCKS = {"recursion": recursion_block, "cycles": cycles_block, "test_time": test_time_block,
+BLOCKS = {"recursion": recursion_block, "ablations": ablations_block, "cycles": cycles_block, "test_time": test_time_block,
           "difficulty": difficulty_block, "chat": chat_block}
 
 
