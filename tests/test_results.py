@@ -123,3 +123,25 @@ def test_the_stories_runs_fine_tune_their_pretraining_run_on_the_same_budget(roo
     assert len(trained) == 2 * (len(results.CHAT_MODELS) + 2 * len(results.STORIES_MODELS))
     assert max(trained.index(f"pretrain_{m}-s{s}") for m in results.STORIES_MODELS for s in (0, 1)) < \
         min(trained.index(f"stories_{m}-s{s}") for m in results.STORIES_MODELS for s in (0, 1))
+
+
+def test_the_ablations_train_at_the_trm_mlps_rate_and_report_the_difference_to_it(root, monkeypatch):
+    assert results.ablation_jobs(2)["single_z"] == []  # the TRM-MLP's sweep has not chosen a rate yet
+    for lr, exact in zip(results.LRS, (0.5, 0.4, 0.3)):
+        write_summary(results.Job("recursion", f"trm_mlp-lr{lr:g}-s0"), exact, config={"arch": {"halt_max_steps": 4}})
+    jobs = results.ablation_jobs(2)
+    assert [j.name for j in jobs["single_z"]] == ["single_z-s0", "single_z-s1"]
+    assert {"arch=trm_mlp", "arch.single_z=true", "lr=0.001", "seed=1"} <= set(jobs["single_z"][1].overrides)
+
+    def finish(job, exact):  # a finished run and its scores on the test split (what evaluate() writes)
+        if job.summary() is None:  # (seed 0 of the TRM-MLP is its sweep's run)
+            write_summary(job, 0.0, config={"arch": {"halt_max_steps": 4}})
+        results.eval_file(job, "test", 4).write_text(json.dumps({"exact_accuracy": exact, "accuracy": 0.9}))
+
+    for job, exact in zip(results.final_jobs(2)["trm_mlp"], (0.8, 0.6)):
+        finish(job, exact)
+    finish(jobs["single_z"][0], 0.5)
+    text = report.ablations_block(seeds=2)
+    assert "| trm_mlp | the TRM-MLP of the table above | 1k | 70.0 ± 14.1 (n=2) | - |" in text
+    assert "| single_z | one latent for the reasoning and the answer | 1k | 50.0 (n=1) | -20.0 |" in text
+    assert "| hrm_style | both: HRM's two networks and 1-step gradient | - |" in text  # not run yet
