@@ -73,7 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode.add_argument("--serve", action="store_true", help="serve the run over HTTP: an OpenAI-compatible API "
                       "(/v1/chat/completions, /v1/completions, /v1/models) and a chat page at / (see serve.py)")
     mode.add_argument("--puzzle", help="a puzzle or a file holding one: Sudoku, 81 characters ('.' or '0' blank); "
-                      "maze, 30 lines of 30 ('#' wall, ' ' open, 'S' start, 'G' goal)")
+                      "maze, n lines of n as in the run's data, 30x30 by default ('#' wall, ' ' open, 'S' start, "
+                      "'G' goal)")
     mode.add_argument("--evaluate", nargs="+", metavar="DATASET", help="puzzle runs: score the test split of each "
                       "dataset directory (exact accuracy after every ACT step, where the halting head stops)")
     ap.add_argument("--act-steps", type=int, help="puzzle runs (--puzzle, --evaluate): run this many ACT steps "
@@ -395,6 +396,7 @@ def solve_puzzle(model, checkpoint: dict, text: str, device: torch.device) -> bo
     kind = task_module(task).TEXT
     if kind is None:
         raise ValueError(f"this run's task is {task}: --puzzle solves Sudoku and maze puzzles only")
+    kind = kind.for_seq_len(config.seq_len)
     puzzle = kind.read(text)
     inputs = torch.tensor([puzzle], device=device)
     batch = {"inputs": inputs, "labels": torch.full_like(inputs, IGNORE_LABEL_ID),

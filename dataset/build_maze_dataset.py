@@ -1,4 +1,4 @@
-"""Build the 30x30 Maze dataset in the on-disk format of dataset/common.py.
+"""Build a Maze dataset (30x30 by default, any n x n) in the on-disk format of dataset/common.py.
 
 Sources:
   generate  built-in seeded generator (default, offline): the label is the shortest path, which is unique
@@ -8,9 +8,10 @@ Sources:
 Examples:
   python -m dataset.build_maze_dataset --output-dir data/maze-30x30-gen-1k --num-train 1000 --num-test 1000 \\
       --min-path-length 110
+  python -m dataset.build_maze_dataset --size 11 --output-dir data/maze-11x11-gen-1k --min-path-length 20
   python -m dataset.build_maze_dataset --source csv --output-dir data/maze-30x30-hard-1k
 
-A maze is a 900-character string, row by row: '#' wall, ' ' open, 'S' start, 'G' goal; in the answer the
+A 30x30 maze is a 900-character string, row by row: '#' wall, ' ' open, 'S' start, 'G' goal; in the answer the
 cells of the path between S and G are 'o'. Tokens: 0 = PAD, then '#', ' ', 'S', 'G', 'o' = 1..5 (the
 official TRM encoding). Each train maze and its 7 other dihedral transforms form one group; the test split
 is not augmented. The maze itself (encoding, shortest paths, generator) lives in tasks/maze.py.
@@ -39,8 +40,8 @@ from tasks.maze import CHARSET, OPEN, PATH, SIZE, encode_maze, endpoints, genera
 # ----------------------------------------------------------------------------- CSV
 
 
-def read_csv_file(path: str) -> tuple[list[str], list[str]]:
-    """Questions and answers of an official maze CSV, each row checked."""
+def read_csv_file(path: str, size: int = SIZE) -> tuple[list[str], list[str]]:
+    """Questions and answers of a maze CSV (the official ones: 30x30), each row checked."""
     questions, answers = [], []
     for line, row in puzzle_csv_rows(path):
         where = f"{path}:{line}"
@@ -49,6 +50,9 @@ def read_csv_file(path: str) -> tuple[list[str], list[str]]:
         _, question, answer, _ = row
         for name, text in (("question", question), ("answer", answer)):
             try:
+                if len(text) != size * size:
+                    raise ValueError(f"a {size}x{size} maze (size {size}) has {size * size} characters, "
+                                     f"got {len(text)}")
                 encode_maze(text)
                 endpoints(text)
             except ValueError as e:
@@ -92,6 +96,7 @@ class MazeBuildConfig:
     train_file: str | None = None  # csv source: local files, or both None to download them from source_repo
     test_file: str | None = None
     source_repo: str = "sapientinc/maze-30x30-hard-1k"
+    size: int = SIZE  # the side of the square grid: generate makes size x size mazes, csv files must hold them
     num_train: int = 1000  # generate source
     num_test: int = 1000
     min_path_length: int = 110  # difficulty: shortest path steps from S to G
@@ -100,12 +105,12 @@ class MazeBuildConfig:
     quiet: bool = False
 
 
-def _split_arrays(questions: list[str], answers: list[str], augment: bool) -> dict[str, np.ndarray]:
+def _split_arrays(questions: list[str], answers: list[str], augment: bool, size: int) -> dict[str, np.ndarray]:
     copies = NUM_DIHEDRAL if augment else 1
-    q = np.stack([encode_maze(x) for x in questions]).reshape(-1, SIZE, SIZE)
-    a = np.stack([encode_maze(x) for x in answers]).reshape(-1, SIZE, SIZE)
-    inputs = np.stack([dihedral(q, t) for t in range(copies)], 1).reshape(-1, SIZE * SIZE)  # maze-major order
-    labels = np.stack([dihedral(a, t) for t in range(copies)], 1).reshape(-1, SIZE * SIZE)
+    q = np.stack([encode_maze(x) for x in questions]).reshape(-1, size, size)
+    a = np.stack([encode_maze(x) for x in answers]).reshape(-1, size, size)
+    inputs = np.stack([dihedral(q, t) for t in range(copies)], 1).reshape(-1, size * size)  # maze-major order
+    labels = np.stack([dihedral(a, t) for t in range(copies)], 1).reshape(-1, size * size)
     total = len(inputs)
     return {"inputs": inputs, "labels": labels, "puzzle_identifiers": np.zeros(total, np.int32),
             "puzzle_indices": np.arange(total + 1, dtype=np.int32),
@@ -121,18 +126,21 @@ def build(config: MazeBuildConfig) -> None:
         raise ValueError("the csv source needs both train_file and test_file (or neither, to download source_repo)")
     if cfg.min_path_length < 1 or cfg.openings < 0 or cfg.seed < 0:
         raise ValueError("min_path_length must be >= 1, openings and seed >= 0")
+    if cfg.size < 2:
+        raise ValueError(f"size must be >= 2 (the side of the square maze), got {cfg.size}")
     say = (lambda *_: None) if cfg.quiet else print
     start = time.perf_counter()
     if cfg.source == "generate":
         splits = {}
         for k, (split, count) in enumerate((("train", cfg.num_train), ("test", cfg.num_test))):
             rng = np.random.default_rng([cfg.seed, k])
-            splits[split] = list(zip(*[generate_maze(rng, cfg.min_path_length, cfg.openings) for _ in range(count)]))
+            mazes = [generate_maze(rng, cfg.min_path_length, cfg.openings, size=cfg.size) for _ in range(count)]
+            splits[split] = list(zip(*mazes))
         train, test = splits["train"], splits["test"]
     elif cfg.train_file is not None:
-        train, test = read_csv_file(cfg.train_file), read_csv_file(cfg.test_file)
+        train, test = read_csv_file(cfg.train_file, cfg.size), read_csv_file(cfg.test_file, cfg.size)
     else:
-        train, test = (read_csv_file(download_csv(cfg.source_repo, split)) for split in ("train", "test"))
+        train, test = (read_csv_file(download_csv(cfg.source_repo, split), cfg.size) for split in ("train", "test"))
     if not train or not train[0]:
         raise ValueError("no train mazes")
     if cfg.subsample_size is not None and cfg.subsample_size < len(train[0]):
@@ -141,9 +149,10 @@ def build(config: MazeBuildConfig) -> None:
 
     with staged_output(cfg.output_dir) as out:
         for split, (questions, answers), augment in (("train", train, cfg.augment), ("test", test, False)):
-            arrays = _split_arrays(list(questions), list(answers), augment)
+            arrays = _split_arrays(list(questions), list(answers), augment, cfg.size)
             metadata = PuzzleDatasetMetadata(
-                pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=len(CHARSET) + 1, seq_len=SIZE * SIZE,
+                pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=len(CHARSET) + 1,
+                seq_len=cfg.size * cfg.size,
                 num_puzzle_identifiers=1, total_groups=len(questions), mean_puzzle_examples=1,
                 total_puzzles=len(arrays["inputs"]), sets=["all"])
             save_split(out, split, metadata, {"all": arrays})
@@ -168,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--source-repo", default=d.source_repo, help="csv without files: hub dataset to download")
     p.add_argument("--num-train", type=int, default=d.num_train)
     p.add_argument("--num-test", type=int, default=d.num_test)
+    p.add_argument("--size", type=int, default=d.size, help="side of the square maze (generate: the mazes made; "
+                   "csv: what the files hold)")
     p.add_argument("--min-path-length", type=int, default=d.min_path_length, help="generate: difficulty")
     p.add_argument("--openings", type=int, default=d.openings, help="generate: extra walls removed (loops)")
     p.add_argument("--save-csv", default=None, help="generate: also write DIR/train.csv and DIR/test.csv")

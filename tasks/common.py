@@ -2,6 +2,8 @@
 evaluators) and the text form of a puzzle that generate.py --puzzle reads and prints."""
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -38,15 +40,31 @@ class PuzzleText:
     width: int
     check: Callable[[list[int], list[int]], bool]  # (puzzle tokens, predicted tokens) -> solved
     box: int = 0  # Sudoku: draw the 3x3 boxes
+    square: bool = False  # any n x n grid (Maze): seq_len and width are one size's, for_seq_len gives the others
+
+    def for_seq_len(self, seq_len: int) -> PuzzleText:
+        """This text form for a run whose puzzles have `seq_len` cells (its dataset's seq_len)."""
+        if seq_len == self.seq_len:
+            return self
+        width = math.isqrt(seq_len)
+        if not self.square or width * width != seq_len:
+            raise ValueError(f"this run's puzzles have {seq_len} cells: not {self.name} puzzles "
+                             f"({self.seq_len} cells{', or any n x n' if self.square else ''})")
+        return dataclasses.replace(self, seq_len=seq_len, width=width)
 
     def read(self, text: str) -> list[int]:
         """The puzzle in `text`, or in the file named by it."""
         if os.path.isfile(text):
             with open(text) as f:
-                return self.parse(f.read().strip("\n"), text)
-        if text.endswith(".txt") or os.sep in text:  # no puzzle has these: a file name
+                where, tokens = text, self.parse(f.read().strip("\n"), text)
+        elif text.endswith(".txt") or os.sep in text:  # no puzzle has these: a file name
             raise FileNotFoundError(f"{text}: no such puzzle file")
-        return self.parse(text, "puzzle")
+        else:
+            where, tokens = "puzzle", self.parse(text, "puzzle")
+        if len(tokens) != self.seq_len:
+            raise ValueError(f"{where}: this run's {self.name} puzzles have {self.seq_len} cells "
+                             f"({self.seq_len // self.width} lines of {self.width}), got {len(tokens)}")
+        return tokens
 
     def show(self, tokens: list[int]) -> str:
         cells = self.cells(tokens)

@@ -1,9 +1,11 @@
-"""Maze (30x30): a maze is a 900-character string, row by row: '#' wall, ' ' open, 'S' start, 'G' goal; in
-the answer the cells of the path between S and G are 'o'. Tokens: 0 = PAD, then '#', ' ', 'S', 'G', 'o' = 1..5
-(the official TRM encoding). The codec, shortest paths (solver and checker), the generator and the text form
-of a puzzle; the augmentation is the 8 dihedral transforms of tasks/common.py."""
+"""Maze: a square grid, 30x30 by default (the official data); an n x n maze is a string of n*n characters, row by
+row: '#' wall, ' ' open, 'S' start, 'G' goal; in the answer the cells of the path between S and G are 'o'. Tokens:
+0 = PAD, then '#', ' ', 'S', 'G', 'o' = 1..5 (the official TRM encoding). The codec, shortest paths (solver and
+checker), the generator and the text form of a puzzle; the augmentation is the 8 dihedral transforms of
+tasks/common.py."""
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Sequence
 
@@ -11,7 +13,7 @@ import numpy as np
 
 from tasks.common import PuzzleText
 
-SIZE = 30
+SIZE = 30  # the official grid; the size of any other maze follows from its length
 CHARSET = "# SGo"  # token = index + 1; 0 = PAD
 WALL, OPEN, START, GOAL, PATH = CHARSET
 _TOKEN = np.zeros(256, np.uint8)
@@ -21,10 +23,18 @@ _TOKEN[[ord(ch) for ch in CHARSET]] = np.arange(1, len(CHARSET) + 1)
 # ----------------------------------------------------------------------------- encoding
 
 
+def maze_size(length: int) -> int:
+    """The side n of a maze of `length` = n*n characters."""
+    n = math.isqrt(length)
+    if n < 2 or n * n != length:
+        raise ValueError(f"a maze is a square of n x n characters (n >= 2, e.g. {SIZE * SIZE} for {SIZE}x{SIZE}), "
+                         f"got {length}")
+    return n
+
+
 def encode_maze(text: str) -> np.ndarray:
-    """900-character maze -> [900] uint8 tokens (1..5)."""
-    if len(text) != SIZE * SIZE:
-        raise ValueError(f"a maze has {SIZE * SIZE} characters, got {len(text)}")
+    """n x n-character maze -> [n*n] uint8 tokens (1..5)."""
+    maze_size(len(text))
     bad = set(text) - set(CHARSET)
     if bad:
         raise ValueError(f"maze characters must be in {CHARSET!r}, got {''.join(sorted(bad))!r}")
@@ -32,7 +42,7 @@ def encode_maze(text: str) -> np.ndarray:
 
 
 def decode_maze(tokens: np.ndarray | Sequence[int]) -> str:
-    """[900] tokens -> maze string; tokens outside 1..5 (PAD) become '?'."""
+    """[n*n] tokens -> maze string; tokens outside 1..5 (PAD) become '?'."""
     chars = np.array(["?", *CHARSET])
     t = np.asarray(tokens).reshape(-1).astype(np.int64)
     return "".join(chars[np.where((t >= 1) & (t <= len(CHARSET)), t, 0)])
@@ -41,15 +51,15 @@ def decode_maze(tokens: np.ndarray | Sequence[int]) -> str:
 # ----------------------------------------------------------------------------- paths
 
 
-def _neighbours(i: int):
-    r, c = divmod(i, SIZE)
+def _neighbours(i: int, n: int):
+    r, c = divmod(i, n)
     if r > 0:
-        yield i - SIZE
-    if r < SIZE - 1:
-        yield i + SIZE
+        yield i - n
+    if r < n - 1:
+        yield i + n
     if c > 0:
         yield i - 1
-    if c < SIZE - 1:
+    if c < n - 1:
         yield i + 1
 
 
@@ -62,12 +72,13 @@ def endpoints(maze: str) -> tuple[int, int]:
 def bfs(maze: str, source: int) -> tuple[list[int], list[int], list[int]]:
     """Distances (-1: unreachable), a BFS parent and the number of shortest paths (capped at 2) from `source`
     through every non-wall cell."""
+    n = maze_size(len(maze))
     dist, parent, count = [-1] * len(maze), [-1] * len(maze), [0] * len(maze)
     dist[source], count[source] = 0, 1
     queue = deque([source])
     while queue:
         i = queue.popleft()
-        for j in _neighbours(i):
+        for j in _neighbours(i, n):
             if maze[j] == WALL:
                 continue
             if dist[j] < 0:
@@ -113,14 +124,18 @@ def is_shortest_path(question: str, answer: str) -> bool:
 
 
 def generate_maze(rng: np.random.Generator, min_path_length: int, openings: int = 0,
-                  max_tries: int = 100) -> tuple[str, str]:
-    """A random maze with a unique shortest S-G path of >= `min_path_length` steps, and its answer.
+                  max_tries: int = 100, size: int = SIZE) -> tuple[str, str]:
+    """A random `size` x `size` maze with a unique shortest S-G path of >= `min_path_length` steps, and its answer.
 
-    A perfect maze (depth-first backtracker) on the 15x15 cells at even coordinates (row and column 29 stay
-    walls), then `openings` extra walls knocked down to make loops (more routes, only one of them shortest)."""
-    cells = SIZE // 2
+    A perfect maze (depth-first backtracker) on the (size+1)//2 x (size+1)//2 cells at even coordinates (30x30:
+    15x15 cells, row and column 29 stay walls), then `openings` extra walls knocked down to make loops (more
+    routes, only one of them shortest)."""
+    if size < 2:
+        raise ValueError(f"a maze's size must be >= 2, got {size}")
+    cells = (size + 1) // 2
+    span = 2 * cells - 1  # the rows and columns the cells and the walls between them take
     for _ in range(max_tries):
-        grid = np.full((SIZE, SIZE), WALL)
+        grid = np.full((size, size), WALL)
         seen = np.zeros((cells, cells), bool)
         stack = [(int(rng.integers(cells)), int(rng.integers(cells)))]
         seen[stack[0]] = True
@@ -138,7 +153,7 @@ def generate_maze(rng: np.random.Generator, min_path_length: int, openings: int 
             grid[nr * 2, nc * 2] = OPEN
             stack.append((nr, nc))
         # walls between two cells (one odd coordinate, the other even) that can be knocked down
-        walls = [(r, c) for r in range(SIZE - 1) for c in range(SIZE - 1) if (r + c) % 2 and grid[r, c] == WALL]
+        walls = [(r, c) for r in range(span) for c in range(span) if (r + c) % 2 and grid[r, c] == WALL]
         for k in rng.permutation(len(walls))[:openings]:
             grid[walls[k]] = OPEN
         maze = grid.reshape(-1)
@@ -151,21 +166,26 @@ def generate_maze(rng: np.random.Generator, min_path_length: int, openings: int 
         maze[start], maze[far[int(rng.integers(len(far)))]] = START, GOAL
         question = "".join(maze)
         return question, solve_maze(question)
-    raise ValueError(f"no maze with a unique shortest path of >= {min_path_length} steps in {max_tries} tries; "
-                     "lower min_path_length or openings")
+    raise ValueError(f"no {size}x{size} maze with a unique shortest path of >= min_path_length={min_path_length} steps "
+                     f"in {max_tries} tries; lower min_path_length or openings, or raise size")
 
 
 # ----------------------------------------------------------------------------- text
 
 
 def encode_text(text: str, where: str) -> list[int]:
-    """A maze in text (30 lines of 30, or one line of 900) -> the model's tokens."""
+    """A maze in text (n lines of n, or one line of n*n) -> the model's tokens."""
     rows = text.splitlines() if "\n" in text else [text]  # spaces are open cells: keep them
     try:
+        if len(rows) > 1 and any(len(row) != len(rows) for row in rows):
+            short, long = min(map(len, rows)), max(map(len, rows))
+            raise ValueError(f"a maze is n lines of n characters, got {len(rows)} lines of {short}"
+                             f"{f' to {long}' if long > short else ''} characters")
         return encode_maze("".join(rows)).tolist()
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
 
 
+# 30x30; generate.py sizes it to the run's mazes (PuzzleText.for_seq_len)
 TEXT = PuzzleText("maze", SIZE * SIZE, encode_text, lambda t: list(decode_maze(t)), SIZE,
-                  lambda p, y: is_shortest_path(decode_maze(p), decode_maze(y)))
+                  lambda p, y: is_shortest_path(decode_maze(p), decode_maze(y)), square=True)
