@@ -2,6 +2,7 @@
 
     python examples/results.py recursion   # 1. recursion vs depth vs width, with a learning-rate sweep each
     python examples/results.py ablations   # 1. the paper's ablations of the TRM-MLP (HRM-style, single z, EMA)
+    python examples/results.py maze        # 1. section 1's MLP models on 9x9 mazes, with the same sweep
     python examples/results.py cycles      # 2. H_cycles x L_cycles of the TRM-MLP
     python examples/results.py test_time   # 3-4. more ACT steps at test time, harder puzzles (section 1's models)
     python examples/results.py test_time --hard-list top95.txt   # also a list of hard puzzles you have
@@ -35,6 +36,7 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dataset.build_maze_dataset import MazeBuildConfig, build as build_maze  # noqa: E402
 from dataset.build_sudoku_dataset import SudokuBuildConfig, build  # noqa: E402
 
 PAGE = ROOT / "docs" / "results.md"
@@ -66,6 +68,20 @@ ABLATIONS = {
     "hrm_style": (["arch.H_layers=2", "arch.one_step_gradient=true"], "both: HRM's two networks and 1-step gradient"),
     "single_z": (["arch.single_z=true"], "one latent for the reasoning and the answer"),
     "ema": (["ema=true", "ema_rate=0.99"], "an EMA of the weights, rate 0.99 (the paper: 0.999 over ~60x the steps)"),
+}
+# section 1 on mazes: the MLP models on generated MAZE_SIZE x MAZE_SIZE mazes (the paper's 30x30, 900 tokens, is
+# beyond this CPU budget), each with the learning-rate sweep, chosen on held-out mazes
+MAZE_SIZE, MAZE_MIN_PATH = 9, 12  # 5 x 5 maze cells (11x11 at 18 steps: 0% exact for the TRM-MLP at this budget)
+MAZE_DATA, MAZE_VALID = f"data/results/maze-{MAZE_SIZE}x{MAZE_SIZE}", f"{HELD_OUT}/maze-valid"
+MAZE_BUILD = {**OmegaConf.to_container(OmegaConf.load(ROOT / "config" / "dataset" / "maze.yaml").dataset.build),
+              "size": MAZE_SIZE, "min_path_length": MAZE_MIN_PATH}
+# the experiments with a learning-rate sweep: name -> (models, the data overrides of every run, which include the
+# held-out set the rate is chosen on; the report scores the test split)
+SWEPT = {
+    "recursion": (tuple(MODELS), [f"data_paths_test=[{HELD_OUT}/valid]"]),
+    "maze": (("trm_mlp", "transformer_mlp_2L", "transformer_mlp_12L"),
+             ["dataset=maze", f"dataset.build_path={MAZE_DATA}", f"dataset.build.size={MAZE_SIZE}",
+              f"dataset.build.min_path_length={MAZE_MIN_PATH}", f"data_paths_test=[{MAZE_VALID}]"]),
 }
 CYCLES = [(h, l) for h in (1, 2, 3) for l in (1, 2, 4)]
 
@@ -182,7 +198,19 @@ def build_data(hard_list: str | None = None) -> dict[str, str]:
         paths[name] = path
     if hard_list:
         paths["hard-list"] = build_list_set(hard_list, paths["valid"])
-    check_disjoint(paths)
+    check_disjoint(paths, TRAIN_DATA)
+    return paths
+
+
+def build_maze_data() -> dict[str, str]:
+    """The maze training data and its held-out validation mazes (built once, seeded)."""
+    if not (ROOT / MAZE_DATA / "train" / "dataset.json").exists():
+        build_maze(MazeBuildConfig(**{**MAZE_BUILD, "output_dir": str(ROOT / MAZE_DATA)}))
+    if not (ROOT / MAZE_VALID / "test" / "dataset.json").exists():
+        build_maze(MazeBuildConfig(**{**MAZE_BUILD, "output_dir": str(ROOT / MAZE_VALID), "seed": 101, "num_train": 1,
+                                      "num_test": 200, "quiet": True}))
+    paths = {"test": MAZE_DATA, "valid": MAZE_VALID}
+    check_disjoint(paths, MAZE_DATA)
     return paths
 
 
@@ -202,16 +230,16 @@ def build_list_set(hard_list: str, donor: str) -> str:
     return path
 
 
-def check_disjoint(paths: dict[str, str]) -> None:
-    """No held-out puzzle may be a training row (the train split holds every augmented copy)."""
+def check_disjoint(paths: dict[str, str], train_data: str) -> None:
+    """No held-out puzzle may be a training row of `train_data` (its train split holds every augmented copy)."""
     import numpy as np
 
-    train = {row.tobytes() for row in np.load(ROOT / TRAIN_DATA / "train" / "all__inputs.npy")}
+    train = {row.tobytes() for row in np.load(ROOT / train_data / "train" / "all__inputs.npy")}
     for name, path in paths.items():
         test = np.load(ROOT / path / "test" / "all__inputs.npy")
         leaked = sum(row.tobytes() in train for row in test)
         if leaked:
-            raise ValueError(f"{path}: {leaked} of its {len(test)} test puzzles are rows of {TRAIN_DATA}'s train split")
+            raise ValueError(f"{path}: {leaked} of its {len(test)} test puzzles are rows of {train_data}'s train split")
 
 
 def in_parallel(fn, items, jobs: int) -> list:
@@ -241,55 +269,64 @@ def recurs_at_test_time(job: Job) -> bool:
 
 # ---------------------------------------------------------------- the experiments
 
-VALID = [f"data_paths_test=[{HELD_OUT}/valid]"]  # runs choose on held-out validation puzzles; the report is on test
-
-
-def recursion_jobs(seeds: int, models=MODELS) -> tuple[list[Job], dict[str, list[Job]]]:
+def recursion_jobs(seeds: int, experiment: str = "recursion",
+                   models: tuple[str, ...] | None = None) -> tuple[list[Job], dict[str, list[Job]]]:
     """(the learning-rate sweep at seed 0, then per model its jobs at the chosen rate for every seed)."""
-    sweep = [Job("recursion", f"{m}-lr{lr:g}-s0", [*MODELS[m][0], f"lr={lr}", "seed=0", *VALID])
-             for m in models for lr in LRS]
-    return sweep, {m: [Job("recursion", f"{m}-lr{{lr}}-s{s}", [*MODELS[m][0], "lr={lr}", f"seed={s}", *VALID])
-                       for s in range(seeds)] for m in models}
+    names, data = SWEPT[experiment]
+    sweep = [Job(experiment, f"{m}-lr{lr:g}-s0", [*MODELS[m][0], f"lr={lr}", "seed=0", *data])
+             for m in models or names for lr in LRS]
+    return sweep, {m: [Job(experiment, f"{m}-lr{{lr}}-s{s}", [*MODELS[m][0], "lr={lr}", f"seed={s}", *data])
+                       for s in range(seeds)] for m in models or names}
 
 
-def best_lr(model: str) -> float | None:
+def best_lr(model: str, experiment: str = "recursion") -> float | None:
     """The rate whose seed-0 run reached the best validation exact accuracy (then token accuracy); None while a
     run of the sweep is unfinished."""
     scores = {}
     for lr in LRS:
-        summary = Job("recursion", f"{model}-lr{lr:g}-s0").summary()
+        summary = Job(experiment, f"{model}-lr{lr:g}-s0").summary()
         if summary is None:
             return None
         scores[lr] = (summary["test"]["test/exact_accuracy"], summary["test"]["test/accuracy"])
     return max(scores, key=scores.get)
 
 
-def final_jobs(seeds: int) -> dict[str, list[Job]]:
+def final_jobs(seeds: int, experiment: str = "recursion") -> dict[str, list[Job]]:
     """Per model, its runs at the chosen learning rate, one per seed (none while its sweep is unfinished)."""
     out = {}
-    for model, jobs in recursion_jobs(seeds)[1].items():
-        lr = best_lr(model)
+    for model, jobs in recursion_jobs(seeds, experiment)[1].items():
+        lr = best_lr(model, experiment)
         out[model] = [] if lr is None else [
             Job(j.experiment, j.name.format(lr=f"{lr:g}"), [o.format(lr=lr) for o in j.overrides]) for j in jobs]
     return out
 
 
-def run_recursion(args, data: dict[str, str]) -> None:
-    train_all(recursion_jobs(args.seeds)[0], args)
-    train_all([job for jobs in final_jobs(args.seeds).values() for job in jobs], args)
+def run_recursion(args, data: dict[str, str], experiment: str = "recursion") -> list[Job]:
+    train_all(recursion_jobs(args.seeds, experiment)[0], args)
+    jobs = [job for jobs in final_jobs(args.seeds, experiment).values() for job in jobs]
+    train_all(jobs, args)
+    return jobs
+
+
+def run_maze(args, _) -> None:
+    """Section 1's sweep and seeds on mazes, then the test split scored as in section 3 (more ACT steps too)."""
+    data = build_maze_data()
+    work = [(job, steps) for job in run_recursion(args, data, "maze") for steps in act_budgets(job)]
+    in_parallel(lambda w: evaluate(w[0], {"test": data["test"]}, w[1], args.threads), work, args.jobs)
 
 
 def ablation_jobs(seeds: int) -> dict[str, list[Job]]:
     """Per ablation, its runs at the TRM-MLP's chosen rate, one per seed (none while its sweep is unfinished)."""
     lr = best_lr("trm_mlp")
     return {name: [] if lr is None else [
-        Job("ablations", f"{name}-s{s}", [*MODELS["trm_mlp"][0], *overrides, f"lr={lr}", f"seed={s}", *VALID])
+        Job("ablations", f"{name}-s{s}", [*MODELS["trm_mlp"][0], *overrides, f"lr={lr}", f"seed={s}",
+                                          *SWEPT["recursion"][1]])
         for s in range(seeds)] for name, (overrides, _) in ABLATIONS.items()}
 
 
 def run_ablations(args, data: dict[str, str]) -> None:
     """Against section 1's TRM-MLP runs (trained here first if missing), scored as they are on the test split."""
-    train_all(recursion_jobs(args.seeds, ["trm_mlp"])[0], args)
+    train_all(recursion_jobs(args.seeds, models=("trm_mlp",))[0], args)
     jobs = final_jobs(args.seeds)["trm_mlp"] + [j for jobs in ablation_jobs(args.seeds).values() for j in jobs]
     train_all(jobs, args)
     in_parallel(lambda job: evaluate(job, {"test": data["test"]}, trained_act_steps(job), args.threads), jobs,
@@ -351,8 +388,8 @@ def run_chat(args, data: dict[str, str]) -> None:
     train_all([j for m in STORIES_MODELS for j in jobs[f"stories_{m}"]], args)
 
 
-EXPERIMENTS = {"recursion": run_recursion, "ablations": run_ablations, "cycles": run_cycles, "test_time": run_test_time,
-               "chat": run_chat}
+EXPERIMENTS = {"recursion": run_recursion, "ablations": run_ablations, "maze": run_maze, "cycles": run_cycles,
+               "test_time": run_test_time, "chat": run_chat}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -365,7 +402,7 @@ def main(argv: list[str] | None = None) -> None:
                     "'.' or '0' blank), e.g. the public top95 list")
     args = ap.parse_args(argv)
     names = list(EXPERIMENTS) if args.experiment == "all" else [] if args.experiment == "report" else [args.experiment]
-    data = build_data(args.hard_list) if set(names) - {"chat"} else {}  # the Sudoku sets
+    data = build_data(args.hard_list) if set(names) - {"chat", "maze"} else {}  # the Sudoku sets
     for name in names:
         EXPERIMENTS[name](args, data)
     if args.experiment in ("report", "all"):

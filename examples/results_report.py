@@ -47,9 +47,10 @@ def load_evals(jobs: list[Job], act_steps: int) -> dict[str, list[dict]]:
     return out
 
 
-def seed_jobs(seeds: int) -> dict[str, list[Job]]:
+def seed_jobs(seeds: int, experiment: str = "recursion") -> dict[str, list[Job]]:
     """Per model, its finished runs at the chosen learning rate."""
-    return {model: [j for j in jobs if j.summary() is not None] for model, jobs in final_jobs(seeds).items()}
+    return {model: [j for j in jobs if j.summary() is not None]
+            for model, jobs in final_jobs(seeds, experiment).items()}
 
 
 def budget(experiment: str) -> str:
@@ -60,10 +61,10 @@ def budget(experiment: str) -> str:
 
 # ---------------------------------------------------------------- the blocks
 
-def recursion_block(seeds: int) -> str:
-    rows = []
-    for model, jobs in seed_jobs(seeds).items():
-        sweep = [Job("recursion", f"{model}-lr{lr:g}-s0").summary() for lr in LRS]
+def recursion_block(seeds: int, experiment: str = "recursion") -> str:
+    rows, more_steps = [], []
+    for model, jobs in seed_jobs(seeds, experiment).items():
+        sweep = [Job(experiment, f"{model}-lr{lr:g}-s0").summary() for lr in LRS]
         if not jobs:
             rows.append([model, MODELS[model][1]] + ["-"] * 7)
             continue
@@ -73,14 +74,19 @@ def recursion_block(seeds: int) -> str:
         rows.append([
             model, MODELS[model][1], f"{s['parameters'] / 1e3:.0f}k", str(layers),
             " / ".join("-" if x is None else f"{100 * x['test']['test/exact_accuracy']:.1f}" for x in sweep),
-            f"{best_lr(model):g}",
+            f"{best_lr(model, experiment):g}",
             mean_sd([t["exact_accuracy"] for t in test]) + f" (n={len(test)})",
             mean_sd([t["accuracy"] for t in test]),
             f"{statistics.mean(j.summary()['wall_s'] for j in jobs):.0f}",
         ])
-    return markdown_table(["run", "model", "parameters", "layer applications per ACT step",
+        if experiment != "recursion" and (longer := load_evals(jobs, MAX_ACT_STEPS).get("test")):
+            more_steps.append(f"{model} {mean_sd([t['exact_accuracy'] for t in longer])}% (n={len(longer)})")
+    text = markdown_table(["run", "model", "parameters", "layer applications per ACT step",
                            "validation exact % at lr " + " / ".join(f"{lr:g}" for lr in LRS), "chosen lr",
-                           "test exact %", "test token %", "wall s"], rows) + "\n\n" + budget("recursion")
+                           "test exact %", "test token %", "wall s"], rows)
+    if more_steps:  # (section 3 has these for the Sudoku models)
+        text += f"\n\nTest exact accuracy with {MAX_ACT_STEPS} ACT steps: " + ", ".join(more_steps) + "."
+    return text + "\n\n" + budget(experiment)
 
 
 def ablations_block(seeds: int) -> str:
@@ -249,7 +255,8 @@ def chat_block(seeds: int) -> str:
         markdown_table(["family", *runs], list(family_rows.values())) + "\n\n" + budget("chat")
 
 
-BLOCKS = {"recursion": recursion_block, "ablations": ablations_block, "cycles": cycles_block, "test_time": test_time_block,
+BLOCKS = {"recursion": recursion_block, "ablations": ablations_block,
+          "maze": lambda seeds: recursion_block(seeds, "maze"), "cycles": cycles_block, "test_time": test_time_block,
           "difficulty": difficulty_block, "chat": chat_block}
 
 

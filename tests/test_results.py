@@ -59,9 +59,9 @@ def test_a_held_out_puzzle_that_is_a_training_row_is_refused(root):
                        ("data/results/leaky/test", rows[2:])):
         (root / path).mkdir(parents=True)
         np.save(root / path / "all__inputs.npy", data)
-    results.check_disjoint({"valid": "data/results/valid"})
+    results.check_disjoint({"valid": "data/results/valid"}, results.TRAIN_DATA)
     with pytest.raises(ValueError, match="data/results/leaky: 1 of its 1 test puzzles are rows of"):
-        results.check_disjoint({"valid": "data/results/valid", "leaky": "data/results/leaky"})
+        results.check_disjoint({"valid": "data/results/valid", "leaky": "data/results/leaky"}, results.TRAIN_DATA)
 
 
 def test_the_report_replaces_only_its_blocks(root, monkeypatch, tmp_path):
@@ -145,3 +145,14 @@ def test_the_ablations_train_at_the_trm_mlps_rate_and_report_the_difference_to_i
     assert "| trm_mlp | the TRM-MLP of the table above | 1k | 70.0 ± 14.1 (n=2) | - |" in text
     assert "| single_z | one latent for the reasoning and the answer | 1k | 50.0 (n=1) | -20.0 |" in text
     assert "| hrm_style | both: HRM's two networks and 1-step gradient | - |" in text  # not run yet
+
+
+def test_the_maze_runs_sweep_and_choose_on_their_own_data(root):
+    sweep, _ = results.recursion_jobs(2, "maze")
+    assert {j.name.split("-lr")[0] for j in sweep} == {"trm_mlp", "transformer_mlp_2L", "transformer_mlp_12L"}
+    assert all({"dataset=maze", f"data_paths_test=[{results.MAZE_VALID}]"} <= set(j.overrides) for j in sweep)
+    for experiment, scores in (("maze", (0.1, 0.2, 0.3)), ("recursion", (0.3, 0.2, 0.1))):
+        for lr, exact in zip(results.LRS, scores):
+            write_summary(results.Job(experiment, f"trm_mlp-lr{lr:g}-s0"), exact)
+    assert results.best_lr("trm_mlp", "maze") == 1e-2 and results.best_lr("trm_mlp") == 1e-3
+    assert results.final_jobs(2, "maze")["trm_mlp"][1].run_dir == root / "checkpoints/results-maze/trm_mlp-lr0.01-s1"
