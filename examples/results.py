@@ -87,8 +87,8 @@ CYCLES = [(h, l) for h in (1, 2, 3) for l in (1, 2, 4)]
 
 # section 5: chat models on the synthetic task suite (byte tokenizer), levels 1-2, all at width 64
 TASKS, STORIES = "data/tasks", "data/results/stories"
-CHAT_STEPS = 300  # training (or fine-tuning) steps of every chat run; lower it to fit the CPU time
-PRETRAIN_STEPS = 200  # steps on the stories before fine-tuning
+CHAT_STEPS = 1000  # training (or fine-tuning) steps of every chat run; lower it to fit the CPU time
+PRETRAIN_STEPS = 600  # steps on the stories before fine-tuning
 CHAT_MODELS = {  # the TRM applies its 2 layers H_cycles(L_cycles + 1) = 4 times per token: 8 layer applications
     "transformer_2L": (["arch=transformer_chat", "arch.L_layers=2"], "transformer_chat, 2 layers, 1 pass"),
     "trm_H2L1": (["arch=trm_chat", "arch.L_layers=2", "arch.H_cycles=2", "arch.L_cycles=1"],
