@@ -9,6 +9,7 @@
     python examples/results.py chat        # 5. trm_chat vs transformer_chat on the synthetic tasks, stories first
     python examples/results.py report      # rewrite the generated tables and plots of docs/results.md
     python examples/results.py all         # every experiment, then the report
+    python examples/results.py verify --run cycles/H1-L1-s0   # train a finished run again and compare, bit for bit
 
 Each training run is a `pretrain.py` process under checkpoints/results-<experiment>/<run>, logging to W&B (offline
 unless a key is configured) in the group results-<experiment>. The script is resumable: a finished run
@@ -388,19 +389,46 @@ def run_chat(args, data: dict[str, str]) -> None:
     train_all([j for m in STORIES_MODELS for j in jobs[f"stories_{m}"]], args)
 
 
+def verify(run: str, threads: int) -> list[str]:
+    """Train the finished run `<experiment>/<name>` again from its recorded overrides (in
+    checkpoints/results-verify/<experiment>-<name>) and compare the final weights and test metrics with it: the
+    differences, none when it reproduces (as it should on the same machine with the same threads per run)."""
+    from utils.checkpoint import find_checkpoint, load_checkpoint
+
+    experiment, _, name = run.partition("/")
+    original = Job(experiment, name)
+    saved = original.run_dir.parent / f"{name}.overrides.json"
+    if original.summary() is None or not saved.exists():
+        raise SystemExit(f"error: {original.run_dir}: not a finished run with its overrides recorded ({saved.name})")
+    again = Job("verify", f"{experiment}-{name}", json.loads(saved.read_text()))
+    train(again, threads)
+    weights = [load_checkpoint(find_checkpoint(str(job.run_dir / "final")))["model"] for job in (original, again)]
+    differences = [f"weights {k}" for k in weights[0] if k not in weights[1] or not weights[0][k].equal(weights[1][k])]
+    tests = [job.summary()["test"] for job in (original, again)]
+    differences += [f"{k}: {tests[0][k]} vs {tests[1].get(k)}" for k in tests[0] if tests[0][k] != tests[1].get(k)]
+    log(f"{run}: " + ("reproduced: the same weights, bit for bit, and the same test metrics" if not differences else
+                      f"{len(differences)} differences: " + "; ".join(differences[:5])))
+    return differences
+
+
 EXPERIMENTS = {"recursion": run_recursion, "ablations": run_ablations, "maze": run_maze, "cycles": run_cycles,
                "test_time": run_test_time, "chat": run_chat}
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("experiment", choices=[*EXPERIMENTS, "report", "all"])
+    ap.add_argument("experiment", choices=[*EXPERIMENTS, "report", "all", "verify"])
     ap.add_argument("--seeds", type=int, default=3, help="seeds per point (0..N-1)")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time")
     ap.add_argument("--threads", type=int, default=1, help="threads per run")
     ap.add_argument("--hard-list", help="test_time: also score a file of puzzles, one per line (81 characters, "
                     "'.' or '0' blank), e.g. the public top95 list")
+    ap.add_argument("--run", help="verify: the finished run to train again, <experiment>/<name>")
     args = ap.parse_args(argv)
+    if args.experiment == "verify":
+        if not args.run:
+            ap.error("verify needs --run <experiment>/<name>, e.g. --run cycles/H1-L1-s0")
+        sys.exit(1 if verify(args.run, args.threads) else 0)
     names = list(EXPERIMENTS) if args.experiment == "all" else [] if args.experiment == "report" else [args.experiment]
     data = build_data(args.hard_list) if set(names) - {"chat", "maze"} else {}  # the Sudoku sets
     for name in names:

@@ -1,6 +1,7 @@
 """examples/results.py and its report: the choices it makes (learning rate, resume, leaks) and the page it writes,
 on fabricated run directories (training itself is tested elsewhere)."""
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -156,3 +157,31 @@ def test_the_maze_runs_sweep_and_choose_on_their_own_data(root):
             write_summary(results.Job(experiment, f"trm_mlp-lr{lr:g}-s0"), exact)
     assert results.best_lr("trm_mlp", "maze") == 1e-2 and results.best_lr("trm_mlp") == 1e-3
     assert results.final_jobs(2, "maze")["trm_mlp"][1].run_dir == root / "checkpoints/results-maze/trm_mlp-lr0.01-s1"
+
+
+def test_verify_trains_a_finished_run_again_and_names_what_differs(root, monkeypatch):
+    import torch
+
+    def finish(job, weight, exact):  # a finished run as pretrain.py leaves it: final.json -> its checkpoint
+        write_summary(job, exact)
+        torch.save({"model": {"w": torch.tensor([weight, 2.0])}, "step": 10}, job.run_dir / "step_10.pt")
+        (job.run_dir / "final.json").write_text(json.dumps({"checkpoint": "step_10.pt", "step": 10}))
+
+    original = results.Job("cycles", "H1-L1-s0", ["arch=trm_mlp", "seed=0"])
+    finish(original, 1.0, 0.5)
+    results.check_settings(original)  # records its overrides, as train() does
+    trained = []
+
+    def rerun(args, log, threads, weight=1.0, exact=0.5):
+        trained.append(args)
+        finish(results.Job("verify", "cycles-H1-L1-s0"), weight, exact)
+
+    monkeypatch.setattr(results, "run_process", rerun)
+    assert results.verify("cycles/H1-L1-s0", threads=1) == []
+    assert {"arch=trm_mlp", "seed=0", "run_name=cycles-H1-L1-s0"} <= set(trained[0])  # its own overrides, elsewhere
+    for path in (root / "checkpoints/results-verify").iterdir():  # (a finished verification is reused by name)
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    monkeypatch.setattr(results, "run_process", lambda *a: rerun(*a, weight=1.5, exact=0.25))
+    assert results.verify("cycles/H1-L1-s0", threads=1) == ["weights w", "test/exact_accuracy: 0.5 vs 0.25"]
+    with pytest.raises(SystemExit, match="not a finished run"):
+        results.verify("cycles/H9-L9-s0", threads=1)
