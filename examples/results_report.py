@@ -24,7 +24,7 @@ from utils.sweep_summary import heat_map, markdown_table
 from utils.tournament import compute_per_step
 
 SETS = {"test": "test, 35-45 clues", "clues30-34": "30-34 clues", "clues25-29": "25-29 clues",
-        "clues22-24": "22-24 clues", "hard-list": "the hard list (--hard-list)"}
+        "clues22-24": "22-24 clues", "hard-list": "hard list (--hard-list, e.g. top95)"}
 
 
 def mean_sd(values: list[float], percent: bool = True, digits: int = 1) -> str:
