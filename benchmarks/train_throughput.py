@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from models import build_model  # noqa: E402
 from models.layers import swiglu_width  # noqa: E402
 from utils.device import resolve_dtype, select_device  # noqa: E402
-from utils.official import import_official as official_modules  # noqa: E402
+from utils.official import import_official  # noqa: E402
 from utils.optim import AdamAtan2, build_optimizers  # noqa: E402
 
 PAPER = dict(name="trm", hidden_size=512, num_heads=8, expansion=4, L_layers=2, H_cycles=3, L_cycles=6,
@@ -143,17 +143,17 @@ def our_step(arch: dict, dtype: str, batch: dict[str, torch.Tensor], compile_: b
     return step, model
 
 
-def import_official(path: str) -> tuple[type, type, type]:
+def official_classes(path: str) -> tuple[type, type, type]:
     """(TRM class, ACTLossHead, sign-SGD optimizer) of the official code at `path`."""
-    trm, losses, sparse = official_modules(path, "models.recursive_reasoning.trm", "models.losses",
-                                           "models.sparse_embedding")
+    trm, losses, sparse = import_official(path, "models.recursive_reasoning.trm", "models.losses",
+                                          "models.sparse_embedding")
     return (trm.TinyRecursiveReasoningModel_ACTV1, losses.ACTLossHead,
             sparse.CastedSparseEmbeddingSignSGD_Distributed)
 
 
 def official_step(path: str, arch: dict, dtype: str, batch: dict[str, torch.Tensor], compile_: bool,
                   weights: dict[str, torch.Tensor]) -> Step:
-    TRM, LossHead, SignSGD = import_official(path)
+    TRM, LossHead, SignSGD = official_classes(path)
     B, device = len(batch["inputs"]), batch["inputs"].device
     config = {k: v for k, v in arch.items() if k != "name"}
     config.update(batch_size=B, forward_dtype=dtype, H_layers=0, halt_exploration_prob=0.1)  # our defaults

@@ -51,8 +51,8 @@ def read_csv_file(path: str, size: int = SIZE) -> tuple[list[str], list[str]]:
         for name, text in (("question", question), ("answer", answer)):
             try:
                 if len(text) != size * size:
-                    raise ValueError(f"a {size}x{size} maze (size {size}) has {size * size} characters, "
-                                     f"got {len(text)}")
+                    raise ValueError(f"size {size} (--size, dataset.build.size): a maze has {size * size} "
+                                     f"characters, got {len(text)}")
                 encode_maze(text)
                 endpoints(text)
             except ValueError as e:

@@ -396,6 +396,8 @@ def verify(run: str, threads: int) -> list[str]:
     from utils.checkpoint import find_checkpoint, load_checkpoint
 
     experiment, _, name = run.partition("/")
+    if not experiment or not name or "/" in name:
+        raise SystemExit(f"error: --run {run}: give a run as <experiment>/<name>, e.g. cycles/H1-L1-s0")
     original = Job(experiment, name)
     saved = original.run_dir.parent / f"{name}.overrides.json"
     if original.summary() is None or not saved.exists():
@@ -403,9 +405,13 @@ def verify(run: str, threads: int) -> list[str]:
     again = Job("verify", f"{experiment}-{name}", json.loads(saved.read_text()))
     train(again, threads)
     weights = [load_checkpoint(find_checkpoint(str(job.run_dir / "final")))["model"] for job in (original, again)]
-    differences = [f"weights {k}" for k in weights[0] if k not in weights[1] or not weights[0][k].equal(weights[1][k])]
+    differences = [f"weights {k}" for k in sorted(weights[0].keys() | weights[1].keys())
+                   if k not in weights[0] or k not in weights[1] or not weights[0][k].equal(weights[1][k])]
     tests = [job.summary()["test"] for job in (original, again)]
-    differences += [f"{k}: {tests[0][k]} vs {tests[1].get(k)}" for k in tests[0] if tests[0][k] != tests[1].get(k)]
+    for k in sorted(tests[0].keys() | tests[1].keys()):
+        a, b = tests[0].get(k), tests[1].get(k)
+        if a != b and not (a != a and b != b):  # (NaN == NaN here)
+            differences.append(f"{k}: {a} vs {b}")
     log(f"{run}: " + ("reproduced: the same weights, bit for bit, and the same test metrics" if not differences else
                       f"{len(differences)} differences: " + "; ".join(differences[:5])))
     return differences

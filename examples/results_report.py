@@ -104,7 +104,8 @@ def ablations_block(seeds: int) -> str:
         baseline = statistics.mean(exact) if name == "trm_mlp" else baseline
         delta = "-" if name == "trm_mlp" or baseline is None else f"{100 * (statistics.mean(exact) - baseline):+.1f}"
         rows.append([name, what, f"{jobs[0].summary()['parameters'] / 1e3:.0f}k", mean_sd(exact) + f" (n={len(exact)})",
-                     delta, mean_sd([t["accuracy"] for t in test]), f"{statistics.mean(j.summary()['wall_s'] for j in jobs):.0f}"])
+                     delta, mean_sd([t["accuracy"] for t in test]),
+                     f"{statistics.mean(j.summary()['wall_s'] for j in jobs):.0f}"])
     return markdown_table(["run", "change", "parameters", "test exact %", "vs TRM-MLP (points)", "test token %",
                            "wall s"], rows) + "\n\n" + budget("ablations")
 

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import torch
 
-from models.trm import TRMInner
+from models.trm import TRMConfig, TRMInner
 
 
 class TransformerInner(TRMInner):
-    def __init__(self, config):
-        if config.H_layers or config.one_step_gradient or config.single_z:
-            raise ValueError("H_layers, one_step_gradient and single_z change the recursion: arch=trm options")
+    def __init__(self, config: TRMConfig):
+        recursion = {k: getattr(config, k) for k in ("H_layers", "one_step_gradient", "single_z") if getattr(config, k)}
+        if recursion:
+            raise ValueError(f"{', '.join(f'arch.{k}={v}' for k, v in recursion.items())}: options of the TRM's "
+                             "recursion (arch=trm); the transformer has none")
         super().__init__(config)
 
     def _init_states(self) -> None:

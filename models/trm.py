@@ -1,6 +1,8 @@
 """Tiny Recursive Model: one small network applied recursively (H/L cycles), wrapped in adaptive computation (ACT).
+The paper's ablations are options: a second network for z_H (HRM), HRM's 1-step gradient, a single latent.
 
-Module and buffer names follow the official implementation so that its checkpoints load unchanged.
+Module and buffer names follow the official implementation (trm.py, and hrm.py / trm_singlez.py for the
+ablations) so that its checkpoints load unchanged.
 """
 from __future__ import annotations
 
@@ -77,6 +79,8 @@ class TRMConfig:
             raise ValueError(f"forward_dtype must be one of {list(DTYPES)}, got {self.forward_dtype!r}")
         if self.H_cycles < 1 or self.L_cycles < 1 or self.halt_max_steps < 1:
             raise ValueError("H_cycles, L_cycles and halt_max_steps must be >= 1")
+        if self.H_layers < 0:
+            raise ValueError(f"H_layers must be >= 0 (0: one network), got {self.H_layers}")
         if self.single_z and (self.H_layers or self.one_step_gradient):
             raise ValueError("single_z has no z_H update: it combines with neither H_layers > 0 nor one_step_gradient")
 
@@ -90,8 +94,8 @@ class TRMConfig:
 
 @dataclass
 class InnerCarry:
-    z_H: torch.Tensor  # current answer ("y" in the paper)
-    z_L: torch.Tensor  # latent reasoning state ("z" in the paper)
+    z_H: torch.Tensor  # current answer ("y" in the paper; unused with single_z)
+    z_L: torch.Tensor  # latent reasoning state ("z" in the paper; also the answer with single_z)
 
 
 @dataclass
@@ -160,8 +164,9 @@ class TRMInner(nn.Module):
             self.q_head.bias.fill_(-5.0)
 
     def _init_states(self) -> None:
-        # fixed (untrained) starting points of the two latents
-        self.register_buffer("H_init", trunc_normal_(torch.empty(self.config.hidden_size), std=1.0))
+        # fixed (untrained) starting points of the two latents; a single latent is z_L (no H_init, as trm_singlez)
+        if not self.config.single_z:
+            self.register_buffer("H_init", trunc_normal_(torch.empty(self.config.hidden_size), std=1.0))
         self.register_buffer("L_init", trunc_normal_(torch.empty(self.config.hidden_size), std=1.0))
 
     def positions(self, batch: Batch) -> torch.Tensor:
@@ -204,8 +209,8 @@ class TRMInner(nn.Module):
 
     def reset_carry(self, reset: torch.Tensor, carry: InnerCarry) -> InnerCarry:
         r = reset.view(-1, 1, 1)
-        return InnerCarry(torch.where(r, self.H_init.to(self.forward_dtype), carry.z_H),
-                          torch.where(r, self.L_init.to(self.forward_dtype), carry.z_L))
+        z_H = carry.z_H if self.config.single_z else torch.where(r, self.H_init.to(self.forward_dtype), carry.z_H)
+        return InnerCarry(z_H, torch.where(r, self.L_init.to(self.forward_dtype), carry.z_L))
 
     def recurse(self, z_H: torch.Tensor, z_L: torch.Tensor, x: torch.Tensor,
                 seq_info: SeqInfo) -> tuple[torch.Tensor, torch.Tensor]:

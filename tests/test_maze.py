@@ -144,7 +144,7 @@ def test_builder_augments_train_with_the_eight_symmetries(tmp_path):
     (["--size", "11", "--min-path-length", "100"], "error: no 11x11 maze with a unique shortest path of >= "
      "min_path_length=100 steps in 100 tries; lower min_path_length or openings, or raise size"),
     (["--size", "1"], "error: size must be >= 2 (the side of the square maze), got 1")])
-def test_builder_cli_refuses_a_size_too_small_in_one_line(tmp_path, options, message):
+def test_builder_cli_refuses_a_bad_size_or_path_length_in_one_line(tmp_path, options, message):
     with pytest.raises(SystemExit) as exit_:
         main(["--output-dir", str(tmp_path / "out"), "--num-train", "2", "--num-test", "1", *options])
     assert exit_.value.code == message and list(tmp_path.iterdir()) == []
@@ -156,7 +156,8 @@ def test_malformed_csv_names_the_line(tmp_path):
     write_csv(path, [q, q], [solve_maze(q), q.replace("G", "o")])
     with pytest.raises(ValueError, match=r"bad.csv:3: answer: .*exactly one"):
         read_csv_file(str(path))
-    with pytest.raises(ValueError, match=r"bad.csv:2: question: a 11x11 maze \(size 11\) has 121 characters, got 900"):
+    with pytest.raises(ValueError, match=r"bad.csv:2: question: size 11 \(--size, dataset.build.size\): a maze has 121 "
+                                         r"characters, got 900"):
         read_csv_file(str(path), size=11)
     path.write_text("a,b\n")
     with pytest.raises(ValueError, match="header"):
@@ -165,8 +166,9 @@ def test_malformed_csv_names_the_line(tmp_path):
 
 def test_maze_dataset_is_built_on_first_run_and_trains(tmp_path):
     data = tmp_path / "maze-gen"
-    cfg = compose("dataset=maze", f"dataset.build_path={data}", f"checkpoint_dir={tmp_path}", "dataset.build.num_train=4",
-                  "dataset.build.num_test=2", "dataset.build.min_path_length=30", "arch=trm", "arch.hidden_size=32",
+    cfg = compose("dataset=maze", f"dataset.build_path={data}", f"checkpoint_dir={tmp_path}",
+                  "dataset.build.num_train=4", "dataset.build.num_test=2", "dataset.build.min_path_length=30",
+                  "arch=trm", "arch.hidden_size=32",
                   "arch.num_heads=2", "arch.puzzle_emb_ndim=0", "arch.H_cycles=1", "arch.L_cycles=1",
                   "arch.halt_max_steps=2", "global_batch_size=4", "max_steps=1", "logger.mode=disabled")
     results = train(cfg)
@@ -180,7 +182,8 @@ def test_text_form_takes_the_size_of_the_run():
     tokens, answer = encode_maze(question).tolist(), encode_maze(solve_maze(question)).tolist()
     assert small.check(tokens, answer) and not small.check(tokens, tokens)
     assert small.show(tokens) == "\n".join(question[i:i + 11] for i in range(0, 121, 11))
-    with pytest.raises(ValueError, match=r"this run's puzzles have 120 cells: not maze puzzles \(900 cells, or any n x n\)"):
+    with pytest.raises(ValueError,
+                       match=r"this run's puzzles have 120 cells: not maze puzzles \(900 cells, or any n x n\)"):
         TEXT.for_seq_len(120)
     with pytest.raises(ValueError, match=r"this run's puzzles have 121 cells: not Sudoku puzzles \(81 cells\)"):
         sudoku.TEXT.for_seq_len(121)
@@ -210,7 +213,8 @@ def test_small_maze_dataset_trains_and_generate_reads_its_grid(tmp_path):
 
     for puzzle, message in [("#" * 120, "puzzle: a maze is a square of n x n characters (n >= 2, e.g. 900 for "
                                          "30x30), got 120"),
-                            ("\n".join(rows[:10]), "puzzle: a maze is n lines of n characters, got 10 lines of 11 characters"),
+                            ("\n".join(rows[:10]),
+                             "puzzle: a maze is n lines of n characters, got 10 lines of 11 characters"),
                             ("\n".join(rows[:10] + [rows[10][:9]]), "puzzle: a maze is n lines of n characters, got "
                                                                   "11 lines of 9 to 11 characters"),
                             ("#" * 900, "puzzle: this run's maze puzzles have 121 cells (11 lines of 11), got 900")]:

@@ -417,26 +417,33 @@ def test_packed_rows_match_separate_conversations(name, norm):
 
 # ---- the paper's ablations: a separate z_H network (HRM), HRM's one-step gradient, a single latent
 
-def test_hrm_style_updates_z_H_with_its_own_network_and_backprops_only_the_last_two_updates():
-    model = tiny(H_layers=1, one_step_gradient=True)  # H 3, L 2
+@pytest.mark.parametrize("H_layers, one_step", [(1, False), (0, True), (1, True)])
+def test_hrm_options_choose_the_z_H_network_and_the_updates_with_gradient(H_layers, one_step):
+    model = tiny(H_layers=H_layers, one_step_gradient=one_step)  # H 3 x (L 2 + 1)
     inner = model.model.inner
-    assert len(inner.H_level.layers) == 1 and len(inner.L_level.layers) == 2
-    L_calls, H_calls = count_calls(inner.L_level), count_calls(inner.H_level)
+    L_calls = count_calls(inner.L_level)
+    H_calls = count_calls(inner.H_level) if H_layers else L_calls  # without H_level, z_H's updates are L_level's
     b = batch()
     _, loss, _, _ = model(model.initial_carry(b), b)
-    assert L_calls == [False] * (3 * 2 - 1) + [True] and H_calls == [False, False, True]
+    last = [False, True] if one_step else [True, True]  # the last cycle's 2 z_L updates: gradient through which
+    if H_layers:
+        assert len(inner.H_level.layers) == 1 and len(inner.L_level.layers) == 2
+        assert L_calls == [False] * 4 + last and H_calls == [False, False, True]
+    else:
+        assert inner.H_level is None and L_calls == [False] * 6 + last + [True]
     loss.backward()
-    assert inner.H_level.layers[0].mlp.down_proj.weight.grad is not None
-    assert inner.L_level.layers[0].mlp.down_proj.weight.grad is not None
+    for level in (inner.L_level, inner.H_level or inner.L_level):
+        assert level.layers[0].mlp.down_proj.weight.grad is not None
 
 
-def test_single_z_recurses_one_latent_and_leaves_z_H_at_its_start():
+def test_single_z_recurses_one_latent_and_never_touches_z_H():
     model = tiny(single_z=True)
+    assert not hasattr(model.model.inner, "H_init")  # as the official trm_singlez
     calls = count_calls(model.model.inner.L_level)
     b = batch()
     carry, loss, _, _ = model(model.initial_carry(b), b)
     assert calls == [False] * (2 * (2 + 1)) + [True] * (2 + 1)  # H 3 x (L 2 + 1), gradient in the last cycle
-    torch.testing.assert_close(carry.inner.z_H, model.model.inner.H_init.expand_as(carry.inner.z_H))
+    assert not carry.inner.z_H.any()  # (the empty carry's zeros)
     assert not torch.equal(carry.inner.z_L, model.model.inner.L_init.expand_as(carry.inner.z_L))
 
 
@@ -448,7 +455,8 @@ def test_single_z_refuses_the_z_H_options(overrides):
 
 @pytest.mark.parametrize("option", [dict(H_layers=1), dict(one_step_gradient=True), dict(single_z=True)])
 def test_the_transformer_refuses_the_recursion_options(option):
-    with pytest.raises(ValueError, match="arch=trm options"):
+    (key, value), = option.items()
+    with pytest.raises(ValueError, match=f"^arch.{key}={value}: options of the TRM's recursion"):
         tiny("transformer", **option)
 
 
@@ -461,7 +469,8 @@ def test_ablations_compute_what_the_official_code_computes(variant):
     """Our HRM-style and single-z options against the official hrm.py and trm_singlez.py with the same weights:
     the logits and Q-logits of every ACT step in evaluation, and the gradients of one training step."""
     # (hrm.py's puzzle embedding takes ceil(puzzle_emb_ndim / hidden_size) = 1 positions)
-    # float64 (the official code still runs its norms and rotary tables in float32: about 1e-6 apart, as its TRM)
+    # float64 (the official code still runs its norms and rotary tables in float32: 1e-6 apart after one step, as
+    # its TRM, up to 1e-4 after 4 ACT steps of the single latent; a different computation is off by 0.1 or more)
     ours = tiny(forward_dtype="float64", **(dict(H_layers=2, one_step_gradient=True, puzzle_emb_len=1)
                                            if variant == "hrm" else dict(single_z=True)))
     with torch.no_grad():  # a puzzle embedding that is not all zeros
@@ -474,8 +483,7 @@ def test_ablations_compute_what_the_official_code_computes(variant):
                       L_cycles=c.L_cycles, H_layers=c.H_layers, L_layers=c.L_layers, hidden_size=c.hidden_size,
                       expansion=c.expansion, num_heads=c.num_heads, pos_encodings=c.pos_encodings,
                       halt_max_steps=c.halt_max_steps, halt_exploration_prob=0.1, forward_dtype="float64"))
-    missing, unexpected = theirs.load_state_dict(ours.model.state_dict(), strict=False)
-    assert not missing and unexpected == (["inner.H_init"] if variant == "trm_singlez" else [])
+    theirs.load_state_dict(ours.model.state_dict())  # the same names and shapes: its checkpoints load into ours
 
     b = batch()
     ours.eval(), theirs.eval()
@@ -485,7 +493,7 @@ def test_ablations_compute_what_the_official_code_computes(variant):
             ours_carry, ours_out = ours.model(ours_carry, b)
             their_carry, their_out = theirs(their_carry, b)
             for key in ("logits", "q_halt_logits", "q_continue_logits"):
-                torch.testing.assert_close(ours_out[key], their_out[key], atol=1e-4, rtol=0)
+                torch.testing.assert_close(ours_out[key], their_out[key], atol=1e-3, rtol=0)  # (logits ~2)
 
     # training: one inner step from fresh latents, the same loss on both sides
     grads = []

@@ -80,12 +80,12 @@ def test_summary_of_a_directory_without_runs_is_a_clear_error(tmp_path):
         summary_main([str(tmp_path / "one"), "--metric", "nope"])
 
 
-@pytest.mark.parametrize("arch, expected", [("trm", 3 * (2 + 1)), ("trm arch.H_layers=1", 3 * (2 + 1)),
-                                            ("transformer", 1)])
+@pytest.mark.parametrize("arch, expected", [(("trm",), 3 * (2 + 1)), (("trm", "arch.H_layers=1"), 3 * (2 + 1)),
+                                            (("transformer",), 1)])
 def test_network_passes_per_act_step_are_counted(arch, expected):
     # the transformer applies its blocks once per step whatever H_cycles and L_cycles say; with its own z_H network
     # (H_layers) a TRM still makes H_cycles * (L_cycles + 1) passes, of either network
-    cfg = compose(f"arch={arch.split()[0]}", *arch.split()[1:], "arch.H_cycles=3", "arch.L_cycles=2",
+    cfg = compose(f"arch={arch[0]}", *arch[1:], "arch.H_cycles=3", "arch.L_cycles=2",
                   "arch.hidden_size=16", "arch.num_heads=2", "arch.forward_dtype=float32")
     model = build_model(OmegaConf.to_container(cfg.arch, resolve=True), seq_len=6, vocab_size=8,
                         num_puzzle_identifiers=2)

@@ -259,7 +259,8 @@ def run_tournament(spec: Spec, stop_after: int | None = None) -> dict[str, Any]:
 def compute_per_step(summary: dict[str, Any]) -> tuple[int | None, float | None]:
     """(network passes per training step, estimated GFLOP per training step) from a run's summary.json:
     2 x parameters x tokens per forward pass of the network, and 4 x that for the backward of the passes with
-    gradient (TRM: the last of its H cycles; the transformer: its one pass). Attention scores are not counted."""
+    gradient (TRM: the last of its H cycles; the transformer: its one pass). Attention scores are not counted, nor
+    the ablation options (H_layers, one_step_gradient): an estimate for the plain TRM and transformer."""
     passes, cfg = summary.get("passes_per_act_step"), summary.get("config", {})
     seq_len = summary.get("seq_len") or cfg.get("dataset", {}).get("seq_len")
     if passes is None or not seq_len:
