@@ -160,12 +160,20 @@ def generate(*args: str, stdin: str | None = None) -> subprocess.CompletedProces
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
+def shared_path(*parts: str) -> Path | None:
+    """A path in the project's reference material (../shared beside the clone, or /work/shared), when this
+    machine has it."""
+    for base in (ROOT.parent / "shared", Path("/work/shared")):
+        if base.joinpath(*parts).exists():
+            return base.joinpath(*parts)
+    return None
+
+
 # ----------------------------------------------------------------------------- ARC tasks
 
 def arc_data_dir() -> Path | None:
     """The real ARC-AGI files (Kaggle layout), when this machine has them."""
-    for candidate in (os.environ.get("ARC_DATA_DIR"), ROOT.parent / "shared" / "data" / "arc-agi",
-                      Path("/work/shared/data/arc-agi")):
+    for candidate in (os.environ.get("ARC_DATA_DIR"), shared_path("data", "arc-agi")):
         if candidate and (Path(candidate) / "arc-agi_training_challenges.json").is_file():
             return Path(candidate)
     return None

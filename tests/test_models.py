@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT
+from conftest import shared_path
 from constants import IGNORE_LABEL_ID
 from models import build_model
 from models.ema import EMA
@@ -460,10 +460,10 @@ def test_the_transformer_refuses_the_recursion_options(option):
         tiny("transformer", **option)
 
 
-OFFICIAL = ROOT.parent / "shared" / "reference" / "TinyRecursiveModels"
+OFFICIAL = shared_path("reference", "TinyRecursiveModels")
 
 
-@pytest.mark.skipif(not OFFICIAL.is_dir(), reason=f"needs the official code at {OFFICIAL}")
+@pytest.mark.skipif(OFFICIAL is None, reason="needs the official code in ../shared/reference/TinyRecursiveModels")
 @pytest.mark.parametrize("variant", ["hrm", "trm_singlez"])
 def test_ablations_compute_what_the_official_code_computes(variant):
     """Our HRM-style and single-z options against the official hrm.py and trm_singlez.py with the same weights:
