@@ -162,3 +162,18 @@ def test_export_errors_are_one_line(tmp_path, capsys):
     assert export_main([str(tmp_path / "nope"), "--output", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_an_export_over_one_of_the_other_kind_leaves_none_of_its_files(llama_run, tmp_path):
+    out = export(llama_run, tmp_path / "hf")
+    assert (out / "q_head.safetensors").is_file() and not (out / "modeling_trm.py").exists()
+    arch = dict(name="trm", hidden_size=32, num_heads=2, expansion=2, L_layers=1, H_cycles=1, L_cycles=1,
+                halt_max_steps=2, puzzle_emb_ndim=0, seq_len=8, vocab_size=11, forward_dtype="float32",
+                loss={"loss_type": "stablemax_cross_entropy"})
+    export(fake_run(tmp_path, arch), out)  # a TRM with its modeling file, over the Llama
+    assert (out / "modeling_trm.py").is_file() and not (out / "q_head.safetensors").exists()
+    assert transformers.AutoConfig.from_pretrained(out, trust_remote_code=True).model_type == "trm_act"
+    export(llama_run, out)  # and back
+    assert (out / "q_head.safetensors").is_file()
+    assert not [name for name in ("modeling_trm.py", "trm.py", "layers.py") if (out / name).exists()]
+    assert transformers.AutoConfig.from_pretrained(out).model_type == "llama"

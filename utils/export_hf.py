@@ -75,6 +75,9 @@ def export(run: str, output: str, use_ema: bool = True) -> tuple[str, bool]:
     tokenizer = ChatTokenizer.load(tokenizer_dir) if os.path.isdir(tokenizer_dir) else None
 
     os.makedirs(output, exist_ok=True)
+    if Path(output, "config.json").is_file():  # an earlier export here: its files of the other kind contradict this
+        for name in CODE.values() if llama else [HF_Q_HEAD]:
+            Path(output, name).unlink(missing_ok=True)
     special = dict(eos_token_id=None, pad_token_id=None, bos_token_id=None)
     if tokenizer is not None:
         special = dict(eos_token_id=[tokenizer.special_id("assistant_end"), tokenizer.eot_id],
