@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -417,6 +418,13 @@ def verify(run: str, threads: int) -> list[str]:
     return differences
 
 
+def seeds_trained() -> int:
+    """1 + the highest seed of any finished run of the page (0 when there is none)."""
+    seeds = [int(m.group(1)) for path in (ROOT / "checkpoints").glob("results-*/*/summary.json")
+             if (m := re.search(r"-s(\d+)$", path.parent.name))]
+    return 1 + max(seeds, default=-1)
+
+
 EXPERIMENTS = {"recursion": run_recursion, "ablations": run_ablations, "maze": run_maze, "cycles": run_cycles,
                "test_time": run_test_time, "chat": run_chat}
 
@@ -424,13 +432,16 @@ EXPERIMENTS = {"recursion": run_recursion, "ablations": run_ablations, "maze": r
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("experiment", choices=[*EXPERIMENTS, "report", "all", "verify"])
-    ap.add_argument("--seeds", type=int, default=3, help="seeds per point (0..N-1)")
+    ap.add_argument("--seeds", type=int, help="seeds per point, 0..N-1 (default: 3 to train; the report shows "
+                    "every seed that has a finished run)")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time")
     ap.add_argument("--threads", type=int, default=1, help="threads per run")
     ap.add_argument("--hard-list", help="test_time: also score a file of puzzles, one per line (81 characters, "
                     "'.' or '0' blank), e.g. the public top95 list")
     ap.add_argument("--run", help="verify: the finished run to train again, <experiment>/<name>")
     args = ap.parse_args(argv)
+    report_seeds = args.seeds or seeds_trained()
+    args.seeds = args.seeds or 3
     if args.experiment == "verify":
         if not args.run:
             ap.error("verify needs --run <experiment>/<name>, e.g. --run cycles/H1-L1-s0")
@@ -441,7 +452,7 @@ def main(argv: list[str] | None = None) -> None:
         EXPERIMENTS[name](args, data)
     if args.experiment in ("report", "all"):
         from examples.results_report import write_report
-        write_report(args.seeds)
+        write_report(max(report_seeds, args.seeds))
 
 
 if __name__ == "__main__":

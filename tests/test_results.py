@@ -185,3 +185,16 @@ def test_verify_trains_a_finished_run_again_and_names_what_differs(root, monkeyp
     assert results.verify("cycles/H1-L1-s0", threads=1) == ["weights w", "test/exact_accuracy: 0.5 vs 0.25"]
     with pytest.raises(SystemExit, match="not a finished run"):
         results.verify("cycles/H9-L9-s0", threads=1)
+
+
+def test_the_report_shows_every_seed_that_was_trained(root, monkeypatch):
+    assert results.seeds_trained() == 0
+    for seed in (0, 4):
+        write_summary(results.Job("maze", f"trm_mlp-lr0.003-s{seed}"), 0.1)
+    write_summary(results.Job("cycles", "H1-L1-s1"), 0.1)
+    assert results.seeds_trained() == 5
+    shown = []
+    monkeypatch.setattr(report, "write_report", shown.append)
+    results.main(["report"])
+    results.main(["report", "--seeds", "2"])
+    assert shown == [5, 2]
