@@ -440,8 +440,7 @@ def main(argv: list[str] | None = None) -> None:
                     "'.' or '0' blank), e.g. the public top95 list")
     ap.add_argument("--run", help="verify: the finished run to train again, <experiment>/<name>")
     args = ap.parse_args(argv)
-    report_seeds = args.seeds or seeds_trained()
-    args.seeds = args.seeds or 3
+    seeds_given, args.seeds = args.seeds, args.seeds or 3
     if args.experiment == "verify":
         if not args.run:
             ap.error("verify needs --run <experiment>/<name>, e.g. --run cycles/H1-L1-s0")
@@ -452,7 +451,7 @@ def main(argv: list[str] | None = None) -> None:
         EXPERIMENTS[name](args, data)
     if args.experiment in ("report", "all"):
         from examples.results_report import write_report
-        write_report(max(report_seeds, args.seeds))
+        write_report(seeds_given or max(seeds_trained(), args.seeds))
 
 
 if __name__ == "__main__":

@@ -47,10 +47,13 @@ def load_evals(jobs: list[Job], act_steps: int) -> dict[str, list[dict]]:
     return out
 
 
+def finished(jobs: list[Job]) -> list[Job]:
+    return [j for j in jobs if j.summary() is not None]
+
+
 def seed_jobs(seeds: int, experiment: str = "recursion") -> dict[str, list[Job]]:
     """Per model, its finished runs at the chosen learning rate."""
-    return {model: [j for j in jobs if j.summary() is not None]
-            for model, jobs in final_jobs(seeds, experiment).items()}
+    return {model: finished(jobs) for model, jobs in final_jobs(seeds, experiment).items()}
 
 
 def budget(experiment: str) -> str:
@@ -93,7 +96,7 @@ def ablations_block(seeds: int) -> str:
     """The TRM-MLP of section 1 and its ablations: test exact accuracy, and its difference to the TRM-MLP's."""
     variants = {"trm_mlp": ("the TRM-MLP of the table above", seed_jobs(seeds)["trm_mlp"])}
     for name, jobs in ablation_jobs(seeds).items():
-        variants[name] = (ABLATIONS[name][1], [j for j in jobs if j.summary() is not None])
+        variants[name] = (ABLATIONS[name][1], finished(jobs))
     rows, baseline = [], None
     for name, (what, jobs) in variants.items():
         test = load_evals(jobs, trained_act_steps(jobs[0])).get("test", []) if jobs else []

@@ -1,8 +1,8 @@
 """Key/value cache for causal generation, for the plain transformer and the recursive TRM alike.
 
 A TRM forward pass applies its network (or, with H_layers, its two) many times: every L and H update of every H
-cycle, in every ACT step. With causal attention, the state of position t after any application depends only on positions
-<= t, so each *application* (and each layer in it) keeps its own keys and values. The cache stores them in
+cycle, in every ACT step. With causal attention, the state of position t after any application depends only on
+positions <= t, so each *application* (and each layer in it) keeps its own keys and values. The cache stores them in
 call order: the i-th attention call of a forward pass always belongs to the same (ACT step, cycle, update,
 layer), because the recursion is fixed. A new chunk of tokens then costs only its own positions in every
 application.

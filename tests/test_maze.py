@@ -168,9 +168,9 @@ def test_maze_dataset_is_built_on_first_run_and_trains(tmp_path):
     data = tmp_path / "maze-gen"
     cfg = compose("dataset=maze", f"dataset.build_path={data}", f"checkpoint_dir={tmp_path}",
                   "dataset.build.num_train=4", "dataset.build.num_test=2", "dataset.build.min_path_length=30",
-                  "arch=trm", "arch.hidden_size=32",
-                  "arch.num_heads=2", "arch.puzzle_emb_ndim=0", "arch.H_cycles=1", "arch.L_cycles=1",
-                  "arch.halt_max_steps=2", "global_batch_size=4", "max_steps=1", "logger.mode=disabled")
+                  "arch=trm", "arch.hidden_size=32", "arch.num_heads=2", "arch.puzzle_emb_ndim=0", "arch.H_cycles=1",
+                  "arch.L_cycles=1", "arch.halt_max_steps=2", "global_batch_size=4", "max_steps=1",
+                  "logger.mode=disabled")
     results = train(cfg)
     assert (data / "train" / "dataset.json").exists() and results["test/count"] == 2
 
