@@ -106,6 +106,9 @@ CHAT_COMMON = ["--config-name=cfg_chat", "arch.hidden_size=64", "global_batch_si
 CHAT_TASKS = ["dataset=tasks", "dataset.stages=[{name: levels1-2, difficulty: 2}]", "dataset.eval_prompts=[]",
               "dataset.probes=[data/tasks/probes/chat/level1,data/tasks/probes/chat/level2]", f"max_steps={CHAT_STEPS}"]
 CHAT_STORIES = ["dataset=text", f"data_paths=[{STORIES}]", "dataset.eval_prompts=[]", f"max_steps={PRETRAIN_STEPS}"]
+# defaults the page's runs were trained with that have changed since (the default job now keeps an EMA): a run
+# gets them unless its own overrides set the key, so its recorded overrides still train it the same way
+PAGE_DEFAULTS = ["ema=false"]
 
 
 @dataclass
@@ -157,7 +160,9 @@ def train(job: Job, threads: int) -> dict:
     run.parent.mkdir(parents=True, exist_ok=True)
     log(f"train {job.experiment}/{job.name}{' (resuming)' if resume else ''}")
     start = time.time()
-    run_process(["pretrain.py", *job.overrides, f"checkpoint_dir={ROOT / 'checkpoints'}",
+    own = {o.split("=", 1)[0] for o in job.overrides}
+    pinned = [d for d in PAGE_DEFAULTS if d.split("=", 1)[0] not in own]
+    run_process(["pretrain.py", *pinned, *job.overrides, f"checkpoint_dir={ROOT / 'checkpoints'}",
                  f"project_name=results-{job.experiment}", f"run_name={job.name}",
                  f"logger.group=results-{job.experiment}", "checkpoint_keep_last=1", *resume],
                 run.parent / f"{job.name}.log", threads)

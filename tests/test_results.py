@@ -10,6 +10,7 @@ import pytest
 
 import examples.results as results
 import examples.results_report as report
+from conftest import compose
 
 
 @pytest.fixture
@@ -52,6 +53,21 @@ def test_a_finished_run_is_skipped_and_an_interrupted_one_resumes(root, monkeypa
     assert not any(a.startswith("resume=") for a in calls[1]) and not fresh.run_dir.exists()
     with pytest.raises(ValueError, match="done: started with other settings"):  # a budget changed since
         results.train(results.Job("cycles", "done", ["seed=0", "max_steps=10"]), threads=1)
+
+
+def test_runs_keep_the_defaults_the_page_was_trained_with(root, monkeypatch):
+    """The default job now keeps an EMA; the page's runs do not, unless their overrides ask for one."""
+    calls = []
+    monkeypatch.setattr(results, "run_process", lambda args, log, threads: calls.append(args[1:]))
+    monkeypatch.setattr(results, "best_lr", lambda model, experiment="recursion": 3e-3)
+    ablations = results.ablation_jobs(1)
+    for job in (results.final_jobs(1)["trm_mlp"][0], ablations["ema"][0], results.chat_jobs(1)["trm_H2L1"][0]):
+        results.train(job, threads=1)
+    baseline, ema, chat = (compose(*(a for a in args if not a.startswith("--")),
+                                   config="cfg_chat" if "--config-name=cfg_chat" in args else "cfg_pretrain")
+                           for args in calls)
+    assert compose().ema is True and not baseline.ema and not chat.ema
+    assert ema.ema is True and ema.ema_rate == 0.99
 
 
 def test_a_held_out_puzzle_that_is_a_training_row_is_refused(root):
