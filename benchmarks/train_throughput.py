@@ -1,7 +1,7 @@
 """Training throughput of the paper's Sudoku TRM: against the official code, or against stock PyTorch layers.
 
     python benchmarks/train_throughput.py --official ../shared/reference/TinyRecursiveModels [--dtype auto]
-        [--compile] [--configs attention,mlp_t] [--batch-size 32] [--steps 3] [--rounds 3]
+        [--compile] [--cuda-graphs] [--configs attention,mlp_t] [--batch-size 32] [--steps 3] [--rounds 3]
     python benchmarks/train_throughput.py [--device auto] [--batch-size 64] [--steps 5] [--dtype auto]
 
 One step = one ACT step (H_cycles x (L_cycles + 1) applications of the 2-layer network, gradient through
@@ -11,12 +11,15 @@ the last cycle) + backward + optimizer step (Adam-atan2, sign-SGD for the puzzle
 batch, dtype, optimizer rule and compile setting, and times both in this process, interleaved in rounds so that
 machine noise hits both alike. It prints s/step of each, the ratio, the achieved TFLOP/s of the recursion's
 matmuls (counted from the shapes), that as a share of the matmul rate measured on the same shapes in this run,
-and the peak memory a step allocates. Without --official, the reference applies torch.nn.TransformerEncoderLayer
-(post-norm, same width, heads and feed-forward parameter count) in the same recursion.
+and the peak memory a step allocates. --cuda-graphs (CUDA only) compiles both in torch.compile's
+"reduce-overhead" mode, which replays each compiled graph as a CUDA graph. Without --official, the reference
+applies torch.nn.TransformerEncoderLayer (post-norm, same width, heads and feed-forward parameter count) in the
+same recursion.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import statistics
 import sys
@@ -72,6 +75,33 @@ class ReferenceRecursion(nn.Module):
         return self.head(self.level(z_H, z_L))
 
 
+def compiled(model: nn.Module, mode: str | None) -> nn.Module:
+    """model, or torch.compile'd in `mode` ("default", or "reduce-overhead": CUDA graphs); None: eager."""
+    return model if mode is None else torch.compile(model, mode=mode)
+
+
+def detached_copy(carry):
+    """The carry's tensors cloned, through nested dataclasses: a CUDA graph's outputs are overwritten by its next
+    replay, so a carry that feeds the next step must not live in them."""
+    if isinstance(carry, torch.Tensor):
+        return carry.clone()
+    if isinstance(carry, dict):
+        return {k: detached_copy(v) for k, v in carry.items()}
+    if dataclasses.is_dataclass(carry):
+        return dataclasses.replace(carry, **{f.name: detached_copy(getattr(carry, f.name))
+                                             for f in dataclasses.fields(carry) if f.init})
+    return carry
+
+
+def begin_step(mode: str | None) -> Callable:
+    """Start a training step; returns what to do with the carry its forward returns: keep it, or under CUDA graphs
+    (whose replays must be told where a step starts) copy it out of the graph's memory."""
+    if mode != "reduce-overhead":
+        return lambda carry: carry
+    torch.compiler.cudagraph_mark_step_begin()
+    return detached_copy
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -94,16 +124,17 @@ def run_reference(args: argparse.Namespace, device: torch.device, dtype: str) ->
     B, S = args.batch_size or 64, PAPER["seq_len"]
     torch.manual_seed(0)
     batch = random_batch(B, S, device)
-    ours, _ = our_step(PAPER, dtype, batch, args.compile)
+    ours, _ = our_step(PAPER, dtype, batch, args.compile_mode)
 
     ref = ReferenceRecursion(512, 8, 2, PAPER["H_cycles"], PAPER["L_cycles"], S + 16, 11).to(device)
     ref_opt = AdamAtan2(ref.parameters(), lr=1e-4, weight_decay=1.0)
-    ref_fwd = torch.compile(ref) if args.compile else ref
+    ref_fwd = compiled(ref, args.compile_mode)
     ref_inputs = torch.randint(1, 11, (B, S + 16), device=device)  # same length incl. the puzzle-embedding prefix
     ref_labels = torch.randint(0, 11, (B, S + 16), device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
     def reference():
+        begin_step(args.compile_mode)
         with autocast:
             logits = ref_fwd(ref_inputs)
         nn.functional.cross_entropy(logits.float().flatten(0, 1), ref_labels.flatten()).backward()
@@ -112,7 +143,7 @@ def run_reference(args: argparse.Namespace, device: torch.device, dtype: str) ->
 
     t_ours, t_ref = timed(ours, args.steps, device), timed(reference, args.steps, device)
     print(f"{header(device)}, dtype {dtype}, batch {B}, seq {S}+16, {args.steps} timed steps"
-          f"{', compiled' if args.compile else ''}")
+          f"{f', compiled ({args.compile_mode})' if args.compile else ''}")
     print(f"{'':28}{'s/step':>10}{'samples/s':>12}{'tokens/s':>12}")
     for label, t in (("TRM (ours)", t_ours), ("reference (nn.Transformer)", t_ref)):
         print(f"{label:28}{t:10.3f}{B / t:12.1f}{B * S / t:12.0f}")
@@ -127,15 +158,17 @@ def random_batch(B: int, S: int, device: torch.device) -> dict[str, torch.Tensor
             "puzzle_identifiers": torch.zeros(B, dtype=torch.int32, device=device)}
 
 
-def our_step(arch: dict, dtype: str, batch: dict[str, torch.Tensor], compile_: bool) -> tuple[Step, nn.Module]:
+def our_step(arch: dict, dtype: str, batch: dict[str, torch.Tensor], mode: str | None) -> tuple[Step, nn.Module]:
     B, device = len(batch["inputs"]), batch["inputs"].device
     model = build_model({**arch, "forward_dtype": dtype}, batch_size=B).to(device)
     optimizers, _ = build_optimizers(model, {"name": "adam_atan2"}, 1e-4, 1.0, 0.9, 0.95, 1e-4, 1.0)
-    forward = torch.compile(model) if compile_ else model
+    forward = compiled(model, mode)
     state = {"carry": model.initial_carry(batch)}
 
     def step() -> None:
-        state["carry"], loss, _, _ = forward(state["carry"], batch)
+        keep = begin_step(mode)
+        carry, loss, _, _ = forward(state["carry"], batch)
+        state["carry"] = keep(carry)
         (loss / B).backward()
         for opt in optimizers:
             opt.step()
@@ -151,7 +184,7 @@ def official_classes(path: str) -> tuple[type, type, type]:
             sparse.CastedSparseEmbeddingSignSGD_Distributed)
 
 
-def official_step(path: str, arch: dict, dtype: str, batch: dict[str, torch.Tensor], compile_: bool,
+def official_step(path: str, arch: dict, dtype: str, batch: dict[str, torch.Tensor], mode: str | None,
                   weights: dict[str, torch.Tensor]) -> Step:
     TRM, LossHead, SignSGD = official_classes(path)
     B, device = len(batch["inputs"]), batch["inputs"].device
@@ -163,12 +196,14 @@ def official_step(path: str, arch: dict, dtype: str, batch: dict[str, torch.Tens
     emb = model.model.inner.puzzle_emb
     optimizers = [SignSGD(emb.buffers(), lr=1e-4, weight_decay=1.0, world_size=1),
                   AdamAtan2(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=1.0)]
-    forward = torch.compile(model) if compile_ else model
+    forward = compiled(model, mode)
     with torch.device(device):
         state = {"carry": model.initial_carry(batch)}
 
     def step() -> None:
-        state["carry"], loss, _, _, _ = forward(return_keys=[], carry=state["carry"], batch=batch)
+        keep = begin_step(mode)
+        carry, loss, _, _, _ = forward(return_keys=[], carry=state["carry"], batch=batch)
+        state["carry"] = keep(carry)
         (loss / B).backward()
         for opt in optimizers:
             opt.step()
@@ -248,7 +283,8 @@ def header(device: torch.device) -> str:
 
 def run_official(args: argparse.Namespace, device: torch.device, dtype: str) -> None:
     B = args.batch_size or (768 if device.type == "cuda" else 32)
-    print(f"{header(device)}, dtype {dtype}, batch {B}{', compiled (both)' if args.compile else ', eager'}; "
+    setting = f"compiled ({args.compile_mode}, both)" if args.compile else "eager"
+    print(f"{header(device)}, dtype {dtype}, batch {B}, {setting}; "
           f"{args.rounds} interleaved rounds of {args.steps} steps, median s/step")
     print(f"{'config':10}{'ours s/step':>12}{'official':>10}{'ours vs off':>12}{'ours TF/s':>10}{'off TF/s':>10}"
           f"{'matmul TF/s':>12}{'ours share':>11}{'off share':>10}{'ours MiB':>9}{'off MiB':>9}")
@@ -256,8 +292,8 @@ def run_official(args: argparse.Namespace, device: torch.device, dtype: str) -> 
         arch = {**PAPER, **CONFIGS[name]}
         torch.manual_seed(0)
         batch = random_batch(B, arch["seq_len"], device)
-        ours, model = our_step(arch, dtype, batch, args.compile)
-        theirs = official_step(args.official, arch, dtype, batch, args.compile, model.state_dict())
+        ours, model = our_step(arch, dtype, batch, args.compile_mode)
+        theirs = official_step(args.official, arch, dtype, batch, args.compile_mode, model.state_dict())
         for step in (ours, theirs):  # warm-up (and compilation) outside the timed rounds
             step()
         mem = {"ours": peak_step_memory(ours, device), "official": peak_step_memory(theirs, device)}
@@ -269,7 +305,8 @@ def run_official(args: argparse.Namespace, device: torch.device, dtype: str) -> 
         flops = recursion_flops(arch, B)
         rate = matmul_rate(arch, B, getattr(torch, dtype), device)
         print(f"{name:10}{t_ours:12.3f}{t_off:10.3f}{t_off / t_ours:11.2f}x{flops / t_ours / 1e12:10.3f}"
-              f"{flops / t_off / 1e12:10.3f}{rate / 1e12:12.3f}{flops / t_ours / rate:11.0%}{flops / t_off / rate:10.0%}"
+              f"{flops / t_off / 1e12:10.3f}{rate / 1e12:12.3f}"
+              f"{flops / t_ours / rate:11.0%}{flops / t_off / rate:10.0%}"
               f"{mem['ours'] / 2**20:9.0f}{mem['official'] / 2**20:9.0f}", flush=True)
         spread = {k: f"{min(v):.3f}-{max(v):.3f}" for k, v in times.items()}
         print(f"{'':10}spread over rounds: ours {spread['ours']} s, official {spread['official']} s")
@@ -283,12 +320,18 @@ def main() -> None:
                     help="default 64; with --official 32 on a CPU, 768 (the paper's) on a GPU")
     ap.add_argument("--steps", type=int, default=None, help="timed steps (per round with --official); default 5 / 2")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--cuda-graphs", action="store_true",
+                    help="CUDA only: compile in mode reduce-overhead (each compiled graph replayed as a CUDA graph)")
     ap.add_argument("--official", metavar="PATH", help="a clone of the official TinyRecursiveModels repository")
     ap.add_argument("--configs", default="attention,mlp_t", help="with --official: paper configs to time")
     ap.add_argument("--rounds", type=int, default=3, help="with --official: interleaved timing rounds")
     args = ap.parse_args()
 
     device = select_device(args.device)
+    if args.cuda_graphs and device.type != "cuda":
+        ap.error(f"--cuda-graphs needs a CUDA device, not {device.type}")
+    args.compile = args.compile or args.cuda_graphs
+    args.compile_mode = "reduce-overhead" if args.cuda_graphs else "default" if args.compile else None
     dtype = resolve_dtype(args.dtype, device, training=True)
     if args.official:
         args.steps = args.steps or 2
