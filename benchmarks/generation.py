@@ -61,7 +61,9 @@ def ours(name: str, args, device: torch.device):
                 causal=True, puzzle_emb_ndim=0, pos_encodings="rope", forward_dtype=args.dtype,
                 seq_len=args.prompt + args.new, vocab_size=args.vocab, halt_max_steps=1)
     if name == "trm":
-        arch.update(H_cycles=args.H_cycles, L_cycles=args.L_cycles)
+        arch.update(H_cycles=args.H_cycles, L_cycles=args.L_cycles)  # TRM's post-norm blocks
+    else:
+        arch.update(norm_position="pre")  # Llama's block order, as arch=transformer_chat
     return build_model(arch).to(device).eval()
 
 
