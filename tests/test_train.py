@@ -205,3 +205,24 @@ def test_a_run_with_two_test_datasets_reports_their_total_and_each_and_picks_its
         assert results[f"test/{metric}"] == pytest.approx(both)
     assert json.loads((tmp_path / "Sudoku-tiny-ACT-torch" / "two" / "best.json").read_text())["metric"] == \
         "test/exact_accuracy"
+
+
+def test_init_from_a_run_with_an_ema_starts_from_the_ema_weights(sudoku_dir, tmp_path):
+    """The weights a run with an EMA evaluates, names best, generates and exports with are the EMA's: init_from
+    starts from them too (as from its Hugging Face export; it took the raw weights)."""
+    from pretrain import start_run
+    from utils.distributed import init_distributed
+
+    train(tiny_cfg(sudoku_dir, tmp_path, "max_steps=3", "ema=true", "ema_rate=0.5", "run_name=a", "eval_at_end=false"))
+    saved = final_state(tmp_path / "Sudoku-tiny-ACT-torch" / "a")
+    d, device = init_distributed("cpu")
+    run = start_run(tiny_cfg(sudoku_dir, tmp_path, f"init_from={tmp_path / 'Sudoku-tiny-ACT-torch' / 'a'}",
+                             "run_name=b"), d, device, None)
+    weights = dict(run.state.model.named_parameters())
+    assert saved["ema"].keys() == weights.keys()
+    for name, value in saved["ema"].items():
+        assert not torch.equal(value, saved["model"][name]) or "q_head" in name  # (a 3-step EMA differs)
+        assert torch.equal(weights[name], value), name
+    assert torch.equal(run.state.model.state_dict()["model.inner.puzzle_emb.weights"],
+                       saved["model"]["model.inner.puzzle_emb.weights"])  # buffers: the live ones
+    run.logger.finish()
