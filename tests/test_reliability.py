@@ -214,6 +214,9 @@ def test_a_checkpoint_is_never_written_with_non_finite_weights(sudoku_dir, tmp_p
     save_checkpoint(str(tmp_path / "old" / "step_9.pt"), ckpt)
     with pytest.raises(ValueError, match="step_9.pt: not usable .*: the weight model.inner.lm_head.weight holds NaN"):
         load_trained_model(str(tmp_path / "old"))
+    # and so is a run that would start from it (it trained on NaN until max_bad_steps stopped it, blaming the lr)
+    with pytest.raises(ValueError, match="step_9.pt: not usable .*: the weight model.inner.lm_head.weight holds NaN"):
+        train(tiny_cfg(sudoku_dir, tmp_path, "run_name=from_nan", f"init_from={tmp_path / 'old'}", "max_steps=2"))
 
 
 def test_the_checkpoint_is_saved_before_evaluating(sudoku_dir, tmp_path, monkeypatch):

@@ -301,6 +301,9 @@ def export_state(path: str, model: nn.Module, own: dict[str, torch.Tensor]) -> t
     return state, "pre"
 
 
+DIVERGED = "not usable (written by a run that diverged)"  # a checkpoint with non-finite weights
+
+
 def init_from_run(model: nn.Module, path: str, tokenizer=None) -> None:
     """Start `model` from the weights of another run (e.g. a text pretraining run before chat fine-tuning).
     With the tokenizer of the new data, the run's own tokenizer must be a prefix of it: the same token for
@@ -317,6 +320,7 @@ def init_from_run(model: nn.Module, path: str, tokenizer=None) -> None:
 
         check_extends(tokenizer, ChatTokenizer.load(saved), f"init_from={path}")
     load_model_weights(model, file, use_ema=True)
+    check_finite_weights(model, file, DIVERGED)
     print(f"initialised the weights from {file}")
 
 
@@ -334,5 +338,5 @@ def load_trained_model(path: str, device: str | torch.device = "cpu", use_ema: b
         config["forward_dtype"] = dtype
     model = build_model(config)
     model.load_state_dict(model_state_from(checkpoint, use_ema))
-    check_finite_weights(model, file, "not usable (written by a run that diverged)")
+    check_finite_weights(model, file, DIVERGED)
     return model.to(device).eval(), checkpoint
