@@ -193,6 +193,7 @@ BAD = {  # body (or raw bytes) -> status, words of the message
     "n too big": ({"messages": [{"role": "user", "content": "Hi"}], "n": 99}, 400, "n"),
     "stops": ({"messages": [{"role": "user", "content": "Hi"}], "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     "too large": (b'{"messages": [], "x": "' + b"x" * (1 << 20) + b'"}', 413, "bytes"),
+    "seed too big": ({"messages": [{"role": "user", "content": "Hi"}], "seed": 2 ** 64}, 400, "seed"),  # (was a 500)
 }
 
 
