@@ -239,8 +239,9 @@ class Batcher:
                 for row, token in zip(batch, tokens):
                     if row.finished or row.cancelled:
                         continue
-                    if token is None:
-                        row.finish("stop")
+                    if token is None:  # a stop token, or all its tokens while others of the batch go on
+                        room = min(row.params.max_new_tokens, context_length(model) - len(row.prompt))
+                        row.finish("length" if len(row.tokens) >= room else "stop")
                     else:
                         row.add(token)
         except Exception as e:  # noqa: BLE001  (a failed batch answers its requests; the thread goes on)
