@@ -263,7 +263,8 @@ def test_resume_of_a_checkpoint_that_is_not_ours_suggests_init_from(tmp_path, co
 def test_size_mismatches_name_the_first_differing_parameter(sudoku_dir, tmp_path):
     train(tiny_cfg(sudoku_dir, tmp_path, "max_steps=1", "run_name=r", "eval_at_end=false"))
     run_dir = tmp_path / PROJECT / "r"
-    overrides = [f"resume={run_dir}", "arch.hidden_size=16"]
+    # (the run's 32-wide puzzle embedding takes 2 positions of 16: in 1 it would not fit, a clear error of its own)
+    overrides = [f"resume={run_dir}", "arch.hidden_size=16", "arch.puzzle_emb_len=2"]
     shapes = r"parameter \S+ is \[(\d+, )?32\] in the checkpoint but \[(\d+, )?16\] in this model"
     with pytest.raises(ValueError, match=f"resume: {shapes}"):
         train(resume_config(compose(*overrides), overrides))
