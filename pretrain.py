@@ -73,11 +73,15 @@ def train_step(state: TrainState, forward, batch: dict[str, torch.Tensor], cfg: 
         carries.append(carry)
         metrics = {name: metrics.get(name, 0) + v for name, v in micro_metrics.items()}
     sum_gradients(list(state.model.parameters()))  # torchrun: the ranks' parts add up to the global batch's gradient
-    # float16's loss scaler skips the steps whose gradients overflow itself; other dtypes check them here
-    checked = [] if state.scaler.is_enabled() else state.model.parameters()
-    if not all_finite(torch.stack(losses), checked, state.optimizers):
+    # float16's loss scaler skips the steps whose gradients overflow itself (and lowers the scale); other dtypes
+    # check them here
+    scaled = state.scaler.is_enabled()
+    checked = ([], []) if scaled else (state.model.parameters(), state.optimizers)
+    if not all_finite(torch.stack(losses), *checked):
         discard_gradients(state.model, state.optimizers)  # the carry stays the step's starting one, too
         return None
+    # the scaler sees the weights' gradients only: an overflow of sign-SGD's (puzzle embeddings) is its skip too
+    overflow = scaled and not all_finite(torch.stack(losses), [], state.optimizers)
     state.carry = Carry.cat(carries) if k > 1 else carries[0]
     weights = [opt for opt in state.optimizers if not isinstance(opt, SignSGD)]
     if cfg.get("grad_clip"):  # the norm of the unscaled gradient, before clipping, is logged
@@ -90,9 +94,10 @@ def train_step(state: TrainState, forward, batch: dict[str, torch.Tensor], cfg: 
     for opt, base_lr in zip(state.optimizers, state.base_lrs):
         for group in opt.param_groups:
             group["lr"] = base_lr * factor
-    for opt in weights:
+    for opt in weights if not overflow else []:
         state.scaler.step(opt)  # float16: skipped when a gradient overflowed (inf or NaN)
-    state.scaler.update()  # ... and then the loss scale is lowered
+    # ... and then the loss scale is lowered
+    state.scaler.update(loss_scale * state.scaler.get_backoff_factor() if overflow else None)
     for opt in state.optimizers:
         if isinstance(opt, SignSGD) and state.scaler.get_scale() >= loss_scale:  # sign-SGD skips the same steps
             opt.step()

@@ -86,7 +86,7 @@ class Sampling(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-2 ** 63, le=2 ** 64 - MAX_CHOICES)  # what a torch.Generator takes (+ n - 1)
     stop: str | list[str] | None = None
     n: int = Field(1, ge=1, le=MAX_CHOICES)
     stream: bool = False
@@ -239,8 +239,9 @@ class Batcher:
                 for row, token in zip(batch, tokens):
                     if row.finished or row.cancelled:
                         continue
-                    if token is None:
-                        row.finish("stop")
+                    if token is None:  # a stop token, or all its tokens while others of the batch go on
+                        room = min(row.params.max_new_tokens, context_length(model) - len(row.prompt))
+                        row.finish("length" if len(row.tokens) >= room else "stop")
                     else:
                         row.add(token)
         except Exception as e:  # noqa: BLE001  (a failed batch answers its requests; the thread goes on)

@@ -34,9 +34,15 @@ class EpochStream:
         return plan, position
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
+        return {"epoch": self.epoch, "position": self.position, "size": self.size}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        """A position in a pass over items of another number (the data were rebuilt) is refused: it would read
+        other data (or past the end). Checkpoints saved before the size was: their position is checked."""
+        size = int(state.get("size", self.size))
+        if size != self.size or not 0 <= int(state["position"]) <= self.size:
+            raise ValueError(f"resume: the checkpoint's data position is in a pass over {size} items; this data has "
+                             f"{self.size} (was it rebuilt or changed since the run started?)")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 

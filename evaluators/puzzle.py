@@ -20,7 +20,7 @@ def evaluate_puzzles(model: ACTLossHead, batches: Batches, device: torch.device,
                      on_outputs: Callable[[str, dict, dict], None] | None = None) -> dict[str, float]:
     """`reduce(tensor)` sums a tensor over ranks (None: single process); `on_outputs(set name, batch, outputs)`
     sees the outputs of the last ACT step of every batch (the ARC evaluator collects predictions). Returns
-    metrics per set."""
+    metrics per sample over every set; with several sets, each one's too (prefixed `<set>/`)."""
     was_training = model.training
     model.eval()
     sums: dict[str, dict[str, torch.Tensor]] = defaultdict(lambda: defaultdict(lambda: torch.zeros((), device=device)))
@@ -45,17 +45,24 @@ def evaluate_puzzles(model: ACTLossHead, batches: Batches, device: torch.device,
     model.train(was_training)
 
     results: dict[str, float] = {}
+    overall: dict[str, float] = defaultdict(float)
     for set_name, s in sorted(sums.items()):
         keys = sorted(s)
         values = torch.stack([s[k] for k in keys])
         if reduce is not None:
             values = reduce(values)
         totals = dict(zip(keys, values.tolist()))
-        count = max(totals.pop("count"), 1.0)
-        prefix = "" if len(sums) == 1 else f"{set_name}/"
-        results.update({f"{prefix}{k}": v / count for k, v in totals.items()})
-        results[f"{prefix}count"] = count
-    return results
+        for k, v in totals.items():
+            overall[k] += v
+        if len(sums) > 1:
+            results.update(per_sample(totals, f"{set_name}/"))
+    return {**per_sample(overall), **results}
+
+
+def per_sample(totals: dict[str, float], prefix: str = "") -> dict[str, float]:
+    """Sums over samples (and their `count`) -> means per sample, and the count."""
+    count = max(totals["count"], 1.0)
+    return {f"{prefix}{k}": v / count for k, v in totals.items() if k != "count"} | {f"{prefix}count": count}
 
 
 def wants_to_halt(model: ACTLossHead, outputs: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -83,6 +83,15 @@ class TRMConfig:
             raise ValueError(f"H_layers must be >= 0 (0: one network), got {self.H_layers}")
         if self.single_z and (self.H_layers or self.one_step_gradient):
             raise ValueError("single_z has no z_H update: it combines with neither H_layers > 0 nor one_step_gradient")
+        if not self.mlp_t and self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size={self.hidden_size} must be a multiple of num_heads={self.num_heads}")
+        if not self.mlp_t and self.num_heads % (self.num_key_value_heads or self.num_heads):
+            raise ValueError(f"num_heads={self.num_heads} must be a multiple of "
+                             f"num_key_value_heads={self.num_key_value_heads}")
+        if self.puzzle_emb_ndim > self.prefix_len * self.hidden_size:  # (it would be cut to fit)
+            raise ValueError(f"puzzle_emb_ndim={self.puzzle_emb_ndim} does not fit in puzzle_emb_len="
+                             f"{self.puzzle_emb_len} positions of hidden_size={self.hidden_size} "
+                             f"({self.prefix_len * self.hidden_size}); raise puzzle_emb_len (0: as many as it needs)")
 
     @property
     def prefix_len(self) -> int:

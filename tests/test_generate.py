@@ -143,6 +143,24 @@ def test_per_prompt_settings_give_each_prompt_what_it_gets_alone_and_rows_can_be
     assert [s[0] for s in finished] == alone[0]
 
 
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["eager", "compiled"])
+def test_a_long_prompt_in_the_batch_does_not_shorten_a_short_prompts_answer(compiled):
+    """Each prompt has its own room in the context (the context less its own length): the batch's longest prompt
+    capped every row's answer (a short request served next to a long one stopped early, finish_reason length)."""
+    model = causal_model("trm")
+    long, short, full = ([1 + i % 30 for i in range(n)] for n in (40, 3, CONTEXT))
+    greedy, sampled = SamplingParams(max_new_tokens=20), SamplingParams(0.9, 5, 1.0, 1.0, 20, seed=3)
+    alone = {(len(p), q.temperature): generate_tokens(model, [p], q, set(), compiled=compiled)[0]
+             for p in (long, short) for q in (greedy, sampled)}
+    assert len(alone[40, 0.0]) == CONTEXT - 40 and len(alone[3, 0.0]) == len(alone[3, 0.9]) == 20
+    assert generate_tokens(model, [long, short], greedy, set(), compiled=compiled) == [alone[40, 0.0], alone[3, 0.0]]
+    steps = list(stream_tokens(model, [long, short], [greedy, sampled], set(), compiled=compiled))
+    assert [[s[row] for s in steps if s[row] is not None] for row in range(2)] == [alone[40, 0.0], alone[3, 0.9]]
+    if not compiled:
+        assert generate_tokens(model, [long, short], greedy, set(), use_cache=False) == [alone[40, 0.0], alone[3, 0.0]]
+        assert generate_tokens(model, [full, short], greedy, set()) == [[], alone[3, 0.0]]  # no room: nothing
+
+
 def test_sampling_is_reproducible_for_a_seed():
     model = causal_model("trm")
     sample = lambda seed: generate_tokens(model, [[1, 2, 3]], SamplingParams(1.0, 20, 0.95, 1.2, 30, seed), set())[0]  # noqa: E731

@@ -453,6 +453,20 @@ def test_single_z_refuses_the_z_H_options(overrides):
         tiny(**overrides)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (dict(puzzle_emb_ndim=96, puzzle_emb_len=2), r"puzzle_emb_ndim=96 does not fit in puzzle_emb_len=2 positions of "
+                                                 r"hidden_size=32 \(64\)"),
+    (dict(hidden_size=30), "hidden_size=30 must be a multiple of num_heads=4"),
+    (dict(num_key_value_heads=3), "num_heads=4 must be a multiple of num_key_value_heads=3")])
+def test_sizes_that_do_not_fit_are_clear_errors(overrides, message):
+    """A puzzle embedding wider than its positions was cut to fit without a word (its other dimensions never
+    trained); head sizes that do not divide failed an assert."""
+    with pytest.raises(ValueError, match=message):
+        tiny(**overrides)
+    tiny(puzzle_emb_ndim=64, puzzle_emb_len=2)  # exactly fills them
+    tiny(puzzle_emb_ndim=96, puzzle_emb_len=0)  # 0: as many positions as it needs
+
+
 @pytest.mark.parametrize("option", [dict(H_layers=1), dict(one_step_gradient=True), dict(single_z=True)])
 def test_the_transformer_refuses_the_recursion_options(option):
     (key, value), = option.items()

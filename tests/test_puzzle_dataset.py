@@ -63,7 +63,7 @@ def test_each_epoch_visits_every_group_once(multi_example_dir):
                                np.arange(len(arrays["inputs"])), side="right") - 1, side="right") - 1
     rows = [b["inputs"][0, 0].item() - 1 for b in take(ds, 10)]
     assert sorted(group_of[rows[:5]]) == [0, 1, 2, 3, 4] and sorted(group_of[rows[5:]]) == [0, 1, 2, 3, 4]
-    assert ds.state_dict() == {"epoch": 1, "position": 5}
+    assert ds.state_dict() == {"epoch": 1, "position": 5, "size": 5}
 
 
 def test_resume_from_state_continues_the_stream(multi_example_dir):
@@ -75,6 +75,33 @@ def test_resume_from_state_continues_the_stream(multi_example_dir):
     resumed.load_state_dict(first.state_dict())
     rest = take(resumed, 5)
     assert all(torch.equal(x["inputs"], y["inputs"]) for x, y in zip(full[4:], rest))
+
+
+def test_resume_into_a_training_set_of_another_size_is_a_clear_error(multi_example_dir, tmp_path):
+    """The saved position reads the plan of a dataset of the saved size: in another (a rebuilt dataset) it
+    continued silently on other data, or failed with an IndexError past the new end."""
+    path, arrays = multi_example_dir
+    first = PuzzleDataset([path], "train", 4, seed=3)
+    take(first, 2)
+    state = first.state_dict()
+    assert state["position"] > 3  # past the end of the smaller set
+    puzzles = int(arrays["group_indices"][3])  # the first 3 groups
+    examples = int(arrays["puzzle_indices"][puzzles])
+    smaller = {"inputs": arrays["inputs"][:examples], "labels": arrays["labels"][:examples],
+               "puzzle_identifiers": arrays["puzzle_identifiers"][:puzzles],
+               "puzzle_indices": arrays["puzzle_indices"][:puzzles + 1], "group_indices": arrays["group_indices"][:4]}
+    meta = PuzzleDatasetMetadata(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=51, seq_len=4,
+                                 num_puzzle_identifiers=puzzles + 1, total_groups=3,
+                                 mean_puzzle_examples=examples / puzzles, total_puzzles=puzzles, sets=["all"])
+    for split in ("train", "test"):
+        save_split(tmp_path / "smaller", split, meta, {"all": smaller})
+    rebuilt = PuzzleDataset([str(tmp_path / "smaller")], "train", 4, seed=3)
+    with pytest.raises(ValueError, match="resume: the checkpoint's data position is in a pass over 5 items; this "
+                                         "data has 3"):
+        rebuilt.load_state_dict(state)
+    resumed = PuzzleDataset([path], "train", 4, seed=3)
+    resumed.load_state_dict(state)
+    resumed.load_state_dict({"epoch": 0, "position": 2})  # a checkpoint from before the size was saved
 
 
 def test_ranks_split_the_global_batch(multi_example_dir):

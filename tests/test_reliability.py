@@ -214,6 +214,9 @@ def test_a_checkpoint_is_never_written_with_non_finite_weights(sudoku_dir, tmp_p
     save_checkpoint(str(tmp_path / "old" / "step_9.pt"), ckpt)
     with pytest.raises(ValueError, match="step_9.pt: not usable .*: the weight model.inner.lm_head.weight holds NaN"):
         load_trained_model(str(tmp_path / "old"))
+    # and so is a run that would start from it (it trained on NaN until max_bad_steps stopped it, blaming the lr)
+    with pytest.raises(ValueError, match="step_9.pt: not usable .*: the weight model.inner.lm_head.weight holds NaN"):
+        train(tiny_cfg(sudoku_dir, tmp_path, "run_name=from_nan", f"init_from={tmp_path / 'old'}", "max_steps=2"))
 
 
 def test_the_checkpoint_is_saved_before_evaluating(sudoku_dir, tmp_path, monkeypatch):
@@ -260,7 +263,8 @@ def test_resume_of_a_checkpoint_that_is_not_ours_suggests_init_from(tmp_path, co
 def test_size_mismatches_name_the_first_differing_parameter(sudoku_dir, tmp_path):
     train(tiny_cfg(sudoku_dir, tmp_path, "max_steps=1", "run_name=r", "eval_at_end=false"))
     run_dir = tmp_path / PROJECT / "r"
-    overrides = [f"resume={run_dir}", "arch.hidden_size=16"]
+    # (the run's 32-wide puzzle embedding takes 2 positions of 16: in 1 it would not fit, a clear error of its own)
+    overrides = [f"resume={run_dir}", "arch.hidden_size=16", "arch.puzzle_emb_len=2"]
     shapes = r"parameter \S+ is \[(\d+, )?32\] in the checkpoint but \[(\d+, )?16\] in this model"
     with pytest.raises(ValueError, match=f"resume: {shapes}"):
         train(resume_config(compose(*overrides), overrides))

@@ -158,6 +158,35 @@ def test_stop_strings_max_tokens_and_the_completions_endpoint(chat_run, server):
     assert "".join(c.choices[0].text for c in streamed) == text.choices[0].text
 
 
+def test_a_row_that_reaches_its_max_tokens_in_a_shared_batch_ends_for_length(chat_run, server):
+    """Rows of one batch with their own max_tokens: the one that runs out first while the other goes on ends with
+    finish_reason length, as alone (it was reported as a stop)."""
+    import asyncio
+
+    from serve import Row
+    from utils.sampling import SamplingParams
+
+    _, app = server
+    batcher = app.state.batcher
+    prompt = generate_prompt(chat_run, [{"role": "user", "content": "What is 1 + 1?"}])
+    assert len(answer(chat_run, "What is 1 + 1?")) > 3  # (not stopped within 2 tokens)
+
+    async def finished() -> dict[int, tuple[str, int]]:
+        events, loop, done = asyncio.Queue(), asyncio.get_running_loop(), {}
+        rows = [Row(i, batcher.generator.file, prompt, SamplingParams(max_new_tokens=limit), [],
+                    batcher.generator.tokenizer.decode, events, loop) for i, limit in enumerate((2, MAX_TOKENS))]
+        batcher.submit(rows)  # together: one batch
+        while len(done) < 2:
+            index, kind, *rest = await asyncio.wait_for(events.get(), timeout=60)
+            if kind == "done":
+                done[index] = tuple(rest)
+        return done
+
+    before = batcher.stats["batches"]
+    done = asyncio.run(finished())
+    assert batcher.stats["batches"] == before + 1 and done[0] == ("length", 2)
+
+
 @pytest.fixture(scope="module")
 def text_run(chat_run, tmp_path_factory) -> Path:
     """The chat run's weights as a text run (its config says prompt_mode=text)."""
@@ -193,6 +222,7 @@ BAD = {  # body (or raw bytes) -> status, words of the message
     "n too big": ({"messages": [{"role": "user", "content": "Hi"}], "n": 99}, 400, "n"),
     "stops": ({"messages": [{"role": "user", "content": "Hi"}], "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     "too large": (b'{"messages": [], "x": "' + b"x" * (1 << 20) + b'"}', 413, "bytes"),
+    "seed too big": ({"messages": [{"role": "user", "content": "Hi"}], "seed": 2 ** 64}, 400, "seed"),  # (was a 500)
 }
 
 

@@ -1,6 +1,7 @@
 """End-to-end training: the loss falls, evaluation reports per-step accuracy, resume is exact, bad input fails clearly."""
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -187,3 +188,41 @@ def test_every_puzzle_task_trains_and_evaluates_without_a_puzzle_embedding(task,
         assert results["test/arc_tasks"] == 1 and "test/pass@2" in results
     ckpt = final_state(tmp_path / "Data-ACT-torch" / "r")
     assert not any("puzzle_emb" in k for k in ckpt["model"]) and len(ckpt["optimizers"]) == 1
+
+
+def test_a_run_with_two_test_datasets_reports_their_total_and_each_and_picks_its_best(sudoku_dir, tmp_path):
+    """data_paths_test with two datasets: the metrics of each (prefixed by its set) and of both together
+    (unprefixed, count-weighted), so that checkpoint_best_metric=auto finds exact_accuracy. (It found no metric
+    and the run stopped at its first evaluation.)"""
+    other = tmp_path / "other"
+    shutil.copytree(sudoku_dir, other)  # the same 16 test puzzles under another name
+    results = train(tiny_cfg(sudoku_dir, tmp_path, "max_steps=2", "run_name=two",
+                             f"data_paths_test=[{sudoku_dir},{other}]"))
+    sets = sorted({k.removeprefix("test/").rsplit("/", 1)[0] for k in results if k.count("/") > 1})
+    assert len(sets) == 2 and results["test/count"] == sum(results[f"test/{s}/count"] for s in sets) == 32
+    for metric in ("exact_accuracy", "accuracy", "exact_accuracy@step3", "halt_step"):
+        both = sum(results[f"test/{s}/{metric}"] * results[f"test/{s}/count"] for s in sets) / 32
+        assert results[f"test/{metric}"] == pytest.approx(both)
+    assert json.loads((tmp_path / "Sudoku-tiny-ACT-torch" / "two" / "best.json").read_text())["metric"] == \
+        "test/exact_accuracy"
+
+
+def test_init_from_a_run_with_an_ema_starts_from_the_ema_weights(sudoku_dir, tmp_path):
+    """The weights a run with an EMA evaluates, names best, generates and exports with are the EMA's: init_from
+    starts from them too (as from its Hugging Face export; it took the raw weights)."""
+    from pretrain import start_run
+    from utils.distributed import init_distributed
+
+    train(tiny_cfg(sudoku_dir, tmp_path, "max_steps=3", "ema=true", "ema_rate=0.5", "run_name=a", "eval_at_end=false"))
+    saved = final_state(tmp_path / "Sudoku-tiny-ACT-torch" / "a")
+    d, device = init_distributed("cpu")
+    run = start_run(tiny_cfg(sudoku_dir, tmp_path, f"init_from={tmp_path / 'Sudoku-tiny-ACT-torch' / 'a'}",
+                             "run_name=b"), d, device, None)
+    weights = dict(run.state.model.named_parameters())
+    assert saved["ema"].keys() == weights.keys()
+    for name, value in saved["ema"].items():
+        assert not torch.equal(value, saved["model"][name]) or "q_head" in name  # (a 3-step EMA differs)
+        assert torch.equal(weights[name], value), name
+    assert torch.equal(run.state.model.state_dict()["model.inner.puzzle_emb.weights"],
+                       saved["model"]["model.inner.puzzle_emb.weights"])  # buffers: the live ones
+    run.logger.finish()

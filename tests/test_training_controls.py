@@ -133,3 +133,33 @@ def test_a_run_names_its_best_and_final_checkpoints_and_keeps_only_the_last(sudo
     run = tmp_path / "Sudoku-tiny-ACT-torch" / "e"
     new_bests = [s for k, (s, v) in enumerate(evals) if all(v > w for _, w in evals[:k])]  # same seed, same run
     assert {p.name for p in run.glob("step_*")} == {f"step_{s}.pt" for s in new_bests + [8]}
+
+
+def test_a_loss_scaler_overflow_in_the_puzzle_embedding_gradient_lowers_the_scale_and_skips_the_step():
+    """float16 (here float32 with a CPU scaler, the same code path): an overflowing scaled gradient reaches the
+    puzzle embedding's rows too. The step is the scaler's to skip, lowering the scale, as for a model without
+    puzzle embeddings; it was counted a bad step with the scale unchanged, so every later step overflowed as well
+    and the run stopped after max_bad_steps."""
+    from utils.optim import build_optimizers
+
+    torch.manual_seed(0)
+    arch = dict(name="trm", hidden_size=16, num_heads=2, expansion=2, L_layers=1, H_cycles=2, L_cycles=1,
+                halt_max_steps=2, puzzle_emb_ndim=16, puzzle_emb_len=1, forward_dtype="float32", seq_len=SEQ,
+                vocab_size=VOCAB, num_puzzle_identifiers=3)
+    model = build_model(arch, batch_size=B)
+    optimizers, lrs = build_optimizers(model, {"name": "adamw"}, 1e-2, 0.1, 0.9, 0.95, 1e-2, 0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    state = TrainState(model, optimizers, lrs, None, scaler)
+    batch = tiny_batch() | {"puzzle_identifiers": torch.tensor([1, 2, 1, 2], dtype=torch.int32)}
+    cfg = OmegaConf.create({"grad_accum_steps": 1, "global_batch_size": B})
+    before = copy.deepcopy(model.state_dict())
+    # the gradient of the logits overflows (as a float16 one does at too high a scale): every gradient is non-finite
+    hook = model.model.inner.lm_head.register_full_backward_pre_hook(lambda _, grad: (grad[0] * float("inf"),))
+    assert train_step(state, model, batch, cfg, schedule=lambda step: 1.0) is not None
+    assert scaler.get_scale() == 2.0 ** 9 and state.step == 1
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # weights and puzzle rows alike
+    hook.remove()
+    assert train_step(state, model, batch, cfg, schedule=lambda step: 1.0) is not None and state.step == 2
+    after = model.state_dict()
+    for name in ("model.inner.lm_head.weight", "model.inner.puzzle_emb.weights"):
+        assert not torch.equal(before[name], after[name]) and torch.isfinite(after[name]).all()

@@ -301,10 +301,14 @@ def export_state(path: str, model: nn.Module, own: dict[str, torch.Tensor]) -> t
     return state, "pre"
 
 
+DIVERGED = "not usable (written by a run that diverged)"  # a checkpoint with non-finite weights
+
+
 def init_from_run(model: nn.Module, path: str, tokenizer=None) -> None:
     """Start `model` from the weights of another run (e.g. a text pretraining run before chat fine-tuning).
     With the tokenizer of the new data, the run's own tokenizer must be a prefix of it: the same token for
     every id the weights were trained on (new tokens may be added; their rows are grown by load_model_weights).
+    The weights are the EMA ones when the run kept an EMA (those it evaluated, named best and exports).
     `path` may also be a Hugging Face export (utils/export_hf.py), which holds its weights and tokenizer."""
     if os.path.isfile(os.path.join(path, HF_WEIGHTS)):
         file = saved = path
@@ -315,7 +319,8 @@ def init_from_run(model: nn.Module, path: str, tokenizer=None) -> None:
         from utils.tokenizer import ChatTokenizer, check_extends
 
         check_extends(tokenizer, ChatTokenizer.load(saved), f"init_from={path}")
-    load_model_weights(model, file)
+    load_model_weights(model, file, use_ema=True)
+    check_finite_weights(model, file, DIVERGED)
     print(f"initialised the weights from {file}")
 
 
@@ -333,5 +338,5 @@ def load_trained_model(path: str, device: str | torch.device = "cpu", use_ema: b
         config["forward_dtype"] = dtype
     model = build_model(config)
     model.load_state_dict(model_state_from(checkpoint, use_ema))
-    check_finite_weights(model, file, "not usable (written by a run that diverged)")
+    check_finite_weights(model, file, DIVERGED)
     return model.to(device).eval(), checkpoint

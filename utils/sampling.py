@@ -95,7 +95,8 @@ def stream_tokens(model: ACTLossHead, prompts: list[list[int]], params: Sampling
                   stop_ids: set[int], use_cache: bool = True, rows_done: Callable[[], Iterable[int]] | None = None,
                   compiled: bool = False) -> Iterator[list[int | None]]:
     """Generate from a batch of token prompts, one position at a time; yields the new token of every prompt
-    (None once that prompt produced a stop token, which is not yielded). Prompts are left-padded, and each
+    (None once that prompt produced a stop token, which is not yielded, or has all its tokens: max_new_tokens, or
+    as many as the context holds after it). Prompts are left-padded, and each
     one's positions count its own tokens only, so a prompt's tokens do not depend on the others in the batch.
     With `use_cache` the prompt is processed once (prefill) and each new token costs one position in every
     application of the network; without, the whole sequence is recomputed for every token. `compiled` (with the
@@ -120,7 +121,9 @@ def stream_tokens(model: ACTLossHead, prompts: list[list[int]], params: Sampling
         raise ValueError(f"token id {bad[0]} is outside the model's vocabulary of {vocab} (a tokenizer mismatch?)")
     per_row = isinstance(params, list)
     limits = [p.max_new_tokens for p in params] if per_row else [params.max_new_tokens] * len(prompts)
-    max_new = min(max(limits), context - longest)
+    # each prompt's own room in the context: a longer prompt in the batch does not shorten its answer
+    limits = [min(limit, context - len(prompt)) for limit, prompt in zip(limits, prompts)]
+    max_new = max(limits)
     if max_new <= 0:
         return
 
@@ -132,13 +135,15 @@ def stream_tokens(model: ACTLossHead, prompts: list[list[int]], params: Sampling
     positions = (valid.long().cumsum(-1) - 1).clamp_min(0)
     seen = torch.zeros(len(prompts), vocab, dtype=torch.long, device=device).scatter_add_(1, inputs, valid.long()) > 0
     stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
+    row_limit = torch.tensor(limits, device=device)
     if per_row:
         generators = [torch.Generator(device=device).manual_seed(p.seed) for p in params]
-        row_limit = torch.tensor(limits, device=device)
     else:
         generator = torch.Generator(device=device).manual_seed(params.seed)
     # a compiled step's shapes are fixed by the cache's capacity: the model's context, whatever this request needs
-    cache = KVCache(len(prompts), context if compiled else longest + max_new, device, static=compiled) if use_cache else None
+    # (more only when a short prompt's answer outlasts a long one's room: the slots cover the left padding too)
+    capacity = max(context, longest + max_new) if compiled else longest + max_new
+    cache = KVCache(len(prompts), capacity, device, static=compiled) if use_cache else None
     was_training = model.training
     model.eval()
     try:
@@ -152,23 +157,22 @@ def stream_tokens(model: ACTLossHead, prompts: list[list[int]], params: Sampling
             else:
                 logits = penalize_repetition(logits, seen, params.repetition_penalty)
                 token = sample_token(logits, params.temperature, params.top_k, params.top_p, generator)
-            done = torch.isin(token, stop)
+            done = torch.isin(token, stop) | (row_limit <= i)  # (a prompt that fills the context has no room)
             if rows_done is not None:
                 done |= torch.isin(rows, torch.tensor(list(rows_done()), dtype=torch.long, device=device))
             out: list[int | None] = [None] * len(prompts)
             for row, t, d in zip(rows.tolist(), token.tolist(), done.tolist()):
                 out[row] = None if d else t
             yield out
-            if per_row:
-                done |= row_limit <= i + 1  # these rows have all their tokens
+            done |= row_limit <= i + 1  # these rows have all their tokens
             if bool(done.all()) or i == max_new - 1:
                 return
             if bool(done.any()):  # finished rows leave the batch: every tensor of the rest, and the cache, shrink
                 keep = (~done).nonzero().squeeze(-1)
                 rows, token, seen, positions = rows[keep], token[keep], seen[keep], positions[keep]
+                row_limit = row_limit[keep]
                 if per_row:
-                    params, generators, row_limit = ([params[j] for j in keep.tolist()],
-                                                     [generators[j] for j in keep.tolist()], row_limit[keep])
+                    params, generators = [params[j] for j in keep.tolist()], [generators[j] for j in keep.tolist()]
                 if cache is not None:
                     cache.keep(keep)
                 else:
