@@ -103,7 +103,7 @@ def train_step(state: TrainState, forward, batch: dict[str, torch.Tensor], cfg: 
             opt.step()
         opt.zero_grad(set_to_none=True)
     if state.ema is not None:
-        state.ema.update(state.model)
+        state.ema.update(state.model, state.step)
     return metrics
 
 

@@ -1,4 +1,9 @@
-"""Exponential moving average of the trained parameters (buffers, e.g. the puzzle-embedding table, are live)."""
+"""Exponential moving average of the trained parameters (buffers, e.g. the puzzle-embedding table, are live).
+
+Bias-corrected as Adam's moments are: after t updates the average is sum_i (1 - r) r^(t-i) w_i / (1 - r^t) over the
+trained weights w_1..w_t alone, so an early evaluation does not carry the initial weights (a plain EMA at rate 0.99
+still holds 21% of them after 156 steps). It tends to the official code's plain EMA as r^t -> 0: at its rate
+0.999 the two differ by under 1e-21 of the initial weights after 50k steps."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -13,10 +18,13 @@ class EMA:
         self.shadow = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, step: int) -> None:
+        """Fold in the weights after optimizer step `step` (1 for the first)."""
+        r = self.rate
+        decay = r * (1 - r ** (step - 1)) / (1 - r ** step)  # the bias-corrected average's weight on the last one
         for name, p in model.named_parameters():
             if name in self.shadow:
-                self.shadow[name].lerp_(p.detach(), 1.0 - self.rate)
+                self.shadow[name].lerp_(p.detach(), 1.0 - decay)
 
     @contextmanager
     def applied(self, model: nn.Module):

@@ -356,17 +356,23 @@ def test_puzzle_embedding_is_a_buffer_read_directly_in_eval():
 
 # ---- EMA
 
-def test_ema_update_and_apply():
+def test_ema_is_the_bias_corrected_average_of_the_trained_weights_and_applies_temporarily():
     model = torch.nn.Linear(2, 2)
-    ema = EMA(model, rate=0.9)
-    start = model.weight.detach().clone()
-    with torch.no_grad():
-        model.weight.add_(1.0)
-    ema.update(model)
-    torch.testing.assert_close(ema.shadow["weight"], 0.9 * start + 0.1 * (start + 1))
+    rate = 0.9
+    ema = EMA(model, rate=rate)
+    trained = []
+    for step in range(1, 5):
+        with torch.no_grad():
+            model.weight.add_(float(step))
+        trained.append(model.weight.detach().clone())
+        ema.update(model, step)
+        # Adam's correction of an average that starts at zero: the initial weights have no part in it
+        weights = [(1 - rate) * rate ** (step - i) for i in range(1, step + 1)]
+        expected = sum(w * t for w, t in zip(weights, trained)) / (1 - rate ** step)
+        torch.testing.assert_close(ema.shadow["weight"], expected)
     with ema.applied(model):
         torch.testing.assert_close(model.weight, ema.shadow["weight"])
-    torch.testing.assert_close(model.weight, start + 1)
+    torch.testing.assert_close(model.weight, trained[-1])
 
 
 # ---- causal models and packed rows
