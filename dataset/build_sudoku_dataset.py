@@ -234,7 +234,8 @@ def read_hub_csv(repo: str, split: str) -> PuzzleSet:
     try:
         ds = datasets.load_dataset(repo, data_files={split: filename}, split=split, features=features)
     except Exception as e:  # network, authentication, missing file, bad rows: all end the same way
-        raise fail(f"cannot load {filename} from {repo} ({type(e).__name__}: {e})") from None
+        raise fail(f"cannot load {filename} from {repo} ({type(e).__name__}: {e}); pass local files instead "
+                   "(--train-file/--test-file)") from None
     rows = zip(*(ds[c] for c in PUZZLE_CSV_HEADER))
     return read_csv_rows(f"{repo}/{filename}", enumerate(rows, start=2))  # line 1 is the header
 

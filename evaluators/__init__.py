@@ -2,16 +2,16 @@
 dataset.evaluator names the one a run uses."""
 from __future__ import annotations
 
+import importlib
 from typing import Any, Protocol
 
 import torch
 from omegaconf import DictConfig
 
-from evaluators.arc import ArcEvaluator
-from evaluators.language import LanguageEvaluator
-from evaluators.puzzle import PuzzleEvaluator
-
-EVALUATORS = {"puzzle": PuzzleEvaluator, "arc": ArcEvaluator, "language": LanguageEvaluator}
+# module:class, imported when chosen: `python -m evaluators.arc` (or .chat) runs that module as a script, which an
+# import here would have loaded once already (runpy then warns of unpredictable behaviour)
+EVALUATORS = {"puzzle": "evaluators.puzzle:PuzzleEvaluator", "arc": "evaluators.arc:ArcEvaluator",
+              "language": "evaluators.language:LanguageEvaluator"}
 
 
 class Evaluator(Protocol):
@@ -26,4 +26,5 @@ def make_evaluator(cfg: DictConfig, run_dir: str | None, tokenizer=None, reduce=
     name = cfg.dataset.get("evaluator") or ("language" if tokenizer is not None else "puzzle")
     if name not in EVALUATORS:
         raise ValueError(f"dataset.evaluator: unknown evaluator {name!r}; choose one of {sorted(EVALUATORS)}")
-    return EVALUATORS[name](cfg, run_dir, tokenizer, reduce)
+    module, cls = EVALUATORS[name].split(":")
+    return getattr(importlib.import_module(module), cls)(cfg, run_dir, tokenizer, reduce)

@@ -3,6 +3,8 @@ scripts that build datasets are imported by nothing but their own tests."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 
 from conftest import ROOT
 
@@ -45,3 +47,14 @@ def test_no_test_module_imports_another():
              for node in ast.walk(ast.parse(path.read_text()))
              if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("test_")]
     assert not wrong
+
+
+def test_packages_do_not_load_their_scripts():
+    """`python -m evaluators.arc` imports the package first, then runs arc.py as __main__: a package whose import
+    loaded arc.py (directly or through another module) would load it twice (runpy warns of unpredictable behaviour)."""
+    scripts = [f"{path.parent.name}.{path.stem}" for layer in LAYERS for path in modules(layer)
+               if 'if __name__ == "__main__"' in path.read_text()]
+    packages = sorted({name.split(".")[0] for name in scripts})
+    code = f"import sys, {', '.join(packages)}; print(sorted(set({scripts!r}) & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -220,3 +220,15 @@ def test_small_maze_dataset_trains_and_generate_reads_its_grid(tmp_path):
                             ("#" * 900, "puzzle: this run's maze puzzles have 121 cells (11 lines of 11), got 900")]:
         result = generate("--checkpoint", run, "--puzzle", puzzle)
         assert result.returncode == 1 and result.stderr == f"error: {message}\n", result.stderr
+
+
+def test_unreachable_hub_names_the_local_file_options(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("offline")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--source", "csv", "--output-dir", str(tmp_path / "out")])
+    assert str(exit_.value.code).endswith("pass local files instead (--train-file/--test-file, "
+                                          "dataset.build.train_file/test_file)")

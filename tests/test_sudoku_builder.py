@@ -381,3 +381,14 @@ def test_hub_source_goes_through_datasets(tmp_path, monkeypatch):
         a = load_split(out / split)
         assert np.array_equal(a["inputs"], [np.array(grid(PUZZLE)) + 1])
         assert np.array_equal(a["labels"], [np.array(grid(SOLUTION)) + 1])
+
+
+def test_unreachable_hub_names_the_local_file_options(tmp_path, monkeypatch):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("offline")
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--source", "csv", "--output-dir", str(tmp_path / "out")])
+    assert str(exit_.value.code).endswith("pass local files instead (--train-file/--test-file)")
