@@ -96,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--top-k", "--topk", dest="top_k", type=sampling_option("top_k", int), default=0)
     ap.add_argument("--top-p", "--topp", dest="top_p", type=sampling_option("top_p", float), default=1.0)
     ap.add_argument("--repetition-penalty", type=sampling_option("repetition_penalty", float), default=1.0)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=sampling_option("seed", int), default=0)
     ap.add_argument("--num-samples", type=int, default=1, help="with --prompt or --input-file: N answers per prompt, "
                     "sample i drawn with seed + i (needs --temperature > 0)")
     ap.add_argument("--batch-size", type=int, help="prompts generated together with --input-file (default 8); "

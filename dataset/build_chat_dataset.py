@@ -33,8 +33,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from dataset.chat_formats import BadRecordReport, Conversation, load_records, parse_records  # noqa: E402
 from dataset.common import (  # noqa: E402
-    add_split_arguments, check_splits_not_empty, resolve_train_split, run_build_cli, save_arrays,
-    split_indices, staged_output, token_dtype)
+    add_split_arguments, check_splits_not_empty, drop_training_copies, resolve_train_split, run_build_cli,
+    save_arrays, split_indices, staged_output, token_dtype)
 from utils.files import atomic_write  # noqa: E402
 from utils.tokenizer import ChatTokenizer, make_tokenizer  # noqa: E402
 
@@ -155,6 +155,9 @@ def build(cfg: ChatBuildConfig) -> dict:
     if cfg.valid_file:
         valid_conversations, valid_report = read_conversations(cfg.valid_file, cfg)
         splits["valid"] = [c.turns for c in valid_conversations]
+    copies = drop_training_copies(splits, key=tuple)
+    if copies:
+        print(f"valid: left out {copies} conversations that are also in the training split")
 
     tok = make_tokenizer(cfg.tokenizer, (text for turns in splits["train"] for _, text in turns), cfg.vocab_size)
     encoded = {name: encode_split(tok, turns, cfg) for name, turns in splits.items()}
@@ -169,7 +172,8 @@ def build(cfg: ChatBuildConfig) -> dict:
 
     meta = {"kind": "chat", "vocab_size": tok.vocab_size, "max_length": cfg.max_length, "pad_id": tok.pad_id,
             "eot_id": tok.eot_id, "tokenizer_fingerprint": tok.fingerprint(),
-            "build": {**asdict(cfg), "train_split": train_split}, "bad_records": report.counts, "splits": {}}
+            "build": {**asdict(cfg), "train_split": train_split}, "bad_records": report.counts,
+            "valid_training_copies": copies, "splits": {}}
     if cfg.valid_file:
         meta["valid_bad_records"] = valid_report.counts
     with staged_output(cfg.output_dir) as out:

@@ -37,8 +37,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from dataset.chat_formats import JSON_SUFFIXES, load_records  # noqa: E402
 from dataset.common import (  # noqa: E402
-    add_split_arguments, check_splits_not_empty, resolve_train_split, run_build_cli, save_arrays,
-    split_indices, staged_output, token_dtype)
+    add_split_arguments, check_splits_not_empty, drop_training_copies, resolve_train_split, run_build_cli,
+    save_arrays, split_indices, staged_output, token_dtype)
 from utils.files import atomic_write  # noqa: E402
 from utils.tokenizer import ChatTokenizer, make_tokenizer  # noqa: E402
 
@@ -168,6 +168,9 @@ def build(cfg: TextBuildConfig) -> dict:
         valid_report = Report()
         splits["valid"] = list(read_documents(cfg.valid_file, cfg, valid_report))
         print(f"{sources['valid']}: {valid_report.documents} documents; {valid_report.summary()}")
+    copies = drop_training_copies(splits)
+    if copies:
+        print(f"valid: left out {copies} documents that are also in the training split")
     note = "" if cfg.valid_file else f" ({len(docs)} documents in all, --train-split {train_split})"
     if not cfg.doc_separator:
         note += "; a text file is one document unless --doc-separator (line, blank-line, ...) splits it"
@@ -177,7 +180,8 @@ def build(cfg: TextBuildConfig) -> dict:
     tok = make_tokenizer(cfg.tokenizer, iter(splits["train"]), cfg.vocab_size)
     meta = {"kind": "text", "vocab_size": tok.vocab_size, "pad_id": tok.pad_id, "eot_id": tok.eot_id,
             "tokenizer_fingerprint": tok.fingerprint(), "build": {**asdict(cfg), "train_split": train_split},
-            "bad_records": report.counts, "skipped_files": len(report.skipped_files), "splits": {}}
+            "bad_records": report.counts, "skipped_files": len(report.skipped_files), "valid_training_copies": copies,
+            "splits": {}}
     if cfg.valid_file:
         meta["valid_bad_records"] = valid_report.counts
     with staged_output(cfg.output_dir) as out:

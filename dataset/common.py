@@ -24,7 +24,7 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Hashable, Iterator
 
 import numpy as np
 
@@ -151,6 +151,16 @@ def split_indices(n: int, train_split: float, seed: int, subsample: int | None =
         order = order[:subsample]
     n_train = len(order) if train_split == 1 else min(len(order) - 1, max(1, round(train_split * len(order))))
     return order[:n_train], order[n_train:]
+
+
+def drop_training_copies(splits: dict[str, list], key: Callable[[Any], Hashable] = lambda item: item) -> int:
+    """Remove from splits["valid"] every item equal to a training one (corpora repeat documents, and generated
+    tasks repeat problems): validation would otherwise score memorisation. Returns how many went; the training
+    split is left as it is."""
+    train = {key(item) for item in splits["train"]}
+    valid = splits["valid"]
+    splits["valid"] = [item for item in valid if key(item) not in train]
+    return len(valid) - len(splits["valid"])
 
 
 def check_offsets(name: str, offsets: np.ndarray, length: int, end: int) -> None:

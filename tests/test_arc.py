@@ -1,7 +1,6 @@
 """ARC-AGI: grid encoding, augmentations and their inverses (hand-made and real tasks), the builder's
 splits and metadata, the evaluator's voting / pass@k / submission, and a tiny training run."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

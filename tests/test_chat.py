@@ -72,6 +72,19 @@ def test_validation_conversations_from_their_own_file(tmp_path):
                     "--train-split", "0.9"])
 
 
+def test_no_validation_conversation_is_a_copy_of_a_training_one(tmp_path):
+    """Generated tasks repeat problems: a copy in the validation split would score memorisation."""
+    records = [{"conversations": [{"from": "human", "value": f"{a}+{a}?"}, {"from": "gpt", "value": str(2 * a)}]}
+               for a in [1, 2] * 5 + [3, 4, 5, 6]]
+    out, meta = build_tiny(tmp_path, records, train_split=0.5, max_length=64)
+    tok = ChatTokenizer.load(str(out / "tokenizer"))
+    texts = {split: [tok.decode(conversation(out, split, i)[0]) for i in range(meta["splits"][split]["samples"])]
+             for split in ("train", "valid")}
+    assert texts["valid"] and not set(texts["valid"]) & set(texts["train"])
+    assert len(texts["train"]) == len(records) // 2  # the training split keeps its repeats
+    assert meta["valid_training_copies"] == len(records) - len(texts["train"]) - len(texts["valid"]) > 0
+
+
 def test_a_split_left_without_samples_fails(tmp_path):
     with pytest.raises(ValueError, match=r"chat.json: the train split has no samples \(1 conversations in all"):
         build_tiny(tmp_path, CONVERSATIONS[1:2], train_split=0.95)  # one conversation: it goes to validation

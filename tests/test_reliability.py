@@ -15,13 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (CONVERSATIONS, FLOAT32, ROOT, TINY, TINY_LM, build_tiny, compose, compose_chat, run_cli,
+from conftest import (FLOAT32, ROOT, TINY, TINY_LM, build_tiny, compose, compose_chat, run_cli,
                       tiny_cfg, with_puzzle_ids, write_records)
 from models.losses import ACTLossHead
 from pretrain import start_run, train, train_step
 from utils.checkpoint import load_checkpoint, load_trained_model, save_checkpoint
 from utils.distributed import init_distributed
-from utils.files import WriteError
 from utils.nonfinite import NonFiniteTraining
 from utils.run import resume_config
 
@@ -370,7 +369,9 @@ def snapshot(out: Path) -> dict[str, bytes]:
                                            ("sudoku", 13), ("chat", 1), pytest.param("chat", 4, marks=pytest.mark.slow),
                                            ("chat", 7)])
 def test_a_killed_rebuild_leaves_the_previous_dataset_whole(tmp_path, kind, kill_at):
-    records = write_records(tmp_path / "records", CONVERSATIONS[:2] * 3)
+    records = write_records(tmp_path / "records", [{"conversations": [{"from": "human", "value": f"question {i}"},
+                                                                       {"from": "gpt", "value": f"answer {i}"}]}
+                                                    for i in range(6)])
     out = tmp_path / "data"
     assert build_in_process(kind, out, seed=0, kill_at=0, records=records) == 0
     before = snapshot(out)
@@ -483,6 +484,7 @@ def test_a_failed_write_removes_its_temporary_file(tmp_path):
     ("--top-k", "-3", "top_k must be a whole number >= 0"),
     ("--max-new-tokens", "0", "max_new_tokens must be a whole number >= 1"),
     ("--repetition-penalty", "0", "repetition_penalty must be a number > 0"),
+    ("--seed", str(2 ** 64), r"seed must be a whole number in \[-2\^63, 2\^63\)"),
 ])
 def test_generate_refuses_bad_sampling_options(capsys, option, value, rule):
     from generate import parse_args

@@ -95,6 +95,27 @@ def test_validation_documents_from_their_own_file(tmp_path):
                                    valid_file=[str(raw / "bad.jsonl")]))
 
 
+def test_no_validation_document_is_a_copy_of_a_training_one(tmp_path):
+    """Corpora repeat documents: a copy in the validation split would score memorisation."""
+    lines = tmp_path / "corpus.txt"
+    docs = STORIES[:2] * 6 + STORIES[2:]  # the first two stories 6 times each
+    lines.write_text("\n".join(docs) + "\n")
+    meta = build_text(TextBuildConfig(input=[str(lines)], output_dir=str(tmp_path / "built"), doc_separator="line",
+                                      train_split=0.5, seed=0))
+    tok = ChatTokenizer.load(str(tmp_path / "built" / "tokenizer"))
+    train, valid = split_docs(tmp_path / "built", "train", tok), split_docs(tmp_path / "built", "valid", tok)
+    assert valid and not set(valid) & set(train)
+    assert len(train) == len(docs) // 2  # the training split keeps its repeats
+    assert meta["valid_training_copies"] == len(docs) - len(train) - len(valid) > 0
+    assert meta["splits"]["valid"]["documents"] == len(valid)
+    # the same for a validation file of its own
+    (tmp_path / "valid.txt").write_text(STORIES[0] + "\nA story of its own.\n")
+    meta = build_text(TextBuildConfig(input=[str(lines)], valid_file=[str(tmp_path / "valid.txt")],
+                                      output_dir=str(tmp_path / "built2"), doc_separator="line"))
+    assert split_docs(tmp_path / "built2", "valid", tok) == ["A story of its own."]
+    assert meta["valid_training_copies"] == 1
+
+
 @pytest.mark.parametrize("seq_len", [1, 7, 64])
 def test_rows_cover_the_stream_once(tmp_path, seq_len):
     out, _, _ = build_corpus(tmp_path)

@@ -2,7 +2,6 @@
 checkpoint_keep_last in a real run, and the checks on these options."""
 import copy
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -48,6 +48,8 @@ SAMPLING_RULES = {
     "top_p": (lambda v: 0 < v <= 1, "a number in (0, 1] (1 = off)"),
     "repetition_penalty": (lambda v: math.isfinite(v) and v > 0, "a number > 0 (1 = off)"),
     "max_new_tokens": (lambda v: v >= 1, "a whole number >= 1"),
+    # what a torch.Generator takes, with room for the per-sample offsets (seed + i)
+    "seed": (lambda v: -2 ** 63 <= v < 2 ** 63, "a whole number in [-2^63, 2^63)"),
 }
 
 
