@@ -31,6 +31,7 @@ from tqdm import tqdm
 from dataset.loaders import open_data
 from dataset.mixture import plateau_value
 from evaluators import Evaluator, make_evaluator
+from models.ema import auto_ema_rate
 from models.sparse_embedding import SignSGD
 from models.trm import Carry
 from utils.checkpoint import RunCheckpoints
@@ -98,12 +99,13 @@ def train_step(state: TrainState, forward, batch: dict[str, torch.Tensor], cfg: 
         state.scaler.step(opt)  # float16: skipped when a gradient overflowed (inf or NaN)
     # ... and then the loss scale is lowered
     state.scaler.update(loss_scale * state.scaler.get_backoff_factor() if overflow else None)
+    skipped = state.scaler.get_scale() < loss_scale  # float16: the scaler skipped this step (an overflow)
     for opt in state.optimizers:
-        if isinstance(opt, SignSGD) and state.scaler.get_scale() >= loss_scale:  # sign-SGD skips the same steps
+        if isinstance(opt, SignSGD) and not skipped:  # sign-SGD skips the same steps
             opt.step()
         opt.zero_grad(set_to_none=True)
-    if state.ema is not None:
-        state.ema.update(state.model, state.step)
+    if state.ema is not None and not skipped:  # (the weights did not move)
+        state.ema.update(state.model)
     return metrics
 
 
@@ -145,13 +147,15 @@ def start_run(cfg: DictConfig, d: Dist, device: torch.device, run_dir: str | Non
     refuse_existing_run(cfg, run_dir)  # before any long work
     torch.manual_seed(cfg.seed)  # weights and the ACT exploration draws: the same on every rank
     train_data, test_data = open_data(cfg, d.rank, d.world_size)
-    state, model_config = start_state(cfg, device, train_data, d)
     steps_per_epoch = train_data.examples_per_epoch / cfg.global_batch_size
     total_steps = max(1, int(cfg.epochs * steps_per_epoch))
     # evaluate after every eval_interval epochs (the last one at the end), skipping the first min_eval_interval
     n_evals = max(1, int(cfg.epochs // cfg.eval_interval))
     eval_steps = {max(1, round(k * total_steps / n_evals)) for k in range(cfg.min_eval_interval + 1, n_evals + 1)}
     stop = min(total_steps, cfg.max_steps or total_steps)
+    if cfg.ema_rate == "auto":  # recorded in the run's config, as the device policy's choices below
+        cfg.ema_rate = auto_ema_rate(stop)
+    state, model_config = start_state(cfg, device, train_data, d)
     # the device policy's choices (auto -> the measured rule in utils/device.py), recorded in the run's config
     use_compile, compile_note = resolve_compile(cfg.compile, device, stop)
     cfg.arch.forward_dtype, cfg.compile = model_config["forward_dtype"], use_compile

@@ -12,16 +12,24 @@ import torch
 from torch import nn
 
 
+def auto_ema_rate(steps: int) -> float:
+    """`ema_rate=auto`: an averaging window (1 / (1 - rate) steps) of 2% of the run, within the paper's 0.999 (runs
+    of 50k steps and more, as all of its recipes) and 0.99 (runs of 5k steps and fewer, e.g. the default job)."""
+    return min(0.999, max(0.99, 1 - 50 / steps))
+
+
 class EMA:
     def __init__(self, model: nn.Module, rate: float = 0.999):
         self.rate = rate
+        self.updates = 0  # weights folded in so far (checkpoints keep it beside the shadow)
         self.shadow = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
     @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
-        """Fold in the weights after optimizer step `step` (1 for the first)."""
-        r = self.rate
-        decay = r * (1 - r ** (step - 1)) / (1 - r ** step)  # the bias-corrected average's weight on the last one
+    def update(self, model: nn.Module) -> None:
+        """Fold in the weights after an optimizer step that changed them."""
+        self.updates += 1
+        r, t = self.rate, self.updates
+        decay = r * (1 - r ** (t - 1)) / (1 - r ** t)  # the average so far keeps this; the new weights the rest
         for name, p in model.named_parameters():
             if name in self.shadow:
                 self.shadow[name].lerp_(p.detach(), 1.0 - decay)

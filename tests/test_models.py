@@ -365,7 +365,7 @@ def test_ema_is_the_bias_corrected_average_of_the_trained_weights_and_applies_te
         with torch.no_grad():
             model.weight.add_(float(step))
         trained.append(model.weight.detach().clone())
-        ema.update(model, step)
+        ema.update(model)
         # Adam's correction of an average that starts at zero: the initial weights have no part in it
         weights = [(1 - rate) * rate ** (step - i) for i in range(1, step + 1)]
         expected = sum(w * t for w, t in zip(weights, trained)) / (1 - rate ** step)

@@ -1,7 +1,6 @@
 """End-to-end training: the loss falls, evaluation reports per-step accuracy, resume is exact, bad input fails clearly."""
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -194,14 +193,18 @@ def test_a_run_with_two_test_datasets_reports_their_total_and_each_and_picks_its
     """data_paths_test with two datasets: the metrics of each (prefixed by its set) and of both together
     (unprefixed, count-weighted), so that checkpoint_best_metric=auto finds exact_accuracy. (It found no metric
     and the run stopped at its first evaluation.)"""
-    other = tmp_path / "other"
-    shutil.copytree(sudoku_dir, other)  # the same 16 test puzzles under another name
+    from dataset.build_sudoku_dataset import SudokuBuildConfig, build
+
+    other = tmp_path / "other"  # 8 other test puzzles: the total weighs each set by its count
+    build(SudokuBuildConfig(output_dir=str(other), num_train=8, num_test=8, min_clues=45, max_clues=50, num_aug=2,
+                            seed=1, quiet=True))
     results = train(tiny_cfg(sudoku_dir, tmp_path, "max_steps=2", "run_name=two",
                              f"data_paths_test=[{sudoku_dir},{other}]"))
     sets = sorted({k.removeprefix("test/").rsplit("/", 1)[0] for k in results if k.count("/") > 1})
-    assert len(sets) == 2 and results["test/count"] == sum(results[f"test/{s}/count"] for s in sets) == 32
+    assert len(sets) == 2 and sorted(results[f"test/{s}/count"] for s in sets) == [8, 16]
+    assert results["test/count"] == 24 and results[f"test/{sets[0]}/accuracy"] != results[f"test/{sets[1]}/accuracy"]
     for metric in ("exact_accuracy", "accuracy", "exact_accuracy@step3", "halt_step"):
-        both = sum(results[f"test/{s}/{metric}"] * results[f"test/{s}/count"] for s in sets) / 32
+        both = sum(results[f"test/{s}/{metric}"] * results[f"test/{s}/count"] for s in sets) / 24
         assert results[f"test/{metric}"] == pytest.approx(both)
     assert json.loads((tmp_path / "Sudoku-tiny-ACT-torch" / "two" / "best.json").read_text())["metric"] == \
         "test/exact_accuracy"
@@ -226,3 +229,16 @@ def test_init_from_a_run_with_an_ema_starts_from_the_ema_weights(sudoku_dir, tmp
     assert torch.equal(run.state.model.state_dict()["model.inner.puzzle_emb.weights"],
                        saved["model"]["model.inner.puzzle_emb.weights"])  # buffers: the live ones
     run.logger.finish()
+
+
+def test_ema_rate_auto_follows_the_run_length_and_is_recorded(sudoku_dir, tmp_path):
+    """auto: the paper's 0.999 for its recipes' lengths (~65k steps on Sudoku), 0.99 for short runs such as the
+    default job; the run's config records the number, so a resume keeps it."""
+    from models.ema import auto_ema_rate
+
+    paper = compose("+experiment=sudoku_extreme_mlp", "ema_rate=auto")
+    steps = paper.epochs * 1000 / paper.global_batch_size  # 1,000 puzzle groups of one augmented example each
+    assert auto_ema_rate(int(steps)) == 0.999 and auto_ema_rate(781) == 0.99 and auto_ema_rate(10_000) == 0.995
+    assert compose().ema_rate == "auto"
+    train(tiny_cfg(sudoku_dir, tmp_path, "max_steps=2", "ema=true", "run_name=a", "eval_at_end=false"))
+    assert final_state(tmp_path / "Sudoku-tiny-ACT-torch" / "a")["config"]["ema_rate"] == 0.99

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from conftest import compose, tiny_cfg
 from models import build_model
+from models.ema import EMA
 from pretrain import train, train_step
 from utils.checkpoint import find_checkpoint, load_checkpoint
 from utils.run import resume_config
@@ -148,7 +149,8 @@ def test_a_loss_scaler_overflow_in_the_puzzle_embedding_gradient_lowers_the_scal
     model = build_model(arch, batch_size=B)
     optimizers, lrs = build_optimizers(model, {"name": "adamw"}, 1e-2, 0.1, 0.9, 0.95, 1e-2, 0.1)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
-    state = TrainState(model, optimizers, lrs, None, scaler)
+    ema = EMA(model, rate=0.9)
+    state = TrainState(model, optimizers, lrs, ema, scaler)
     batch = tiny_batch() | {"puzzle_identifiers": torch.tensor([1, 2, 1, 2], dtype=torch.int32)}
     cfg = OmegaConf.create({"grad_accum_steps": 1, "global_batch_size": B})
     before = copy.deepcopy(model.state_dict())
@@ -162,3 +164,5 @@ def test_a_loss_scaler_overflow_in_the_puzzle_embedding_gradient_lowers_the_scal
     after = model.state_dict()
     for name in ("model.inner.lm_head.weight", "model.inner.puzzle_emb.weights"):
         assert not torch.equal(before[name], after[name]) and torch.isfinite(after[name]).all()
+    assert ema.updates == 1  # the skipped step folded nothing in: the average is of step 2's weights alone
+    assert all(torch.equal(v, after[k]) for k, v in ema.state_dict().items())

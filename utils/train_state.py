@@ -107,6 +107,7 @@ def checkpoint_state(state: TrainState, train_data, cfg: DictConfig, model_confi
     return {
         "model": state.model.state_dict(),
         "ema": state.ema.state_dict() if state.ema else None,
+        "ema_updates": state.ema.updates if state.ema else None,
         "scaler": state.scaler.state_dict() if state.scaler.is_enabled() else None,
         "optimizers": [o.state_dict() for o in state.optimizers],
         "step": state.step,
@@ -132,6 +133,7 @@ def restore(state: TrainState, train_data, ckpt: dict[str, Any], device: torch.d
         if not ckpt.get("ema"):
             raise ValueError("resume: ema=true but the checkpoint has no EMA weights")
         state.ema.load_state_dict(ckpt["ema"])
+        state.ema.updates = int(ckpt.get("ema_updates") or ckpt["step"])  # (checkpoints before it: one per step)
     if state.scaler.is_enabled() and ckpt.get("scaler"):
         state.scaler.load_state_dict(ckpt["scaler"])
     state.step = int(ckpt["step"])
