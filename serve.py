@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
 from utils.checkpoint import run_steps
-from utils.sampling import SamplingParams, context_length, fit_conversation, prompt_ids, stream_tokens
+from utils.sampling import SEEDS, SamplingParams, context_length, fit_conversation, prompt_ids, room, stream_tokens
 
 PAGE = Path(__file__).resolve().parent / "static" / "chat.html"
 MAX_BODY_BYTES = 1 << 20  # a request body above this is refused (413)
@@ -86,7 +86,7 @@ class Sampling(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    seed: int | None = Field(None, ge=-2 ** 63, le=2 ** 64 - MAX_CHOICES)  # what a torch.Generator takes (+ n - 1)
+    seed: int | None = Field(None, ge=SEEDS[0], le=SEEDS[1])
     stop: str | list[str] | None = None
     n: int = Field(1, ge=1, le=MAX_CHOICES)
     stream: bool = False
@@ -240,8 +240,8 @@ class Batcher:
                     if row.finished or row.cancelled:
                         continue
                     if token is None:  # a stop token, or all its tokens while others of the batch go on
-                        room = min(row.params.max_new_tokens, context_length(model) - len(row.prompt))
-                        row.finish("length" if len(row.tokens) >= room else "stop")
+                        limit = room(row.params.max_new_tokens, len(row.prompt), context_length(model))
+                        row.finish("length" if len(row.tokens) >= limit else "stop")
                     else:
                         row.add(token)
         except Exception as e:  # noqa: BLE001  (a failed batch answers its requests; the thread goes on)

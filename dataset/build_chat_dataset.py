@@ -167,6 +167,8 @@ def build(cfg: ChatBuildConfig) -> dict:
               f"{stats.tokens} tokens ({share:.1%} trained); {stats.truncated} truncated, {stats.split} split, "
               f"{stats.cut_mid_turn} cut mid-turn, {stats.dropped_untrained} without trained tokens")
     note = "" if cfg.valid_file else f" ({len(conversations)} conversations in all, --train-split {train_split})"
+    if copies:
+        note += f"; {copies} validation conversations left out as copies of training ones"
     check_splits_not_empty({name: len(samples) for name, (samples, _) in encoded.items()}, "samples", sources,
                            validates=bool(cfg.valid_file) or train_split < 1, note=note)
 

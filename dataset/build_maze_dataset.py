@@ -70,8 +70,9 @@ def download_csv(repo: str, split: str) -> str:
         from huggingface_hub import hf_hub_download  # imported lazily: only this path needs it (and the network)
         return hf_hub_download(repo, f"{split}.csv", repo_type="dataset")
     except Exception as e:  # missing package, network, authentication, missing file: all end the same way
-        raise ValueError(f"cannot download {split}.csv from {repo} ({type(e).__name__}: {e}); "
-                         "pass local files instead (--train-file/--test-file, dataset.build.train_file/test_file)") from None
+        raise ValueError(f"cannot download {split}.csv from {repo} ({type(e).__name__}: {e}); pass local files "
+                         "instead (--train-file/--test-file; in pretrain.py +experiment=maze_hard "
+                         "dataset.build.train_file/test_file)") from None
 
 
 def write_csv(path: Path, questions: list[str], answers: list[str], source: str = "generated") -> None:

@@ -172,6 +172,8 @@ def build(cfg: TextBuildConfig) -> dict:
     if copies:
         print(f"valid: left out {copies} documents that are also in the training split")
     note = "" if cfg.valid_file else f" ({len(docs)} documents in all, --train-split {train_split})"
+    if copies:
+        note += f"; {copies} validation documents left out as copies of training ones"
     if not cfg.doc_separator:
         note += "; a text file is one document unless --doc-separator (line, blank-line, ...) splits it"
     check_splits_not_empty({k: len(v) for k, v in splits.items()}, "documents", sources,

@@ -39,10 +39,12 @@ class EpochStream:
     def load_state_dict(self, state: dict[str, int]) -> None:
         """A position in a pass over items of another number (the data were rebuilt) is refused: it would read
         other data (or past the end). Checkpoints saved before the size was: their position is checked."""
-        size = int(state.get("size", self.size))
-        if size != self.size or not 0 <= int(state["position"]) <= self.size:
-            raise ValueError(f"resume: the checkpoint's data position is in a pass over {size} items; this data has "
-                             f"{self.size} (was it rebuilt or changed since the run started?)")
+        size, position = int(state.get("size", self.size)), int(state["position"])
+        if size != self.size or not 0 <= position <= self.size:
+            where = (f"in a pass over {size} items; this data has {self.size}" if size != self.size else
+                     f"{position}, past this data's {self.size} items")
+            raise ValueError(f"resume: the checkpoint's data position is {where} (was it rebuilt or changed since "
+                             "the run started?)")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 

@@ -230,5 +230,5 @@ def test_unreachable_hub_names_the_local_file_options(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     with pytest.raises(SystemExit) as exit_:
         main(["--source", "csv", "--output-dir", str(tmp_path / "out")])
-    assert str(exit_.value.code).endswith("pass local files instead (--train-file/--test-file, "
-                                          "dataset.build.train_file/test_file)")
+    assert str(exit_.value.code).endswith("pass local files instead (--train-file/--test-file; in pretrain.py "
+                                          "+experiment=maze_hard dataset.build.train_file/test_file)")

@@ -102,6 +102,8 @@ def test_resume_into_a_training_set_of_another_size_is_a_clear_error(multi_examp
     resumed = PuzzleDataset([path], "train", 4, seed=3)
     resumed.load_state_dict(state)
     resumed.load_state_dict({"epoch": 0, "position": 2})  # a checkpoint from before the size was saved
+    with pytest.raises(ValueError, match="data position is 9, past this data's 5 items"):
+        resumed.load_state_dict({"epoch": 0, "position": 9})
 
 
 def test_ranks_split_the_global_batch(multi_example_dir):

@@ -114,6 +114,10 @@ def test_no_validation_document_is_a_copy_of_a_training_one(tmp_path):
                                       output_dir=str(tmp_path / "built2"), doc_separator="line"))
     assert split_docs(tmp_path / "built2", "valid", tok) == ["A story of its own."]
     assert meta["valid_training_copies"] == 1
+    (tmp_path / "valid.txt").write_text(STORIES[0] + "\n")  # nothing left to validate on: said why
+    with pytest.raises(ValueError, match="the valid split has no documents; 1 validation documents left out as copies"):
+        build_text(TextBuildConfig(input=[str(lines)], valid_file=[str(tmp_path / "valid.txt")],
+                                   output_dir=str(tmp_path / "built3"), doc_separator="line"))
 
 
 @pytest.mark.parametrize("seq_len", [1, 7, 64])

@@ -41,6 +41,8 @@ class SamplingParams:
     seed: int = 0
 
 
+SEEDS = (-2 ** 63, 2 ** 63 - 1)  # the seeds accepted (generate.py, serve.py)
+
 # field -> (the test a value passes, the rule as said to a user); generate.py's options and chat commands use them
 SAMPLING_RULES = {
     "temperature": (lambda v: math.isfinite(v) and v >= 0, "a number >= 0 (0 = greedy)"),
@@ -49,7 +51,7 @@ SAMPLING_RULES = {
     "repetition_penalty": (lambda v: math.isfinite(v) and v > 0, "a number > 0 (1 = off)"),
     "max_new_tokens": (lambda v: v >= 1, "a whole number >= 1"),
     # what a torch.Generator takes, with room for the per-sample offsets (seed + i)
-    "seed": (lambda v: -2 ** 63 <= v < 2 ** 63, "a whole number in [-2^63, 2^63)"),
+    "seed": (lambda v: SEEDS[0] <= v <= SEEDS[1], "a whole number in [-2^63, 2^63)"),
 }
 
 
@@ -92,6 +94,11 @@ def context_length(model: ACTLossHead) -> int:
     return model.config.seq_len
 
 
+def room(max_new_tokens: int, prompt_length: int, context: int) -> int:
+    """How many tokens a prompt may get: its max_new_tokens, or what the context holds after it."""
+    return min(max_new_tokens, context - prompt_length)
+
+
 @torch.no_grad()
 def stream_tokens(model: ACTLossHead, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
                   stop_ids: set[int], use_cache: bool = True, rows_done: Callable[[], Iterable[int]] | None = None,
@@ -124,7 +131,7 @@ def stream_tokens(model: ACTLossHead, prompts: list[list[int]], params: Sampling
     per_row = isinstance(params, list)
     limits = [p.max_new_tokens for p in params] if per_row else [params.max_new_tokens] * len(prompts)
     # each prompt's own room in the context: a longer prompt in the batch does not shorten its answer
-    limits = [min(limit, context - len(prompt)) for limit, prompt in zip(limits, prompts)]
+    limits = [room(limit, len(prompt), context) for limit, prompt in zip(limits, prompts)]
     max_new = max(limits)
     if max_new <= 0:
         return
