@@ -107,7 +107,8 @@ CHAT_TASKS = ["dataset=tasks", "dataset.stages=[{name: levels1-2, difficulty: 2}
               "dataset.probes=[data/tasks/probes/chat/level1,data/tasks/probes/chat/level2]", f"max_steps={CHAT_STEPS}"]
 CHAT_STORIES = ["dataset=text", f"data_paths=[{STORIES}]", "dataset.eval_prompts=[]", f"max_steps={PRETRAIN_STEPS}"]
 # defaults the page's runs were trained with that have changed since (the default job now keeps an EMA): a run
-# gets them unless its own overrides set the key, so its recorded overrides still train it the same way
+# gets them unless its own overrides set the key, so its recorded overrides still train it the same way (the ema
+# ablation, which sets its own, was retrained when the EMA became bias-corrected)
 PAGE_DEFAULTS = ["ema=false"]
 
 

@@ -131,7 +131,7 @@ def restore(state: TrainState, train_data, ckpt: dict[str, Any], device: torch.d
         opt.load_state_dict(opt_state)
     if state.ema is not None:
         if not ckpt.get("ema"):
-            raise ValueError("resume: ema=true but the checkpoint has no EMA weights")
+            raise ValueError("resume: ema=true but the checkpoint has no EMA weights (resume it with ema=false)")
         state.ema.load_state_dict(ckpt["ema"])
         state.ema.updates = int(ckpt.get("ema_updates") or ckpt["step"])  # (checkpoints before it: one per step)
     if state.scaler.is_enabled() and ckpt.get("scaler"):
