@@ -160,6 +160,16 @@ def generate(*args: str, stdin: str | None = None) -> subprocess.CompletedProces
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
+def offline_build_error(monkeypatch, module, function: str, main, out: Path) -> str:
+    """The error a builder's `main` exits with for `--source csv` when `module.function` (its hub download) fails."""
+    def offline(*args, **kwargs):
+        raise ConnectionError("offline")
+    monkeypatch.setattr(module, function, offline)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--source", "csv", "--output-dir", str(out)])
+    return str(exit_.value.code)
+
+
 def shared_path(*parts: str) -> Path | None:
     """A path in the project's reference material (../shared beside the clone, or /work/shared), when this
     machine has it."""

@@ -7,7 +7,7 @@ from collections import deque
 import numpy as np
 import pytest
 
-from conftest import FLOAT32, TINY, compose, generate
+from conftest import FLOAT32, TINY, compose, generate, offline_build_error
 from dataset.build_maze_dataset import MazeBuildConfig, build, main, read_csv_file, write_csv
 from pretrain import train
 from tasks.common import inverse_dihedral
@@ -225,10 +225,6 @@ def test_small_maze_dataset_trains_and_generate_reads_its_grid(tmp_path):
 def test_unreachable_hub_names_the_local_file_options(tmp_path, monkeypatch):
     import huggingface_hub
 
-    def offline(*args, **kwargs):
-        raise ConnectionError("offline")
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
-    with pytest.raises(SystemExit) as exit_:
-        main(["--source", "csv", "--output-dir", str(tmp_path / "out")])
-    assert str(exit_.value.code).endswith("pass local files instead (--train-file/--test-file; in pretrain.py "
-                                          "+experiment=maze_hard dataset.build.train_file/test_file)")
+    error = offline_build_error(monkeypatch, huggingface_hub, "hf_hub_download", main, tmp_path / "out")
+    assert error.endswith("pass local files instead (--train-file/--test-file; in pretrain.py "
+                          "+experiment=maze_hard dataset.build.train_file/test_file)")

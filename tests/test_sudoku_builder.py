@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import offline_build_error
 from dataset.build_sudoku_dataset import SudokuBuildConfig, build, generate_set, main
 from dataset.common import PuzzleDatasetMetadata, load_metadata, save_split
 from tasks.sudoku import augment, find_conflict, is_valid_solution, rate, solve
@@ -386,9 +387,5 @@ def test_hub_source_goes_through_datasets(tmp_path, monkeypatch):
 def test_unreachable_hub_names_the_local_file_options(tmp_path, monkeypatch):
     import datasets
 
-    def offline(*args, **kwargs):
-        raise ConnectionError("offline")
-    monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(SystemExit) as exit_:
-        main(["--source", "csv", "--output-dir", str(tmp_path / "out")])
-    assert str(exit_.value.code).endswith("pass local files instead (--train-file/--test-file)")
+    error = offline_build_error(monkeypatch, datasets, "load_dataset", main, tmp_path / "out")
+    assert error.endswith("pass local files instead (--train-file/--test-file)")
