@@ -133,7 +133,8 @@ def restore(state: TrainState, train_data, ckpt: dict[str, Any], device: torch.d
         if not ckpt.get("ema"):
             raise ValueError("resume: ema=true but the checkpoint has no EMA weights (resume it with ema=false)")
         state.ema.load_state_dict(ckpt["ema"])
-        state.ema.updates = int(ckpt.get("ema_updates") or ckpt["step"])  # (checkpoints before it: one per step)
+        updates = ckpt.get("ema_updates")
+        state.ema.updates = int(ckpt["step"] if updates is None else updates)  # (checkpoints before it: one per step)
     if state.scaler.is_enabled() and ckpt.get("scaler"):
         state.scaler.load_state_dict(ckpt["scaler"])
     state.step = int(ckpt["step"])
