@@ -38,8 +38,8 @@ from utils.checkpoint import RunCheckpoints
 from utils.config_check import check_config
 from utils.curriculum import Curriculum
 from utils.device import describe_policy, resolve_compile
-from utils.distributed import (Dist, all_reduce_sum, init_distributed, leave_together, reduce_sums, shutdown,
-                               sum_gradients)
+from utils.distributed import (Dist, all_reduce_sum, broadcast_object, init_distributed, leave_together,
+                               reduce_sums, shutdown, sum_gradients)
 from utils.files import WriteError
 from utils.logger import RunLogger
 from utils.nonfinite import BadSteps, all_finite, discard_gradients
@@ -259,6 +259,11 @@ def train_loop(run: Run) -> tuple[dict[str, float], dict[str, float]]:
         if run.d.is_main:
             print(f"curriculum stage {run.curriculum.index} ({run.curriculum.stage.name}) from step {run.curriculum.start}")
     results, logged, sums = {}, {}, {}
+    at_end = state.step == run.stop
+    if cfg.resume and (state.step in run.eval_steps or (at_end and cfg.eval_at_end)) and \
+            not broadcast_object(run.logger.logged(state.step, "test/")):
+        # resumed from a checkpoint whose evaluation did not finish (it is saved first): evaluate it now
+        results = checkpoint_and_evaluate(run, at_end, evaluating=True)
     logged_at, logged_time = state.step, time.perf_counter()
     batches = iter(run.train_data)
     state.model.train()
@@ -282,29 +287,33 @@ def train_loop(run: Run) -> tuple[dict[str, float], dict[str, float]]:
                 next_stage(run, run.curriculum.after_step(state.step))
             at_end = state.step == run.stop
             evaluating = state.step in run.eval_steps or (at_end and cfg.eval_at_end)
-            if not (at_end or evaluating):
-                continue
-            # saved before evaluating, so a failing evaluation loses no training; without checkpoint_every_eval an
-            # evaluation's file stays only as the new best (or the final one)
-            file = save_run_checkpoint(run.state, run.train_data, cfg, run.model_config, run.run_dir, run.device,
-                                       run.d.is_main)
-            best = False
-            if evaluating:
+            if at_end or evaluating:
                 eval_started = time.perf_counter()
-                results = run_evaluation(run)
+                results = checkpoint_and_evaluate(run, at_end, evaluating) or results
                 logged_time += time.perf_counter() - eval_started  # throughput counts training time only
-                best = run.checkpoints.improved(results)  # (every rank)
-                if run.curriculum is not None or run.state.evaluator is not None:
-                    # the evaluation moved training state (the curriculum, pooled votes): the checkpoint follows it
-                    save_run_checkpoint(run.state, run.train_data, cfg, run.model_config, run.run_dir, run.device,
-                                        run.d.is_main)
-            if run.d.is_main:
-                if at_end or cfg.checkpoint_every_eval or best:
-                    run.checkpoints.saved(file, best, final=at_end)
-                else:
-                    os.remove(file)
     run.logger.finish()
     return results, logged
+
+
+def checkpoint_and_evaluate(run: Run, at_end: bool, evaluating: bool) -> dict[str, float] | None:
+    """Save this step's checkpoint, then evaluate when due (saved before, so a failing evaluation loses no
+    training); without checkpoint_every_eval an evaluation's file stays only as the new best (or the final one).
+    Returns the evaluation's metrics (None: none was due)."""
+    cfg, state = run.cfg, run.state
+    file = save_run_checkpoint(state, run.train_data, cfg, run.model_config, run.run_dir, run.device, run.d.is_main)
+    results, best = None, False
+    if evaluating:
+        results = run_evaluation(run)
+        best = run.checkpoints.improved(results)  # (every rank)
+        if run.curriculum is not None or state.evaluator is not None:
+            # the evaluation moved training state (the curriculum, pooled votes): the checkpoint follows it
+            save_run_checkpoint(state, run.train_data, cfg, run.model_config, run.run_dir, run.device, run.d.is_main)
+    if run.d.is_main:
+        if at_end or cfg.checkpoint_every_eval or best:
+            run.checkpoints.saved(file, best, final=at_end)
+        else:
+            os.remove(file)
+    return results
 
 
 def train(cfg: DictConfig, run_dir: str | None = None) -> dict[str, float]:

@@ -19,7 +19,7 @@ from conftest import (FLOAT32, ROOT, TINY, TINY_LM, build_tiny, compose, compose
                       tiny_cfg, with_puzzle_ids, write_records)
 from models.losses import ACTLossHead
 from pretrain import start_run, train, train_step
-from utils.checkpoint import load_checkpoint, load_trained_model, save_checkpoint
+from utils.checkpoint import find_checkpoint, load_checkpoint, load_trained_model, save_checkpoint
 from utils.distributed import init_distributed
 from utils.nonfinite import NonFiniteTraining
 from utils.run import resume_config
@@ -218,15 +218,32 @@ def test_a_checkpoint_is_never_written_with_non_finite_weights(sudoku_dir, tmp_p
         train(tiny_cfg(sudoku_dir, tmp_path, "run_name=from_nan", f"init_from={tmp_path / 'old'}", "max_steps=2"))
 
 
-def test_the_checkpoint_is_saved_before_evaluating(sudoku_dir, tmp_path, monkeypatch):
+def test_the_checkpoint_is_saved_before_evaluating_and_a_resume_runs_the_evaluation(sudoku_dir, tmp_path,
+                                                                                     monkeypatch):
     from evaluators.puzzle import PuzzleEvaluator
+
+    working = PuzzleEvaluator.evaluate
 
     def broken(*args, **kwargs):
         raise ValueError("the evaluation failed")
     monkeypatch.setattr(PuzzleEvaluator, "evaluate", broken)
     with pytest.raises(ValueError, match="the evaluation failed"):
         train(tiny_cfg(sudoku_dir, tmp_path, "max_steps=3", "run_name=r"))
-    assert load_checkpoint(str(tmp_path / PROJECT / "r" / "step_3.pt"))["step"] == 3
+    run_dir = tmp_path / PROJECT / "r"
+    assert load_checkpoint(str(run_dir / "step_3.pt"))["step"] == 3
+    # resumed from that checkpoint (the run's last step), the evaluation it missed runs, once; the final one is kept
+    monkeypatch.setattr(PuzzleEvaluator, "evaluate", working)
+    overrides = [f"resume={run_dir}"]
+    results = train(resume_config(compose(*overrides), overrides))
+    assert results["test/count"] > 0
+    evaluated = lambda: [r["step"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())  # noqa: E731
+                         if "test/exact_accuracy" in r]
+    assert evaluated() == [3]
+    assert find_checkpoint(str(run_dir / "final")).endswith("step_3.pt")
+    # resumed again (further), a step whose evaluation is logged is not evaluated twice
+    overrides = [f"resume={run_dir}", "max_steps=4"]
+    train(resume_config(compose(*overrides), overrides))
+    assert evaluated() == [3, 4]
 
 
 # ----------------------------------------------------------------------------- runs never merge

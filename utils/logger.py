@@ -87,6 +87,14 @@ class RunLogger:
             for name, value in clean.items():
                 self.tensorboard.add_scalar(name, value, step)
 
+    def logged(self, step: int, prefix: str) -> bool:
+        """Whether a record of `step` with a metric named `prefix`... is in the local log (rank 0's; else False)."""
+        if not self.enabled or not os.path.exists(self.path):
+            return False
+        with open(self.path) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        return any(r.get("step") == step and any(k.startswith(prefix) for k in r) for r in records)
+
     def log_table(self, name: str, rows: list[dict], step: int) -> None:
         """Rows of text (e.g. prompts and replies): to <run_dir>/<name>.jsonl and a W&B table."""
         if not self.enabled or not rows:
