@@ -5,7 +5,8 @@ device, so the ratios compare like with like.
 
     python benchmarks/generation.py [--device auto] [--hidden 128] [--layers 2] [--prompt 64] [--new 256]
 
-Prefill: one forward pass over the prompt. Decode: the time to produce `--new` tokens after the prompt
+Prefill: one forward pass over the prompt, with the logits of its last position only (what generation
+needs; both sides' generation computes only those). Decode: the time to produce `--new` tokens after the prompt
 (greedy, no early stop), i.e. generate's total minus its prefill. The TRM applies its network
 H_cycles x (L_cycles + 1) times per token, so it costs that many times the transformer's work.
 Ours run with the cache in eager mode, with the cache and a compiled decoding step (`generate.py --compile`:
@@ -16,6 +17,7 @@ the slowest repeat of the whole generation was than the fastest (tiny models at 
 from __future__ import annotations
 
 import argparse
+import inspect
 import platform
 import sys
 import time
@@ -73,7 +75,7 @@ def measure_ours(model, prompts: torch.Tensor, args, mode: str, device) -> tuple
 
     def prefill():
         cache = KVCache(B, P, device) if use_cache else None
-        model.model.predict(prompts, None, None, cache)
+        model.model.predict(prompts, None, None, cache, last_only=True)  # the next token's logits, as generation
 
     def generate():
         generate_tokens(model, prompts.tolist(), SamplingParams(max_new_tokens=args.new), set(), use_cache,
@@ -95,9 +97,12 @@ def measure_llama(prompts: torch.Tensor, args, device) -> tuple[float, float, fl
     B, P = prompts.shape
     mask = torch.ones_like(prompts)
 
+    # the next token's logits only, as its generate computes them (older versions: every position's)
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
     @torch.no_grad()
     def prefill():
-        model(input_ids=prompts, attention_mask=mask, use_cache=True)
+        model(input_ids=prompts, attention_mask=mask, use_cache=True, **keep)
 
     @torch.no_grad()
     def generate():
@@ -144,7 +149,7 @@ def main() -> None:
                     continue
                 rows.append((f"{label} ({mode})", B, *measure_ours(model, prompts, args, mode, device), reference))
 
-    print(f"\n| model | batch | prefill tok/s | decode tok/s | prefill vs Llama | decode vs Llama | spread |")
+    print("\n| model | batch | prefill tok/s | decode tok/s | prefill vs Llama | decode vs Llama | spread |")
     print("|---|---|---|---|---|---|---|")
     for label, B, prefill, decode, spread, (ref_prefill, ref_decode) in rows:
         print(f"| {label} | {B} | {prefill:,.0f} | {decode:,.0f} | {prefill / ref_prefill:.2f}x | "

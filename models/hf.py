@@ -45,9 +45,9 @@ class TRMForCausalLM(PreTrainedModel, GenerationMixin):
     def _init_weights(self, module) -> None:
         """from_pretrained loads every saved weight; the rotary tables are not saved (non-persistent): made again."""
         if isinstance(module, RotaryEmbedding):
-            fresh = RotaryEmbedding(module.cos.shape[1], module.cos.shape[0], self.model.config.rope_theta)
-            for name in ("cos", "sin"):
-                module.register_buffer(name, getattr(fresh, name).to(module.cos.device), persistent=False)
+            fresh = RotaryEmbedding(module.cos.shape[-1], module.cos.shape[0], self.model.config.rope_theta)
+            for name, table in fresh.named_buffers():
+                module.register_buffer(name, table.to(module.cos.device), persistent=False)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 puzzle_identifiers: torch.Tensor | None = None, **_) -> CausalLMOutput:

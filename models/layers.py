@@ -105,28 +105,30 @@ def rms_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return y if dtype in WIDE else y.to(dtype)
 
 
+def rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> CosSin:
+    """The rotary tables as `rotate` takes them: cos/sin [..., D] -> [..., 1, D] each (a heads axis), with
+    rotate-half's sign folded into sin: x * cos + rotate_half(x) * sin with rotate_half(x) = (-x2, x1) equals
+    x * cos + roll(x) * (-s1, s2), since (-a) * b == a * (-b) exactly."""
+    half = sin.shape[-1] // 2
+    return cos.unsqueeze(-2), torch.cat((-sin[..., :half], sin[..., half:]), dim=-1).unsqueeze(-2)
+
+
 class RotaryEmbedding(nn.Module):
-    """Precomputed cos/sin tables in the 'rotate half' layout (each frequency repeated over both halves)."""
+    """Rotary tables of every position in the 'rotate half' layout (each frequency repeated over both halves),
+    kept in the form `rotate` takes, so a forward pass only looks its positions up."""
 
     def __init__(self, head_dim: int, max_positions: int, base: float = 10000.0):
         super().__init__()
         inv_freq = base ** -(torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
         freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
         angles = torch.cat((freqs, freqs), dim=-1)
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        cos, signed_sin = rope_tables(angles.cos(), angles.sin())
+        self.register_buffer("cos", cos, persistent=False)  # [max_positions, 1, head_dim]
+        self.register_buffer("signed_sin", signed_sin, persistent=False)
 
-    def forward(self) -> CosSin:
-        return self.cos, self.sin
-
-
-def rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> CosSin:
-    """The rotary tables as `rotate` takes them, made once per forward pass and shared by every application of
-    the network: cos/sin [S, D] or [B, S, D] (per sample) -> [.., S, 1, D] each, with rotate-half's sign folded
-    into sin: x * cos + rotate_half(x) * sin with rotate_half(x) = (-x2, x1) equals x * cos + roll(x) * (-s1, s2),
-    since (-a) * b == a * (-b) exactly."""
-    half = sin.shape[-1] // 2
-    return cos.unsqueeze(-2), torch.cat((-sin[..., :half], sin[..., half:]), dim=-1).unsqueeze(-2)
+    def forward(self, positions: torch.Tensor) -> CosSin:
+        """The tables of `positions` ([S], or [B, S] per sample), shared by every application of the network."""
+        return self.cos[positions], self.signed_sin[positions]
 
 
 def rotate(x: torch.Tensor, tables: CosSin) -> torch.Tensor:

@@ -14,7 +14,7 @@ from torch import nn
 
 from models.kv_cache import KVCache
 from models.layers import (Block, CastedEmbedding, CastedLinear, ReasoningModule, RotaryEmbedding, SeqInfo, rms_norm,
-                           rope_tables, trunc_normal_)
+                           trunc_normal_)
 from models.sparse_embedding import SparseEmbedding
 
 Batch = dict[str, torch.Tensor]
@@ -216,6 +216,17 @@ class TRMInner(nn.Module):
         shape = (batch_size, length + self.prefix_len, self.config.hidden_size)
         return InnerCarry(*(torch.zeros(shape, dtype=self.forward_dtype, device=device) for _ in range(2)))
 
+    def fresh_carry(self, batch_size: int, length: int, device: torch.device | str) -> InnerCarry:
+        """The starting latents of every row (what reset_carry gives rows that all start), as broadcast views:
+        H_init and L_init, or zeros for a latent without one (single_z's z_H, the transformer's state)."""
+        shape = (batch_size, length + self.prefix_len, self.config.hidden_size)
+        zero = torch.zeros(self.config.hidden_size, dtype=self.forward_dtype, device=device)
+
+        def start(init: torch.Tensor | None) -> torch.Tensor:
+            return (zero if init is None else init.to(self.forward_dtype)).expand(shape)
+
+        return InnerCarry(start(getattr(self, "H_init", None)), start(getattr(self, "L_init", None)))
+
     def reset_carry(self, reset: torch.Tensor, carry: InnerCarry) -> InnerCarry:
         r = reset.view(-1, 1, 1)
         z_H = carry.z_H if self.config.single_z else torch.where(r, self.H_init.to(self.forward_dtype), carry.z_H)
@@ -254,19 +265,25 @@ class TRMInner(nn.Module):
 
     def forward(self, carry: InnerCarry, batch: Batch,
                 cache: KVCache | None = None) -> tuple[InnerCarry, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """With a cache (generation), `batch` and `carry` hold only the new positions of the current chunk."""
+        """One ACT step: the new carry, the logits and the Q-head's (halt, continue) logits."""
+        carry, out = self.latents(carry, batch, cache)
+        logits = self.lm_head(out)[:, self.prefix_len:]
+        # The Q-head reads one state row. Non-causal: the first (a puzzle-embedding row, which sees everything).
+        # Causal: the last, the only row that has seen the whole sequence.
+        q = self.q_head(out[:, -1 if self.config.causal else 0]).float()
+        return InnerCarry(carry.z_H.detach(), carry.z_L.detach()), logits, (q[..., 0], q[..., 1])
+
+    def latents(self, carry: InnerCarry, batch: Batch, cache: KVCache | None = None) -> tuple[InnerCarry, torch.Tensor]:
+        """One ACT step's latent updates: the new carry and the states the heads read. With a cache (generation),
+        `batch` and `carry` hold only the new positions of the current chunk."""
         positions = self.positions(batch)
-        cos_sin = rope_tables(*(t[positions] for t in self.rotary_emb())) if hasattr(self, "rotary_emb") else None
+        cos_sin = self.rotary_emb(positions) if hasattr(self, "rotary_emb") else None
         seq_info = SeqInfo(cos_sin, cache.mask if cache is not None else self.attention_mask(batch), cache)
         x = self.input_embeddings(batch, positions)
         z_H, z_L = self.recurse(carry.z_H, carry.z_L, x, seq_info)
         answer = z_L if self.config.single_z else z_H
         out = rms_norm(answer, self.config.rms_norm_eps) if self.pre_norm else answer  # (post-norm states are normed)
-        logits = self.lm_head(out)[:, self.prefix_len:]
-        # The Q-head reads one state row. Non-causal: the first (a puzzle-embedding row, which sees everything).
-        # Causal: the last, the only row that has seen the whole sequence.
-        q = self.q_head(out[:, -1 if self.config.causal else 0]).float()
-        return InnerCarry(z_H.detach(), z_L.detach()), logits, (q[..., 0], q[..., 1])
+        return InnerCarry(z_H, z_L), out
 
 
 class ACTModel(nn.Module):
@@ -322,8 +339,9 @@ class ACTModel(nn.Module):
 
     @torch.no_grad()
     def predict(self, inputs: torch.Tensor, position_ids: torch.Tensor | None = None, valid: torch.Tensor | None = None,
-                cache: KVCache | None = None, compiled: bool = False) -> torch.Tensor:
-        """Logits [B, S, V] after the whole ACT budget from fresh latents, as in evaluation (every step runs).
+                cache: KVCache | None = None, compiled: bool = False, last_only: bool = False) -> torch.Tensor:
+        """Logits [B, S, V] after the whole ACT budget from fresh latents, as in evaluation (every step runs);
+        [B, 1, V] with `last_only` (the next token's: what generation needs).
 
         For generation (no puzzle embedding): `valid` [B, S] is False on left padding, `position_ids` count
         real tokens only. With a cache, `inputs` are just the new positions; the earlier ones are cached.
@@ -343,16 +361,16 @@ class ACTModel(nn.Module):
             batch["segment_ids"] = valid.long()  # padding attends only to padding, tokens only to tokens
         if compiled and not hasattr(self, "_compiled_steps"):
             self._compiled_steps = torch.compile(self.all_steps)  # the batch dimension goes dynamic if it shrinks
-        logits = (self._compiled_steps if compiled else self.all_steps)(batch, cache)
+        logits = (self._compiled_steps if compiled else self.all_steps)(batch, cache, last_only)
         if cache is not None:
             cache.end()
         return logits
 
-    def all_steps(self, batch: Batch, cache: KVCache | None) -> torch.Tensor:
-        """The logits after halt_max_steps ACT steps from fresh latents."""
+    def all_steps(self, batch: Batch, cache: KVCache | None, last_only: bool = False) -> torch.Tensor:
+        """The logits after halt_max_steps ACT steps from fresh latents (of the last position only, with
+        `last_only`: all that generation reads). Only the last step's states go through the LM head."""
         (B, S), device = batch["inputs"].shape, batch["inputs"].device
-        carry = self.inner.reset_carry(torch.ones(B, dtype=torch.bool, device=device),
-                                       self.inner.empty_carry(B, S, device))
+        carry = self.inner.fresh_carry(B, S, device)
         for _ in range(self.config.halt_max_steps):
-            carry, logits, _ = self.inner(carry, batch, cache)
-        return logits
+            carry, out = self.inner.latents(carry, batch, cache)
+        return self.inner.lm_head(out[:, -1:] if last_only else out)

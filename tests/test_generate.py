@@ -71,6 +71,22 @@ def assert_cache_within_float32_roundoff(kind: str, cache_type: type[KVCache] = 
     torch.testing.assert_close(cached, exact, rtol=0, atol=10 * roundoff.item())
 
 
+@pytest.mark.parametrize("kind", ARCHS)
+def test_predict_gives_the_evaluation_logits_and_last_only_their_last_position(kind):
+    """predict (fresh latents as broadcast views, the LM head after the last ACT step only) computes what the
+    ACT model's evaluation steps do."""
+    model = causal_model(kind)
+    batch = {"inputs": PROMPT}
+    carry = model.model.initial_carry(batch)
+    with torch.no_grad():
+        for _ in range(model.config.halt_max_steps):
+            carry, outputs = model.model(carry, batch)
+    full = model.model.predict(PROMPT)
+    assert torch.equal(full, outputs["logits"])
+    # (the head's matmul on one row may round differently from the same row of a bigger one)
+    torch.testing.assert_close(model.model.predict(PROMPT, last_only=True), full[:, -1:])
+
+
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
 @pytest.mark.parametrize("kind", ARCHS)
 def test_cached_logits_match_full_recompute(kind, static):

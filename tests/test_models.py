@@ -9,7 +9,7 @@ from conftest import shared_path
 from constants import IGNORE_LABEL_ID
 from models import build_model
 from models.ema import EMA
-from models.layers import (Attention, Block, RotaryEmbedding, SeqInfo, SwiGLU, apply_rope, rms_norm, rope_tables, swiglu_width,
+from models.layers import (Attention, Block, RotaryEmbedding, SeqInfo, SwiGLU, rms_norm, rotate, swiglu_width,
                            trunc_normal_)
 from models.losses import log_stablemax, softmax_cross_entropy, stablemax_cross_entropy
 from models.sparse_embedding import SignSGD, SparseEmbedding
@@ -56,9 +56,8 @@ def test_swiglu_width_rounds_up_to_256():
 
 def test_rope_rotates_pairs_and_keeps_norm():
     rope = RotaryEmbedding(8, 16)
-    cos, sin = rope()
     x = torch.randn(2, 16, 3, 8)
-    y = apply_rope(x, cos, sin)
+    y = rotate(x, rope(torch.arange(16)))
     torch.testing.assert_close(y.norm(dim=-1), x.norm(dim=-1))
     torch.testing.assert_close(y[:, 0], x[:, 0])  # position 0 is not rotated
     # rotate-half layout: dims i and i + D/2 rotate together by angle pos * base^(-2i/D)
@@ -249,6 +248,14 @@ def test_bfloat16_forward():
     assert out["q_halt_logits"].dtype == torch.float32 and torch.isfinite(loss)
 
 
+@pytest.mark.parametrize("name,extra", [("trm", {}), ("trm", {"single_z": True}), ("transformer", {})])
+def test_fresh_carry_is_the_reset_of_every_row(name, extra):
+    inner = tiny(name, **extra).model.inner
+    fresh = inner.fresh_carry(B, SEQ, "cpu")
+    reset = inner.reset_carry(torch.ones(B, dtype=torch.bool), inner.empty_carry(B, SEQ, "cpu"))
+    assert torch.equal(fresh.z_H, reset.z_H) and torch.equal(fresh.z_L, reset.z_L)
+
+
 @pytest.mark.parametrize("norm_position", ["post", "pre"])
 def test_transformer_is_one_pass_of_the_blocks(norm_position):
     model = tiny("transformer", halt_max_steps=1, norm_position=norm_position)
@@ -261,7 +268,7 @@ def test_transformer_is_one_pass_of_the_blocks(norm_position):
     with torch.no_grad():
         h = inner.input_embeddings(b, inner.positions(b))
         for layer in inner.L_level.layers:
-            h = layer(h, SeqInfo(rope_tables(*inner.rotary_emb())))
+            h = layer(h, SeqInfo(inner.rotary_emb(inner.positions(b))))
         h = rms_norm(h) if norm_position == "pre" else h  # pre-norm: a final norm before the head
         torch.testing.assert_close(out["logits"], inner.lm_head(h)[:, inner.prefix_len:])
 

@@ -143,8 +143,6 @@ def stream_tokens(model: ACTLossHead, prompts: list[list[int]], params: Sampling
         valid[row, longest - len(prompt):] = True
     positions = (valid.long().cumsum(-1) - 1).clamp_min(0)
     seen = torch.zeros(len(prompts), vocab, dtype=torch.long, device=device).scatter_add_(1, inputs, valid.long()) > 0
-    stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
-    row_limit = torch.tensor(limits, device=device)
     if per_row:
         generators = [torch.Generator(device=device).manual_seed(p.seed) for p in params]
     else:
@@ -156,8 +154,10 @@ def stream_tokens(model: ACTLossHead, prompts: list[list[int]], params: Sampling
     was_training = model.training
     model.eval()
     try:
-        logits = act.predict(inputs, positions, valid, cache)[:, -1]
-        rows = torch.arange(len(prompts), device=device)  # the prompts still generating, in the batch's order
+        logits = act.predict(inputs, positions, valid, cache, last_only=True)[:, -1]
+        # per row of the batch, in the batch's order: its prompt's index and token limit (the host decides when a
+        # row is done: its tokens come to the host anyway, and a few Python ints cost less than tensor ops)
+        rows = list(range(len(prompts)))
         for i in range(max_new):
             if per_row:
                 token = torch.cat([sample_token(penalize_repetition(logits[j:j + 1], seen[j:j + 1], p.repetition_penalty),
@@ -166,22 +166,23 @@ def stream_tokens(model: ACTLossHead, prompts: list[list[int]], params: Sampling
             else:
                 logits = penalize_repetition(logits, seen, params.repetition_penalty)
                 token = sample_token(logits, params.temperature, params.top_k, params.top_p, generator)
-            done = torch.isin(token, stop) | (row_limit <= i)  # (a prompt that fills the context has no room)
-            if rows_done is not None:
-                done |= torch.isin(rows, torch.tensor(list(rows_done()), dtype=torch.long, device=device))
+            tokens, finished = token.tolist(), set(rows_done()) if rows_done is not None else set()
+            # a stop token, a row finished from outside, or a prompt that fills the context (no room at all)
+            done = [t in stop_ids or row in finished or limit <= i for row, t, limit in zip(rows, tokens, limits)]
             out: list[int | None] = [None] * len(prompts)
-            for row, t, d in zip(rows.tolist(), token.tolist(), done.tolist()):
+            for row, t, d in zip(rows, tokens, done):
                 out[row] = None if d else t
             yield out
-            done |= row_limit <= i + 1  # these rows have all their tokens
-            if bool(done.all()) or i == max_new - 1:
+            done = [d or limit <= i + 1 for d, limit in zip(done, limits)]  # these rows have all their tokens
+            if all(done) or i == max_new - 1:
                 return
-            if bool(done.any()):  # finished rows leave the batch: every tensor of the rest, and the cache, shrink
-                keep = (~done).nonzero().squeeze(-1)
-                rows, token, seen, positions = rows[keep], token[keep], seen[keep], positions[keep]
-                row_limit = row_limit[keep]
+            if any(done):  # finished rows leave the batch: every tensor of the rest, and the cache, shrink
+                kept = [j for j, d in enumerate(done) if not d]
+                keep = torch.tensor(kept, device=device)
+                token, seen, positions = token[keep], seen[keep], positions[keep]
+                rows, limits = [rows[j] for j in kept], [limits[j] for j in kept]
                 if per_row:
-                    params, generators = [params[j] for j in keep.tolist()], [generators[j] for j in keep.tolist()]
+                    params, generators = [params[j] for j in kept], [generators[j] for j in kept]
                 if cache is not None:
                     cache.keep(keep)
                 else:
@@ -194,7 +195,7 @@ def stream_tokens(model: ACTLossHead, prompts: list[list[int]], params: Sampling
                 inputs = torch.cat((inputs, token[:, None]), 1)
                 positions = torch.cat((positions, last), 1)
                 valid = torch.cat((valid, torch.ones_like(token, dtype=torch.bool)[:, None]), 1)
-            logits = act.predict(inputs, positions, valid, cache, compiled)[:, -1]
+            logits = act.predict(inputs, positions, valid, cache, compiled, last_only=True)[:, -1]
     finally:
         model.train(was_training)
 
