@@ -26,6 +26,8 @@ class KVCache:
         self.valid = torch.ones(batch_size, capacity, dtype=torch.bool, device=device)  # False: padding
         self.padded = False  # whether any cached position is padding (then attention needs a mask)
         self.mask: torch.Tensor | None = None  # attention mask of the current chunk (see begin)
+        if static:  # the keys later positions may attend to: the real cached ones (kept up to date chunk by chunk)
+            self.visible = torch.zeros(batch_size, capacity, dtype=torch.bool, device=device)
         self._index = 0  # attention calls made in the current chunk
         self._new = 0  # positions in the current chunk
 
@@ -36,12 +38,18 @@ class KVCache:
         S, L = (length if valid is None else valid.shape[1]), self.length
         if L + S > self.capacity:
             raise ValueError(f"the sequence would reach {L + S} positions; this model's context is {self.capacity}")
-        if valid is not None and not bool(valid.all()):
+        chunk_padded = valid is not None and not bool(valid.all())
+        if chunk_padded:
             self.valid[:, L:L + S] = valid
             self.padded = True
         self._index, self._new = 0, S
         if self.static:
             self.slots = torch.arange(L, L + S, device=self.valid.device)  # where the chunk's keys go
+            if S == 1 and not chunk_padded:  # one real position (a decoding step): it sees itself and the rest
+                self.visible[:, L] = True
+                self.mask = self.visible[:, None, None, :]
+                return
+            self.visible[:, L:L + S] = self.valid[:, L:L + S]  # for the positions after this chunk
         self.mask = self._chunk_mask(L, S)
 
     def _chunk_mask(self, L: int, S: int) -> torch.Tensor | None:
@@ -80,6 +88,8 @@ class KVCache:
         self.keys = [k[rows] for k in self.keys]
         self.values = [v[rows] for v in self.values]
         self.valid = self.valid[rows]
+        if self.static:
+            self.visible = self.visible[rows]
 
     def end(self) -> None:
         """The chunk is complete: its positions become part of the cached prefix."""
