@@ -42,7 +42,7 @@ from utils.distributed import (Dist, all_reduce_sum, broadcast_object, init_dist
                                reduce_sums, shutdown, sum_gradients)
 from utils.files import WriteError
 from utils.logger import RunLogger
-from utils.nonfinite import BadSteps, all_finite, discard_gradients
+from utils.nonfinite import BadSteps, all_finite, discard_gradients, gradients
 from utils.optim import lr_factor
 from utils.run import (last_checkpoint, open_run_dir, project_name, refuse_existing_run, report, resume_config,
                        run_tokenizer)
@@ -75,14 +75,15 @@ def train_step(state: TrainState, forward, batch: dict[str, torch.Tensor], cfg: 
         metrics = {name: metrics.get(name, 0) + v for name, v in micro_metrics.items()}
     sum_gradients(list(state.model.parameters()))  # torchrun: the ranks' parts add up to the global batch's gradient
     # float16's loss scaler skips the steps whose gradients overflow itself (and lowers the scale); other dtypes
-    # check them here
+    # check them here. The scaler sees the weights' gradients only: an overflow of sign-SGD's (puzzle
+    # embeddings) is its skip too
     scaled = state.scaler.is_enabled()
-    checked = ([], []) if scaled else (state.model.parameters(), state.optimizers)
-    if not all_finite(torch.stack(losses), *checked):
+    losses_finite, grads_finite = all_finite(losses, gradients([] if scaled else state.model.parameters(),
+                                                               state.optimizers))
+    if not losses_finite or not (grads_finite or scaled):
         discard_gradients(state.model, state.optimizers)  # the carry stays the step's starting one, too
         return None
-    # the scaler sees the weights' gradients only: an overflow of sign-SGD's (puzzle embeddings) is its skip too
-    overflow = scaled and not all_finite(torch.stack(losses), [], state.optimizers)
+    overflow = not grads_finite  # (float16: sign-SGD's gradients)
     state.carry = Carry.cat(carries) if k > 1 else carries[0]
     weights = [opt for opt in state.optimizers if not isinstance(opt, SignSGD)]
     if cfg.get("grad_clip"):  # the norm of the unscaled gradient, before clipping, is logged

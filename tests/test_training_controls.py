@@ -135,12 +135,16 @@ def test_a_run_names_its_best_and_final_checkpoints_and_keeps_only_the_last(sudo
     assert {p.name for p in run.glob("step_*")} == {f"step_{s}.pt" for s in new_bests + [8]}
 
 
-def test_a_loss_scaler_overflow_in_the_puzzle_embedding_gradient_lowers_the_scale_and_skips_the_step():
+def test_a_loss_scaler_overflow_in_the_puzzle_embedding_gradient_lowers_the_scale_and_skips_the_step(monkeypatch):
     """float16 (here float32 with a CPU scaler, the same code path): an overflowing scaled gradient reaches the
     puzzle embedding's rows too. The step is the scaler's to skip, lowering the scale, as for a model without
     puzzle embeddings; it was counted a bad step with the scale unchanged, so every later step overflowed as well
-    and the run stopped after max_bad_steps."""
+    and the run stopped after max_bad_steps. The losses and sign-SGD's rows are checked in one all-reduce a step."""
+    import utils.nonfinite
     from utils.optim import build_optimizers
+
+    reduced = []
+    monkeypatch.setattr(utils.nonfinite, "all_reduce_sum", lambda t: reduced.append(t) or t)
 
     torch.manual_seed(0)
     arch = dict(name="trm", hidden_size=16, num_heads=2, expansion=2, L_layers=1, H_cycles=2, L_cycles=1,
@@ -164,5 +168,6 @@ def test_a_loss_scaler_overflow_in_the_puzzle_embedding_gradient_lowers_the_scal
     after = model.state_dict()
     for name in ("model.inner.lm_head.weight", "model.inner.puzzle_emb.weights"):
         assert not torch.equal(before[name], after[name]) and torch.isfinite(after[name]).all()
+    assert len(reduced) == 2  # one a step
     assert ema.updates == 1  # the skipped step folded nothing in: the average is of step 2's weights alone
     assert all(torch.equal(v, after[k]) for k, v in ema.state_dict().items())
