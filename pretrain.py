@@ -42,7 +42,7 @@ from utils.distributed import (Dist, all_reduce_sum, broadcast_object, init_dist
                                reduce_sums, shutdown, sum_gradients)
 from utils.files import WriteError
 from utils.logger import RunLogger
-from utils.nonfinite import BadSteps, all_finite, discard_gradients, gradients
+from utils.nonfinite import BadSteps, all_finite, back_off, discard_gradients, gradients
 from utils.optim import lr_factor
 from utils.run import (last_checkpoint, open_run_dir, project_name, refuse_existing_run, report, resume_config,
                        run_tokenizer)
@@ -98,8 +98,10 @@ def train_step(state: TrainState, forward, batch: dict[str, torch.Tensor], cfg: 
             group["lr"] = base_lr * factor
     for opt in weights if not overflow else []:
         state.scaler.step(opt)  # float16: skipped when a gradient overflowed (inf or NaN)
-    # ... and then the loss scale is lowered
-    state.scaler.update(loss_scale * state.scaler.get_backoff_factor() if overflow else None)
+    if overflow:  # ... or sign-SGD's did (which the scaler does not see): the scale is lowered here
+        back_off(state.scaler)
+    else:
+        state.scaler.update()  # ... and then the loss scale is lowered
     skipped = state.scaler.get_scale() < loss_scale  # float16: the scaler skipped this step (an overflow)
     for opt in state.optimizers:
         if isinstance(opt, SignSGD) and not skipped:  # sign-SGD skips the same steps

@@ -30,6 +30,14 @@ def gradients(params: Iterable[torch.nn.Parameter], optimizers: list) -> list[to
     return [p.grad for p in params if p.grad is not None] + pending
 
 
+def back_off(scaler: torch.amp.GradScaler) -> None:
+    """Lower the loss scale for an overflow the scaler cannot see (in sign-SGD's gradients) as it does for one it
+    finds: times its backoff factor, and growth_interval good steps before it grows again (the count of good
+    steps before the overflow is dropped: it would grow the scale back at once)."""
+    scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
+    scaler.load_state_dict(scaler.state_dict() | {"_growth_tracker": 0})
+
+
 def discard_gradients(model: torch.nn.Module, optimizers: list) -> None:
     """Drop a bad step's gradients (sign-SGD's set-aside rows too) without stepping."""
     model.zero_grad(set_to_none=True)
