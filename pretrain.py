@@ -34,7 +34,7 @@ from evaluators import Evaluator, make_evaluator
 from models.ema import auto_ema_rate
 from models.sparse_embedding import SignSGD
 from models.trm import Carry
-from utils.checkpoint import RunCheckpoints
+from utils.checkpoint import RunCheckpoints, find_checkpoint
 from utils.config_check import check_config
 from utils.curriculum import Curriculum
 from utils.device import describe_policy, resolve_compile
@@ -266,7 +266,9 @@ def train_loop(run: Run) -> tuple[dict[str, float], dict[str, float]]:
     if cfg.resume and (state.step in run.eval_steps or (at_end and cfg.eval_at_end)) and \
             not broadcast_object(run.logger.logged(state.step, "test/")):
         # resumed from a checkpoint whose evaluation did not finish (it is saved first): evaluate it now
-        results = checkpoint_and_evaluate(run, at_end, evaluating=True)
+        resumed = find_checkpoint(cfg.resume)
+        on_disk = os.path.basename(resumed) == f"step_{state.step}.pt"  # (not a copy under another name)
+        results = checkpoint_and_evaluate(run, at_end, evaluating=True, saved=resumed if on_disk else None)
     logged_at, logged_time = state.step, time.perf_counter()
     batches = iter(run.train_data)
     state.model.train()
@@ -298,12 +300,15 @@ def train_loop(run: Run) -> tuple[dict[str, float], dict[str, float]]:
     return results, logged
 
 
-def checkpoint_and_evaluate(run: Run, at_end: bool, evaluating: bool) -> dict[str, float] | None:
-    """Save this step's checkpoint, then evaluate when due (saved before, so a failing evaluation loses no
-    training); without checkpoint_every_eval an evaluation's file stays only as the new best (or the final one).
-    Returns the evaluation's metrics (None: none was due)."""
+def checkpoint_and_evaluate(run: Run, at_end: bool, evaluating: bool, saved: str | None = None
+                            ) -> dict[str, float] | None:
+    """Save this step's checkpoint (unless it is on disk already: `saved`, the file a resume started from), then
+    evaluate when due (saved before, so a failing evaluation loses no training); without checkpoint_every_eval an
+    evaluation's file stays only as the new best (or the final one). Returns the evaluation's metrics (None: none
+    was due)."""
     cfg, state = run.cfg, run.state
-    file = save_run_checkpoint(state, run.train_data, cfg, run.model_config, run.run_dir, run.device, run.d.is_main)
+    file = saved or save_run_checkpoint(state, run.train_data, cfg, run.model_config, run.run_dir, run.device,
+                                        run.d.is_main)
     results, best = None, False
     if evaluating:
         results = run_evaluation(run)

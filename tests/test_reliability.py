@@ -231,11 +231,15 @@ def test_the_checkpoint_is_saved_before_evaluating_and_a_resume_runs_the_evaluat
         train(tiny_cfg(sudoku_dir, tmp_path, "max_steps=3", "run_name=r"))
     run_dir = tmp_path / PROJECT / "r"
     assert load_checkpoint(str(run_dir / "step_3.pt"))["step"] == 3
+    written = (run_dir / "step_3.pt").stat()
     # resumed from that checkpoint (the run's last step), the evaluation it missed runs, once; the final one is kept
+    # (the file the resume read, not written again)
     monkeypatch.setattr(PuzzleEvaluator, "evaluate", working)
     overrides = [f"resume={run_dir}"]
     results = train(resume_config(compose(*overrides), overrides))
     assert results["test/count"] > 0
+    again = (run_dir / "step_3.pt").stat()
+    assert (again.st_ino, again.st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
     evaluated = lambda: [r["step"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())  # noqa: E731
                          if "test/exact_accuracy" in r]
     assert evaluated() == [3]
