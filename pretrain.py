@@ -34,7 +34,7 @@ from evaluators import Evaluator, make_evaluator
 from models.ema import auto_ema_rate
 from models.sparse_embedding import SignSGD
 from models.trm import Carry
-from utils.checkpoint import RunCheckpoints
+from utils.checkpoint import RunCheckpoints, find_checkpoint
 from utils.config_check import check_config
 from utils.curriculum import Curriculum
 from utils.device import describe_policy, resolve_compile
@@ -42,7 +42,7 @@ from utils.distributed import (Dist, all_reduce_sum, broadcast_object, init_dist
                                reduce_sums, shutdown, sum_gradients)
 from utils.files import WriteError
 from utils.logger import RunLogger
-from utils.nonfinite import BadSteps, all_finite, discard_gradients
+from utils.nonfinite import BadSteps, all_finite, back_off, discard_gradients, gradients
 from utils.optim import lr_factor
 from utils.run import (last_checkpoint, open_run_dir, project_name, refuse_existing_run, report, resume_config,
                        run_tokenizer)
@@ -75,14 +75,15 @@ def train_step(state: TrainState, forward, batch: dict[str, torch.Tensor], cfg: 
         metrics = {name: metrics.get(name, 0) + v for name, v in micro_metrics.items()}
     sum_gradients(list(state.model.parameters()))  # torchrun: the ranks' parts add up to the global batch's gradient
     # float16's loss scaler skips the steps whose gradients overflow itself (and lowers the scale); other dtypes
-    # check them here
+    # check them here. The scaler sees the weights' gradients only: an overflow of sign-SGD's (puzzle
+    # embeddings) is its skip too
     scaled = state.scaler.is_enabled()
-    checked = ([], []) if scaled else (state.model.parameters(), state.optimizers)
-    if not all_finite(torch.stack(losses), *checked):
+    losses_finite, grads_finite = all_finite(losses, gradients([] if scaled else state.model.parameters(),
+                                                               state.optimizers))
+    if not losses_finite or not (grads_finite or scaled):
         discard_gradients(state.model, state.optimizers)  # the carry stays the step's starting one, too
         return None
-    # the scaler sees the weights' gradients only: an overflow of sign-SGD's (puzzle embeddings) is its skip too
-    overflow = scaled and not all_finite(torch.stack(losses), [], state.optimizers)
+    overflow = not grads_finite  # (float16: sign-SGD's gradients)
     state.carry = Carry.cat(carries) if k > 1 else carries[0]
     weights = [opt for opt in state.optimizers if not isinstance(opt, SignSGD)]
     if cfg.get("grad_clip"):  # the norm of the unscaled gradient, before clipping, is logged
@@ -97,8 +98,10 @@ def train_step(state: TrainState, forward, batch: dict[str, torch.Tensor], cfg: 
             group["lr"] = base_lr * factor
     for opt in weights if not overflow else []:
         state.scaler.step(opt)  # float16: skipped when a gradient overflowed (inf or NaN)
-    # ... and then the loss scale is lowered
-    state.scaler.update(loss_scale * state.scaler.get_backoff_factor() if overflow else None)
+    if overflow:  # ... or sign-SGD's did (which the scaler does not see): the scale is lowered here
+        back_off(state.scaler)
+    else:
+        state.scaler.update()  # ... and then the loss scale is lowered
     skipped = state.scaler.get_scale() < loss_scale  # float16: the scaler skipped this step (an overflow)
     for opt in state.optimizers:
         if isinstance(opt, SignSGD) and not skipped:  # sign-SGD skips the same steps
@@ -263,7 +266,9 @@ def train_loop(run: Run) -> tuple[dict[str, float], dict[str, float]]:
     if cfg.resume and (state.step in run.eval_steps or (at_end and cfg.eval_at_end)) and \
             not broadcast_object(run.logger.logged(state.step, "test/")):
         # resumed from a checkpoint whose evaluation did not finish (it is saved first): evaluate it now
-        results = checkpoint_and_evaluate(run, at_end, evaluating=True)
+        resumed = find_checkpoint(cfg.resume)
+        on_disk = os.path.basename(resumed) == f"step_{state.step}.pt"  # (not a copy under another name)
+        results = checkpoint_and_evaluate(run, at_end, evaluating=True, saved=resumed if on_disk else None)
     logged_at, logged_time = state.step, time.perf_counter()
     batches = iter(run.train_data)
     state.model.train()
@@ -295,12 +300,15 @@ def train_loop(run: Run) -> tuple[dict[str, float], dict[str, float]]:
     return results, logged
 
 
-def checkpoint_and_evaluate(run: Run, at_end: bool, evaluating: bool) -> dict[str, float] | None:
-    """Save this step's checkpoint, then evaluate when due (saved before, so a failing evaluation loses no
-    training); without checkpoint_every_eval an evaluation's file stays only as the new best (or the final one).
-    Returns the evaluation's metrics (None: none was due)."""
+def checkpoint_and_evaluate(run: Run, at_end: bool, evaluating: bool, saved: str | None = None
+                            ) -> dict[str, float] | None:
+    """Save this step's checkpoint (unless it is on disk already: `saved`, the file a resume started from), then
+    evaluate when due (saved before, so a failing evaluation loses no training); without checkpoint_every_eval an
+    evaluation's file stays only as the new best (or the final one). Returns the evaluation's metrics (None: none
+    was due)."""
     cfg, state = run.cfg, run.state
-    file = save_run_checkpoint(state, run.train_data, cfg, run.model_config, run.run_dir, run.device, run.d.is_main)
+    file = saved or save_run_checkpoint(state, run.train_data, cfg, run.model_config, run.run_dir, run.device,
+                                        run.d.is_main)
     results, best = None, False
     if evaluating:
         results = run_evaluation(run)

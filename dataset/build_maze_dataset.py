@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from dataset.common import (PUZZLE_CSV_HEADER, PuzzleDatasetMetadata, puzzle_csv_rows, run_build_cli,  # noqa: E402
                             save_identifiers, save_split, staged_output)
 from tasks.common import NUM_DIHEDRAL, dihedral  # noqa: E402
-from tasks.maze import CHARSET, OPEN, PATH, SIZE, encode_maze, endpoints, generate_maze  # noqa: E402
+from tasks.maze import CHARSET, OPEN, PATH, SIZE, check_size, encode_maze, endpoints, generate_maze  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- CSV
@@ -127,8 +127,7 @@ def build(config: MazeBuildConfig) -> None:
         raise ValueError("the csv source needs both train_file and test_file (or neither, to download source_repo)")
     if cfg.min_path_length < 1 or cfg.openings < 0 or cfg.seed < 0:
         raise ValueError("min_path_length must be >= 1, openings and seed >= 0")
-    if cfg.size < 2:
-        raise ValueError(f"size must be >= 2 (the side of the square maze), got {cfg.size}")
+    check_size(cfg.size)
     say = (lambda *_: None) if cfg.quiet else print
     start = time.perf_counter()
     if cfg.source == "generate":

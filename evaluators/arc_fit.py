@@ -255,11 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16", "float64"])
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights even when EMA weights are saved")
     args = p.parse_args(argv)
     try:
         device = select_device(args.device)
         file = find_checkpoint(args.run)
-        model, checkpoint = load_trained_model(file, device, dtype=resolve_dtype(args.dtype, device))
+        model, checkpoint = load_trained_model(file, device, use_ema=not args.no_ema,
+                                               dtype=resolve_dtype(args.dtype, device))
         if (checkpoint.get("config") or {}).get("dataset", {}).get("task") not in ("arc", None):
             raise ValueError(f"{file}: not an ARC run (its task is {checkpoint['config']['dataset']['task']})")
         tasks = load_task_set(args.tasks, args.subset)

@@ -53,16 +53,17 @@ def heldout_accuracy(model: ACTLossHead, tokenizer, path: str, max_new_tokens: i
     return sum(r["correct"] for r in results) / max(len(results), 1), results
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Score a chat run on held-out prompts with known answers.")
     ap.add_argument("run", help="run directory or checkpoint file")
     ap.add_argument("--heldout", required=True, help="JSONL of {prompt, answer}")
     ap.add_argument("--max-new-tokens", type=int, default=24)
-    args = ap.parse_args()
+    ap.add_argument("--no-ema", action="store_true", help="use the raw weights even when EMA weights are saved")
+    args = ap.parse_args(argv)
     from utils.checkpoint import load_trained_model
     from utils.tokenizer import ChatTokenizer
 
-    model, checkpoint = load_trained_model(args.run)
+    model, checkpoint = load_trained_model(args.run, use_ema=not args.no_ema)
     run_dir = args.run if os.path.isdir(args.run) else os.path.dirname(args.run)
     tokenizer = ChatTokenizer.load(os.path.join(run_dir, "tokenizer"))
     accuracy, results = heldout_accuracy(model, tokenizer, args.heldout, args.max_new_tokens)

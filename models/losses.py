@@ -77,9 +77,10 @@ class ACTLossHead(nn.Module):
             outputs["seq_correct"] = seq_correct
 
         lm_loss = (self.loss_fn(logits, labels, mask) / divisor).sum()
-        q_halt_loss = F.binary_cross_entropy_with_logits(outputs["q_halt_logits"], seq_correct.float(), reduction="sum")
-        loss = lm_loss + 0.5 * q_halt_loss
-        metrics.update(lm_loss=lm_loss.detach(), q_halt_loss=q_halt_loss.detach())
+        q_halt = F.binary_cross_entropy_with_logits(outputs["q_halt_logits"], seq_correct.float(), reduction="none")
+        loss = lm_loss + 0.5 * q_halt.sum()
+        # the metric leaves out the rows without labels (an evaluation batch's padding, "correct" with no answer)
+        metrics.update(lm_loss=lm_loss.detach(), q_halt_loss=torch.where(counts > 0, q_halt.detach(), 0).sum())
         if "target_q_continue" in outputs:
             q_continue_loss = F.binary_cross_entropy_with_logits(
                 outputs["q_continue_logits"], outputs["target_q_continue"], reduction="sum")

@@ -22,6 +22,15 @@ Batch = dict[str, torch.Tensor]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
+class PuzzleEmbeddingTooWide(ValueError):
+    """puzzle_emb_ndim does not fit in puzzle_emb_len x hidden_size. (Before this was refused the embedding was
+    cut to fit: a checkpoint of that time meets this error when it loads, with advice of its own.)"""
+
+    def __init__(self, what: str):
+        self.what = what
+        super().__init__(f"{what}; raise puzzle_emb_len (0: as many as it needs)")
+
+
 @dataclass
 class TRMConfig:
     # filled from the dataset
@@ -89,9 +98,9 @@ class TRMConfig:
             raise ValueError(f"num_heads={self.num_heads} must be a multiple of "
                              f"num_key_value_heads={self.num_key_value_heads}")
         if self.puzzle_emb_ndim > self.prefix_len * self.hidden_size:  # (it would be cut to fit)
-            raise ValueError(f"puzzle_emb_ndim={self.puzzle_emb_ndim} does not fit in puzzle_emb_len="
-                             f"{self.puzzle_emb_len} positions of hidden_size={self.hidden_size} "
-                             f"({self.prefix_len * self.hidden_size}); raise puzzle_emb_len (0: as many as it needs)")
+            raise PuzzleEmbeddingTooWide(f"puzzle_emb_ndim={self.puzzle_emb_ndim} does not fit in puzzle_emb_len="
+                                         f"{self.puzzle_emb_len} positions of hidden_size={self.hidden_size} "
+                                         f"({self.prefix_len * self.hidden_size})")
 
     @property
     def prefix_len(self) -> int:

@@ -23,13 +23,20 @@ _TOKEN[[ord(ch) for ch in CHARSET]] = np.arange(1, len(CHARSET) + 1)
 # ----------------------------------------------------------------------------- encoding
 
 
+def check_size(size: int) -> int:
+    """`size`, the side of a square maze, when it has room for a start and a goal (>= 2)."""
+    if size < 2:
+        raise ValueError(f"size must be >= 2 (the side of the square maze), got {size}")
+    return size
+
+
 def maze_size(length: int) -> int:
     """The side n of a maze of `length` = n*n characters."""
     n = math.isqrt(length)
-    if n < 2 or n * n != length:
+    if n * n != length:
         raise ValueError(f"a maze is a square of n x n characters (n >= 2, e.g. {SIZE * SIZE} for {SIZE}x{SIZE}), "
                          f"got {length}")
-    return n
+    return check_size(n)
 
 
 def encode_maze(text: str) -> np.ndarray:
@@ -130,9 +137,7 @@ def generate_maze(rng: np.random.Generator, min_path_length: int, openings: int 
     A perfect maze (depth-first backtracker) on the (size+1)//2 x (size+1)//2 cells at even coordinates (30x30:
     15x15 cells, row and column 29 stay walls), then `openings` extra walls knocked down to make loops (more
     routes, only one of them shortest)."""
-    if size < 2:
-        raise ValueError(f"a maze's size must be >= 2, got {size}")
-    cells = (size + 1) // 2
+    cells = (check_size(size) + 1) // 2
     span = 2 * cells - 1  # the rows and columns the cells and the walls between them take
     for _ in range(max_tries):
         grid = np.full((size, size), WALL)

@@ -160,6 +160,23 @@ def generate(*args: str, stdin: str | None = None) -> subprocess.CompletedProces
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
+def with_nan_ema(run: Path, dst: Path) -> Path:
+    """A copy of the run directory `run` at `dst` whose checkpoints' EMA weights are NaN: a tool loads it only with
+    the raw weights (--no-ema)."""
+    import shutil
+
+    import torch
+
+    from utils.checkpoint import load_checkpoint, save_checkpoint
+
+    shutil.copytree(run, dst)
+    for file in dst.glob("step_*.pt"):
+        state = load_checkpoint(str(file))
+        state["ema"] = {k: torch.full_like(v, float("nan")) for k, v in state["model"].items() if v.is_floating_point()}
+        save_checkpoint(str(file), state)
+    return dst
+
+
 def offline_build_error(monkeypatch, module, function: str, main, out: Path) -> str:
     """The error a builder's `main` exits with for `--source csv` when `module.function` (its hub download) fails."""
     def offline(*args, **kwargs):

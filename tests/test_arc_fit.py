@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, arc_data_dir, grid_task, write_tasks
+from conftest import ROOT, arc_data_dir, grid_task, with_nan_ema, write_tasks
 from evaluators.arc_fit import FitSettings, fresh_rows, main as set_main, solve_task, task_rows
 from generate import main as generate_main
 from models import build_model
@@ -137,6 +137,16 @@ def test_the_set_evaluator_writes_a_submission_and_resumes_per_task(arc_run, tmp
     # other settings into the same directory: refused before any work
     assert set_main(args(steps=2)) == 1
     assert "answered with other settings" in capsys.readouterr().err
+
+
+def test_the_set_evaluator_uses_the_raw_weights_with_no_ema(arc_run, tmp_path, capsys):
+    write_tasks(tmp_path / "src", "evaluation2", {"a": grid_task(1)})
+    run = with_nan_ema(arc_run, tmp_path / "run")
+    args = [str(run), "--tasks", str(tmp_path / "src"), "--subset", "evaluation2", "--fit-steps", "1",
+            "--batch-size", "4", "--output-dir", str(tmp_path / "out")]
+    assert set_main(args) == 1  # the EMA weights, by default
+    assert "not usable" in capsys.readouterr().err
+    assert set_main([*args, "--no-ema"]) == 0
 
 
 # ----------------------------------------------------------------------------- does fitting help?

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CONVERSATIONS, build_tiny, compose_chat, write_records
+from conftest import CONVERSATIONS, build_tiny, compose_chat, with_nan_ema, write_records
 from constants import IGNORE_LABEL_ID
 from dataset.build_chat_dataset import main as build_main
 from dataset.chat_dataset import ChatDataset
@@ -165,3 +165,15 @@ def test_sample_token_greedy_top_k_top_p():
     assert {sample_token(logits, 1.0, top_k=1, generator=g).item() for _ in range(20)} == {1}
     assert {sample_token(logits, 1.0, top_p=0.1, generator=g).item() for _ in range(20)} == {1}
     assert {sample_token(logits, 1.0, top_k=2, generator=g).item() for _ in range(200)} == {1, 3}
+
+
+def test_the_heldout_evaluator_uses_the_raw_weights_with_no_ema(chat_run, tmp_path, capsys):
+    from evaluators.chat import main as heldout_main
+
+    run = with_nan_ema(chat_run, tmp_path / "run")
+    (tmp_path / "heldout.jsonl").write_text(json.dumps({"prompt": "What is 1 + 2?", "answer": "3"}) + "\n")
+    args = [str(run), "--heldout", str(tmp_path / "heldout.jsonl"), "--max-new-tokens", "4"]
+    with pytest.raises(ValueError, match="not usable .* holds NaN"):  # the EMA weights, by default
+        heldout_main(args)
+    heldout_main([*args, "--no-ema"])
+    assert "exact-answer accuracy: " in capsys.readouterr().out

@@ -70,6 +70,9 @@ def test_difficulty_knob_and_impossible_requests():
         generate_maze(rng, min_path_length=10_000, max_tries=2)
     with pytest.raises(ValueError, match=r"no 11x11 maze .* min_path_length=100 .*raise size"):
         generate_maze(rng, min_path_length=100, size=11)
+    for too_small in (lambda: generate_maze(rng, min_path_length=1, size=1), lambda: encode_maze("S")):
+        with pytest.raises(ValueError, match=r"^size must be >= 2 \(the side of the square maze\), got 1$"):
+            too_small()  # the builder's one-line error too (test_builder_cli_refuses_a_bad_size...)
 
 
 def open_maze() -> str:

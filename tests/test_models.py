@@ -326,9 +326,25 @@ def test_act_loss_head_totals_and_metrics():
     q = F.binary_cross_entropy_with_logits(out["q_halt_logits"], out["seq_correct"].float(), reduction="sum")
     torch.testing.assert_close(metrics["lm_loss"], lm)
     torch.testing.assert_close(loss, lm + 0.5 * q)
+    # the metric leaves the padding row out (its empty answer counts as correct); the loss above keeps it
+    q_rows = F.binary_cross_entropy_with_logits(out["q_halt_logits"][:2], out["seq_correct"][:2].float(), reduction="sum")
+    torch.testing.assert_close(metrics["q_halt_loss"], q_rows)
     assert metrics["count"].item() == 2
     acc = (out["logits"][:2].argmax(-1) == b["labels"][:2]).float().mean(-1).sum()
     torch.testing.assert_close(metrics["accuracy"], acc)
+
+
+def test_puzzle_evaluation_metrics_leave_out_the_padded_rows():
+    """The last test batch is padded (no labels, the blank identifier): the metrics are those of the real rows."""
+    from evaluators.puzzle import evaluate_puzzles
+
+    model, b = tiny(), batch()
+    pad = {"inputs": torch.zeros(2, SEQ, dtype=torch.int32), "labels": torch.full((2, SEQ), IGNORE_LABEL_ID),
+           "puzzle_identifiers": torch.zeros(2, dtype=torch.int32)}
+    padded = {k: torch.cat([v, pad[k].to(v.dtype)]) for k, v in b.items()}
+    alone, with_padding = (evaluate_puzzles(model, [("all", rows, 0)], torch.device("cpu")) for rows in (b, padded))
+    assert alone["count"] == B and "q_halt_loss" in alone
+    assert with_padding == pytest.approx(alone)
 
 
 # ---- puzzle embedding and sign-SGD

@@ -218,6 +218,30 @@ def test_a_checkpoint_is_never_written_with_non_finite_weights(sudoku_dir, tmp_p
         train(tiny_cfg(sudoku_dir, tmp_path, "run_name=from_nan", f"init_from={tmp_path / 'old'}", "max_steps=2"))
 
 
+def test_a_checkpoint_whose_puzzle_embedding_was_cut_to_fit_is_refused_with_advice_that_applies(sudoku_dir, tmp_path):
+    """Before a puzzle embedding wider than its positions was refused, it was cut to fit: such a checkpoint no longer
+    loads (generation, resume). The advice for a config, raising puzzle_emb_len, would build another model than the
+    one trained (or fail on the weights' sizes): the error names the file and what can be done with it."""
+    train(tiny_cfg(sudoku_dir, tmp_path, "max_steps=1", "run_name=old", "eval_at_end=false"))
+    run = tmp_path / PROJECT / "old"
+    # as it was written then: puzzle_emb_ndim twice what its one position holds, the dimensions cut off still zero
+    ckpt = load_checkpoint(str(run / "step_1.pt"))
+    key = "model.inner.puzzle_emb.weights"
+    ckpt["model"] = {**ckpt["model"], key: torch.cat([ckpt["model"][key], torch.zeros_like(ckpt["model"][key])], 1)}
+    ckpt["model_config"] = {**ckpt["model_config"], "puzzle_emb_ndim": 64}
+    save_checkpoint(str(run / "step_1.pt"), ckpt)
+    config = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(config.replace("puzzle_emb_ndim: 32", "puzzle_emb_ndim: 64"))
+    advice = (r"step_1.pt: puzzle_emb_ndim=64 does not fit in puzzle_emb_len=1 positions of hidden_size=32 \(32\): "
+              r"written before .* Load it with the code before commit 07443d3, or train it again with "
+              r"arch.puzzle_emb_len=0 \(as many positions as it needs\)$")
+    with pytest.raises(ValueError, match=advice):
+        load_trained_model(str(run))
+    overrides = [f"resume={run}", "max_steps=2"]
+    with pytest.raises(ValueError, match=advice):
+        train(resume_config(compose(*overrides), overrides))
+
+
 def test_the_checkpoint_is_saved_before_evaluating_and_a_resume_runs_the_evaluation(sudoku_dir, tmp_path,
                                                                                      monkeypatch):
     from evaluators.puzzle import PuzzleEvaluator
@@ -231,11 +255,15 @@ def test_the_checkpoint_is_saved_before_evaluating_and_a_resume_runs_the_evaluat
         train(tiny_cfg(sudoku_dir, tmp_path, "max_steps=3", "run_name=r"))
     run_dir = tmp_path / PROJECT / "r"
     assert load_checkpoint(str(run_dir / "step_3.pt"))["step"] == 3
+    written = (run_dir / "step_3.pt").stat()
     # resumed from that checkpoint (the run's last step), the evaluation it missed runs, once; the final one is kept
+    # (the file the resume read, not written again)
     monkeypatch.setattr(PuzzleEvaluator, "evaluate", working)
     overrides = [f"resume={run_dir}"]
     results = train(resume_config(compose(*overrides), overrides))
     assert results["test/count"] > 0
+    again = (run_dir / "step_3.pt").stat()
+    assert (again.st_ino, again.st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
     evaluated = lambda: [r["step"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())  # noqa: E731
                          if "test/exact_accuracy" in r]
     assert evaluated() == [3]

@@ -94,6 +94,7 @@ def test_ranking_and_the_bracket_table_from_known_metrics(tmp_path):
     assert to_csv(rows).splitlines()[0].startswith("variant,parameters,passes_per_step,gflop_per_step,round 1")
 
 
+@pytest.mark.slow  # 20-30 s on 2 cores: four training processes
 def test_a_tiny_tournament_stops_resumes_and_continues_exactly(tmp_path, synthetic_chat):
     base = [f"data_paths=[{synthetic_chat}]", *TINY_LM, "global_batch_size=8", "epochs=1", "eval_interval=1",
             "dataset.eval_prompts=[]", "arch.forward_dtype=float32", "lr_min_ratio=1.0"]

@@ -135,11 +135,9 @@ def test_a_run_names_its_best_and_final_checkpoints_and_keeps_only_the_last(sudo
     assert {p.name for p in run.glob("step_*")} == {f"step_{s}.pt" for s in new_bests + [8]}
 
 
-def test_a_loss_scaler_overflow_in_the_puzzle_embedding_gradient_lowers_the_scale_and_skips_the_step():
-    """float16 (here float32 with a CPU scaler, the same code path): an overflowing scaled gradient reaches the
-    puzzle embedding's rows too. The step is the scaler's to skip, lowering the scale, as for a model without
-    puzzle embeddings; it was counted a bad step with the scale unchanged, so every later step overflowed as well
-    and the run stopped after max_bad_steps."""
+def puzzle_embedding_step(scaler: torch.amp.GradScaler, ema: bool = False):
+    """(model, state, step): a tiny TRM with puzzle embeddings (sign-SGD) and its TrainState; step() is one
+    train_step on the tiny batch with two puzzle identifiers."""
     from utils.optim import build_optimizers
 
     torch.manual_seed(0)
@@ -148,21 +146,57 @@ def test_a_loss_scaler_overflow_in_the_puzzle_embedding_gradient_lowers_the_scal
                 vocab_size=VOCAB, num_puzzle_identifiers=3)
     model = build_model(arch, batch_size=B)
     optimizers, lrs = build_optimizers(model, {"name": "adamw"}, 1e-2, 0.1, 0.9, 0.95, 1e-2, 0.1)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
-    ema = EMA(model, rate=0.9)
-    state = TrainState(model, optimizers, lrs, ema, scaler)
+    state = TrainState(model, optimizers, lrs, EMA(model, rate=0.9) if ema else None, scaler)
     batch = tiny_batch() | {"puzzle_identifiers": torch.tensor([1, 2, 1, 2], dtype=torch.int32)}
     cfg = OmegaConf.create({"grad_accum_steps": 1, "global_batch_size": B})
+    return model, state, lambda: train_step(state, model, batch, cfg, schedule=lambda step: 1.0)
+
+
+def test_a_loss_scaler_overflow_in_the_puzzle_embedding_gradient_lowers_the_scale_and_skips_the_step(monkeypatch):
+    """float16 (here float32 with a CPU scaler, the same code path): an overflowing scaled gradient reaches the
+    puzzle embedding's rows too. The step is the scaler's to skip, lowering the scale, as for a model without
+    puzzle embeddings; it was counted a bad step with the scale unchanged, so every later step overflowed as well
+    and the run stopped after max_bad_steps. The losses and sign-SGD's rows are checked in one all-reduce a step."""
+    import utils.nonfinite
+
+    reduced = []
+    monkeypatch.setattr(utils.nonfinite, "all_reduce_sum", lambda t: reduced.append(t) or t)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    model, state, step = puzzle_embedding_step(scaler, ema=True)
+    ema = state.ema
     before = copy.deepcopy(model.state_dict())
     # the gradient of the logits overflows (as a float16 one does at too high a scale): every gradient is non-finite
     hook = model.model.inner.lm_head.register_full_backward_pre_hook(lambda _, grad: (grad[0] * float("inf"),))
-    assert train_step(state, model, batch, cfg, schedule=lambda step: 1.0) is not None
+    assert step() is not None
     assert scaler.get_scale() == 2.0 ** 9 and state.step == 1
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # weights and puzzle rows alike
     hook.remove()
-    assert train_step(state, model, batch, cfg, schedule=lambda step: 1.0) is not None and state.step == 2
+    assert step() is not None and state.step == 2
     after = model.state_dict()
     for name in ("model.inner.lm_head.weight", "model.inner.puzzle_emb.weights"):
         assert not torch.equal(before[name], after[name]) and torch.isfinite(after[name]).all()
+    assert len(reduced) == 2  # one a step
     assert ema.updates == 1  # the skipped step folded nothing in: the average is of step 2's weights alone
     assert all(torch.equal(v, after[k]) for k, v in ema.state_dict().items())
+
+
+def test_a_loss_scale_lowered_for_sign_sgd_waits_growth_interval_good_steps_before_it_grows():
+    """The scale that an overflow of the puzzle embedding's gradient lowers grows again after growth_interval good
+    steps, as after an overflow the scaler finds itself; it kept the count of good steps from before the overflow,
+    so that it could grow back to the overflowing scale at the very next step."""
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, growth_interval=2)
+    model, state, step = puzzle_embedding_step(scaler)
+
+    def overflow(module, inputs, out):  # only sign-SGD's rows: the weights' gradients stay finite
+        out = out.clone()  # (a new tensor: the hook must not stay on the embedding's scratch rows)
+        out.register_hook(lambda grad: grad * float("inf"))
+        return out
+
+    scales = []
+    for k in range(4):
+        hook = model.model.inner.puzzle_emb.register_forward_hook(overflow) if k == 1 else None  # at step 2
+        assert step() is not None
+        scales.append(scaler.get_scale())
+        if hook:
+            hook.remove()
+    assert scales == [2.0 ** 10, 2.0 ** 9, 2.0 ** 9, 2.0 ** 10]

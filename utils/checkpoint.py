@@ -324,11 +324,24 @@ def init_from_run(model: nn.Module, path: str, tokenizer=None) -> None:
     print(f"initialised the weights from {file}")
 
 
+def build_saved_model(model_config: dict[str, Any], file: str, **dataset_fields: Any) -> nn.Module:
+    """build_model for the model_config of the checkpoint `file`. One written when a puzzle embedding too wide for
+    its positions was cut to fit (its last dimensions never reached the network) is refused with what can be done
+    (raising puzzle_emb_len, the advice for a new config, would build another model than the one trained)."""
+    from models import build_model
+    from models.trm import PuzzleEmbeddingTooWide
+
+    try:
+        return build_model(model_config, **dataset_fields)
+    except PuzzleEmbeddingTooWide as e:
+        raise ValueError(f"{file}: {e.what}: written before such a puzzle embedding was refused, when it was cut to "
+                         "fit; this version does not build that model. Load it with the code before commit 07443d3, "
+                         "or train it again with arch.puzzle_emb_len=0 (as many positions as it needs)") from None
+
+
 def load_trained_model(path: str, device: str | torch.device = "cpu", use_ema: bool = True, dtype: str | None = None):
     """(model in eval mode, checkpoint) from one of our checkpoints or run directories, EMA weights if saved;
     `dtype` overrides the forward dtype it was trained with."""
-    from models import build_model
-
     file = find_checkpoint(path)
     checkpoint = load_checkpoint(file)
     if "model_config" not in checkpoint:
@@ -336,7 +349,7 @@ def load_trained_model(path: str, device: str | torch.device = "cpu", use_ema: b
     config = dict(checkpoint["model_config"])
     if dtype is not None:
         config["forward_dtype"] = dtype
-    model = build_model(config)
+    model = build_saved_model(config, file)
     model.load_state_dict(model_state_from(checkpoint, use_ema))
     check_finite_weights(model, file, DIVERGED)
     return model.to(device).eval(), checkpoint

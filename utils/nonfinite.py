@@ -15,13 +15,27 @@ class NonFiniteTraining(ValueError):
     """The run cannot go on: too many non-finite steps in a row, or non-finite weights at a save."""
 
 
-def all_finite(loss: torch.Tensor, params: Iterable[torch.nn.Parameter], optimizers: list) -> bool:
-    """Whether this step's loss and gradients are finite on every rank; the puzzle embedding's rows that sign-SGD
-    set aside (`pending`) count as gradients too."""
-    grads = [p.grad for p in params if p.grad is not None]
-    grads += [g for opt in optimizers for _, g in getattr(opt, "pending", [])]
-    bad = torch.stack([~loss.isfinite().all()] + [~g.isfinite().all() for g in grads]).any()
-    return all_reduce_sum(bad.float()).item() == 0
+def all_finite(*groups: list[torch.Tensor]) -> list[bool]:
+    """For each group of tensors (the first one not empty: a step's losses), whether all of them are finite on
+    every rank; one all-reduce for all the groups."""
+    device = groups[0][0].device
+    bad = torch.stack([torch.stack([~t.isfinite().all() for t in group]).any() if group
+                       else torch.zeros((), dtype=torch.bool, device=device) for group in groups])
+    return (all_reduce_sum(bad.float()) == 0).tolist()
+
+
+def gradients(params: Iterable[torch.nn.Parameter], optimizers: list) -> list[torch.Tensor]:
+    """The gradients of `params`, and the puzzle embedding's rows that sign-SGD set aside (`pending`)."""
+    pending = [g for opt in optimizers for _, g in getattr(opt, "pending", [])]
+    return [p.grad for p in params if p.grad is not None] + pending
+
+
+def back_off(scaler: torch.amp.GradScaler) -> None:
+    """Lower the loss scale for an overflow the scaler cannot see (in sign-SGD's gradients) as it does for one it
+    finds: times its backoff factor, and growth_interval good steps before it grows again (the count of good
+    steps before the overflow is dropped: it would grow the scale back at once)."""
+    scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
+    scaler.load_state_dict(scaler.state_dict() | {"_growth_tracker": 0})
 
 
 def discard_gradients(model: torch.nn.Module, optimizers: list) -> None:

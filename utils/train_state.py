@@ -13,7 +13,7 @@ from models import build_model
 from models.ema import EMA
 from models.losses import ACTLossHead
 from models.trm import Carry
-from utils.checkpoint import init_from_run, save_checkpoint, shape_mismatch
+from utils.checkpoint import build_saved_model, init_from_run, save_checkpoint, shape_mismatch
 from utils.curriculum import Stage
 from utils.device import resolve_dtype
 from utils.distributed import Dist, gather_rows
@@ -56,7 +56,9 @@ def start_state(cfg: DictConfig, device: torch.device, train_data, d: Dist) -> t
     if cfg.grad_accum_steps < 1 or train_data.local_batch_size % cfg.grad_accum_steps:
         raise ValueError(f"grad_accum_steps={cfg.grad_accum_steps} must divide the batch of each process "
                          f"({train_data.local_batch_size} = global_batch_size / {d.world_size} processes)")
-    model = build_model(model_config, batch_size=train_data.local_batch_size // cfg.grad_accum_steps).to(device)
+    batch_size = train_data.local_batch_size // cfg.grad_accum_steps
+    model = (build_saved_model(model_config, cfg.resume, batch_size=batch_size) if cfg.resume  # (its config's model)
+             else build_model(model_config, batch_size=batch_size)).to(device)
     init_weights(cfg, model, train_data)
     optimizers, base_lrs = optimizers_from_config(model, cfg, d.world_size)
     state = TrainState(model, optimizers, base_lrs, EMA(model, cfg.ema_rate) if cfg.ema else None,
