@@ -214,6 +214,23 @@ def test_repetition_penalty_lowers_seen_tokens_only():
     assert penalize_repetition(logits, seen, 2.0).tolist() == [[1.0, -4.0, 1.0]]
 
 
+def test_the_repetition_penalty_counts_generated_tokens_too():
+    """Greedy generation with a penalty is the step-by-step reference: each next token from the logits of the
+    whole sequence so far, penalised for every token in it (the prompt's and the generated ones)."""
+    model = causal_model("transformer")
+    prompt, penalty = [3, 5, 3, 7], 3.0
+    sequence = list(prompt)
+    with torch.no_grad():
+        for _ in range(12):
+            logits = model.model.predict(torch.tensor([sequence]))[:, -1]
+            seen = torch.zeros(1, VOCAB, dtype=torch.bool)
+            seen[0, sequence] = True
+            sequence.append(int(penalize_repetition(logits, seen, penalty).argmax()))
+    params = SamplingParams(max_new_tokens=12, repetition_penalty=penalty)
+    assert generate_tokens(model, [prompt], params, set())[0] == sequence[len(prompt):]
+    assert generate_tokens(model, [prompt], SamplingParams(max_new_tokens=12), set())[0] != sequence[len(prompt):]
+
+
 def test_context_trimming_drops_oldest_turns_and_keeps_the_system_prompt():
     tok = ChatTokenizer.byte_level()
     turns = [("system", "Be brief."), ("user", "a" * 30), ("assistant", "b" * 30), ("user", "c" * 30),

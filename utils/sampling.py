@@ -143,6 +143,7 @@ def stream_tokens(model: ACTLossHead, prompts: list[list[int]], params: Sampling
         valid[row, longest - len(prompt):] = True
     positions = (valid.long().cumsum(-1) - 1).clamp_min(0)
     seen = torch.zeros(len(prompts), vocab, dtype=torch.long, device=device).scatter_add_(1, inputs, valid.long()) > 0
+    penalized = any(p.repetition_penalty != 1.0 for p in (params if per_row else [params]))  # (else seen is not read)
     if per_row:
         generators = [torch.Generator(device=device).manual_seed(p.seed) for p in params]
     else:
@@ -187,7 +188,8 @@ def stream_tokens(model: ACTLossHead, prompts: list[list[int]], params: Sampling
                     cache.keep(keep)
                 else:
                     inputs, valid = inputs[keep], valid[keep]
-            seen[torch.arange(len(rows), device=device), token] = True
+            if penalized:
+                seen[torch.arange(len(rows), device=device), token] = True
             last = positions[:, -1:] + 1
             if cache is not None:  # only the new position
                 inputs, positions, valid = token[:, None], last, None
