@@ -30,11 +30,10 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dataset.common import (PUZZLE_CSV_HEADER, PuzzleDatasetMetadata, puzzle_csv_rows, save_identifiers,  # noqa: E402
-                            save_split, staged_output)
-from tasks.sudoku import (PUZZLE_CHARS, augment, check_grid_string, fail, find_conflict, generate_puzzle,  # noqa: E402
+from dataset.common import (PUZZLE_CSV_HEADER, PuzzleDatasetMetadata, puzzle_csv_rows, run_build_cli,  # noqa: E402
+                            save_identifiers, save_split, staged_output)
+from tasks.sudoku import (PUZZLE_CHARS, augment, check_grid_string, find_conflict, generate_puzzle,  # noqa: E402
                           parse_digits, rate, solve)
-from utils.files import WriteError  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- puzzle sets
@@ -81,7 +80,7 @@ def generate_set(
     discarded, max_attempts = 0, 50 * count + 1000
     while len(puzzles) < count:
         if len(puzzles) + discarded >= max_attempts:
-            raise fail(
+            raise ValueError(
                 f"only {len(puzzles)} of {count} puzzles met the constraints after {max_attempts} attempts "
                 f"(clues {min_clues}..{max_clues}, min difficulty {min_difficulty}); relax them"
             )
@@ -161,7 +160,7 @@ def read_csv_rows(name: str, rows: Iterable[tuple[int, Sequence[object]]], chunk
     for line, row in rows:
         where = f"{name}:{line}"
         if len(row) != 4:
-            raise fail(f"{where}: expected 4 fields (source,question,answer,rating), got {len(row)}")
+            raise ValueError(f"{where}: expected 4 fields (source,question,answer,rating), got {len(row)}")
         _, question, answer, rating = row
         question, answer = str(question), str(answer)
         if len(question) != 81 or not question.isascii():
@@ -171,7 +170,7 @@ def read_csv_rows(name: str, rows: Iterable[tuple[int, Sequence[object]]], chunk
         try:
             ratings.append(int(rating))
         except (TypeError, ValueError):
-            raise fail(f"{where}: rating must be an integer, got {rating!r}") from None
+            raise ValueError(f"{where}: rating must be an integer, got {rating!r}") from None
         questions += question.encode()
         answers += answer.encode()
         lines.append(line)
@@ -196,9 +195,9 @@ def read_csv_rows(name: str, rows: Iterable[tuple[int, Sequence[object]]], chunk
             where = f"{name}:{lines[k]}"
             conflict = find_conflict(solutions[k].tolist())
             if conflict:
-                raise fail(f"{where}: answer is not a valid Sudoku grid ({conflict})")
+                raise ValueError(f"{where}: answer is not a valid Sudoku grid ({conflict})")
             cell = int(np.argmax((puzzles[k] != 0) & (puzzles[k] != solutions[k])))
-            raise fail(f"{where}: answer disagrees with the question at row {cell // 9 + 1}, column {cell % 9 + 1}")
+            raise ValueError(f"{where}: answer disagrees with the question at row {cell // 9 + 1}, column {cell % 9 + 1}")
     return PuzzleSet(puzzles, solutions, np.asarray(ratings, dtype=np.int64))
 
 
@@ -215,10 +214,7 @@ def _valid_grids(grids: np.ndarray) -> np.ndarray:
 
 
 def read_csv_file(path: str) -> PuzzleSet:
-    try:
-        return read_csv_rows(path, puzzle_csv_rows(path))
-    except (FileNotFoundError, ValueError) as e:  # a missing file, its header or its encoding
-        raise fail(str(e)) from None
+    return read_csv_rows(path, puzzle_csv_rows(path))
 
 
 def read_hub_csv(repo: str, split: str) -> PuzzleSet:
@@ -226,7 +222,7 @@ def read_hub_csv(repo: str, split: str) -> PuzzleSet:
     try:
         import datasets  # imported lazily: only this path needs it (and the network)
     except ImportError:
-        raise fail("the hub path needs the `datasets` package; install it or pass --train-file/--test-file") from None
+        raise ValueError("the hub path needs the `datasets` package; install it or pass --train-file/--test-file") from None
     filename = f"{split}.csv"
     # Explicit string columns: inferred types would turn the all-digit answers into (overflowing) integers.
     text = datasets.Value("string")
@@ -234,7 +230,7 @@ def read_hub_csv(repo: str, split: str) -> PuzzleSet:
     try:
         ds = datasets.load_dataset(repo, data_files={split: filename}, split=split, features=features)
     except Exception as e:  # network, authentication, missing file, bad rows: all end the same way
-        raise fail(f"cannot load {filename} from {repo} ({type(e).__name__}: {e}); pass local files instead "
+        raise ValueError(f"cannot load {filename} from {repo} ({type(e).__name__}: {e}); pass local files instead "
                    "(--train-file/--test-file)") from None
     rows = zip(*(ds[c] for c in PUZZLE_CSV_HEADER))
     return read_csv_rows(f"{repo}/{filename}", enumerate(rows, start=2))  # line 1 is the header
@@ -262,9 +258,9 @@ def read_list_file(path: str) -> tuple[PuzzleSet, ListRejections, int]:
     try:
         text = Path(path).read_text()
     except FileNotFoundError:
-        raise fail(f"{path}: file not found") from None
+        raise FileNotFoundError(f"{path}: file not found") from None
     except (UnicodeDecodeError, OSError) as e:
-        raise fail(f"{path}: cannot read ({e})") from None
+        raise ValueError(f"{path}: cannot read ({e})") from None
     puzzles, solutions, ratings = [], [], []
     rejected = ListRejections([], [])
     total, seen = 0, set()
@@ -277,7 +273,7 @@ def read_list_file(path: str) -> tuple[PuzzleSet, ListRejections, int]:
         grid = parse_digits(line)
         conflict = find_conflict(grid)
         if conflict:
-            raise fail(f"{where}: the clues conflict ({conflict})")
+            raise ValueError(f"{where}: the clues conflict ({conflict})")
         total += 1
         if bytes(grid) in seen:  # a repeat could land on both sides of the train/test split
             rejected.duplicates.append(line_no)
@@ -334,7 +330,7 @@ class SudokuBuildConfig:
 def _check_config(cfg: SudokuBuildConfig) -> None:
     def need(ok: bool, message: str) -> None:
         if not ok:
-            raise fail(message)
+            raise ValueError(message)
 
     need(cfg.source in ("generate", "csv", "list"), f"unknown source {cfg.source!r} (generate, csv or list)")
     need(bool(cfg.output_dir), "an output directory is required")
@@ -409,7 +405,7 @@ def build(config: SudokuBuildConfig) -> None:
         train = train.take(np.sort(pick))
         say(f"subsampled {cfg.subsample_size} train puzzles")
     if len(train) == 0:
-        raise fail("no train puzzles left to write (check the input files and --min-difficulty)")
+        raise ValueError("no train puzzles left to write (check the input files and --min-difficulty)")
 
     with staged_output(cfg.output_dir) as out:
         train_total = write_split(out, "train", train, cfg.num_aug, _rng(cfg.seed, "augment"))
@@ -427,7 +423,7 @@ def build(config: SudokuBuildConfig) -> None:
     )
 
 
-def _parse_args(argv: Sequence[str] | None) -> SudokuBuildConfig:
+def main(argv: Sequence[str] | None = None) -> None:
     d = SudokuBuildConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", choices=["generate", "csv", "list"], default=d.source)
@@ -446,14 +442,7 @@ def _parse_args(argv: Sequence[str] | None) -> SudokuBuildConfig:
     p.add_argument("--max-clues", type=int, default=d.max_clues, help="generate: most clues")
     p.add_argument("--save-csv", default=None, help="generate: also write DIR/train.csv and DIR/test.csv")
     p.add_argument("--quiet", action="store_true")
-    return SudokuBuildConfig(**{k.replace("-", "_"): v for k, v in vars(p.parse_args(argv)).items()})
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    try:
-        build(_parse_args(argv))
-    except WriteError as e:  # a full disk or an unwritable directory: one line, as for bad input
-        raise fail(str(e)) from None
+    run_build_cli(build, SudokuBuildConfig, p.parse_args(argv))
 
 
 if __name__ == "__main__":

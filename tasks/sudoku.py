@@ -11,14 +11,6 @@ import numpy as np
 from tasks.common import PuzzleText
 
 
-class DatasetBuildError(SystemExit):
-    """Bad input or options: exits the CLI with status 1 and a one-line message, catchable by callers."""
-
-
-def fail(message: str) -> DatasetBuildError:
-    return DatasetBuildError(f"error: {message}")
-
-
 # ----------------------------------------------------------------------------- solver
 # Bitmask backtracking: every empty cell keeps a 9-bit mask of its candidate digits. Placing a digit removes it
 # from the 20 peers and places any peer left with one candidate (naked singles); when nothing is forced the
@@ -242,11 +234,11 @@ PUZZLE_CHARS = ".0123456789"
 def check_grid_string(text: str, where: str, what: str, allowed: str) -> None:
     """Raise a precise error for a malformed 81-character grid string."""
     if len(text) != 81:
-        raise fail(f"{where}: {what} has {len(text)} characters, expected 81")
+        raise ValueError(f"{where}: {what} has {len(text)} characters, expected 81")
     for pos, ch in enumerate(text, 1):
         if ch not in allowed:
             expected = "1-9, '.' or '0' for a blank" if "." in allowed else "1-9"
-            raise fail(f"{where}: {what} has invalid character {ch!r} at position {pos} (expected {expected})")
+            raise ValueError(f"{where}: {what} has invalid character {ch!r} at position {pos} (expected {expected})")
 
 
 def parse_digits(text: str) -> list[int]:
@@ -264,7 +256,7 @@ def encode_text(text: str, where: str) -> list[int]:
     """A puzzle in text -> the model's tokens; clues that break the rules are an error (no solution exists)."""
     grid = parse_sudoku(text, where)
     if conflict := find_conflict(grid):
-        raise fail(f"{where}: the clues conflict ({conflict}): no solution exists")
+        raise ValueError(f"{where}: the clues conflict ({conflict}): no solution exists")
     return [d + 1 for d in grid]
 
 

@@ -354,9 +354,9 @@ def test_list_source_rejects_bad_puzzles(tmp_path, puzzles, capsys):
 def test_list_source_invalid_line(tmp_path, line, message):
     path = tmp_path / "list.txt"
     path.write_text(f"# comment\n{PUZZLE}\n{line}\n")
-    with pytest.raises(SystemExit) as exc:
+    with pytest.raises(ValueError) as exc:
         build(SudokuBuildConfig(output_dir=str(tmp_path / "o"), source="list", train_file=str(path), quiet=True))
-    assert str(exc.value) == f"error: {path}:3: {message}"
+    assert str(exc.value) == f"{path}:3: {message}"
 
 
 def test_hub_source_goes_through_datasets(tmp_path, monkeypatch):
