@@ -122,6 +122,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--num-samples must be at least 1")
     if args.batch_size is not None and args.batch_size < 1:
         ap.error("--batch-size must be at least 1")
+    if not 0 <= args.port <= 65535:
+        ap.error(f"--port must be in 0..65535 (0: a free one), got {args.port}")
     if args.output_file and not os.path.isdir(os.path.dirname(os.path.abspath(args.output_file))):
         ap.error(f"--output-file {args.output_file}: the directory {os.path.dirname(args.output_file)} does not exist")
     if args.num_samples > 1 and args.prompt is None and args.input_file is None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -35,12 +34,12 @@ from models.ema import auto_ema_rate
 from models.sparse_embedding import SignSGD
 from models.trm import Carry
 from utils.checkpoint import RunCheckpoints, find_checkpoint
+from utils.cli import exit_on_bad_input
 from utils.config_check import check_config
 from utils.curriculum import Curriculum
 from utils.device import describe_policy, resolve_compile
 from utils.distributed import (Dist, all_reduce_sum, broadcast_object, init_distributed, leave_together,
                                reduce_sums, shutdown, sum_gradients)
-from utils.files import WriteError
 from utils.logger import RunLogger
 from utils.nonfinite import BadSteps, all_finite, back_off, discard_gradients, gradients
 from utils.optim import lr_factor
@@ -344,14 +343,12 @@ def train(cfg: DictConfig, run_dir: str | None = None) -> dict[str, float]:
 
 @hydra.main(config_path="config", config_name="cfg_pretrain", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
+    with exit_on_bad_input():  # bad input, a full disk: one clear line, non-zero exit
         hydra_cfg = HydraConfig.get()
         if cfg.resume:
             cfg = resume_config(cfg, list(hydra_cfg.overrides.task))
         # a sweep (-m) runs each job in its own directory under hydra.sweep.dir, named for its overrides
         train(cfg, hydra_cfg.runtime.output_dir if hydra_cfg.mode == RunMode.MULTIRUN and not cfg.resume else None)
-    except (FileNotFoundError, ValueError, WriteError) as e:  # bad input, a full disk: one clear line, non-zero exit
-        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

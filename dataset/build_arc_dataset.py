@@ -44,8 +44,8 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dataset.common import (PuzzleDatasetMetadata, run_build_cli, save_identifiers, save_split,  # noqa: E402
-                            staged_output)
+from dataset.common import (PuzzleDatasetMetadata, check_output_dir, run_build_cli, save_identifiers,  # noqa: E402
+                            save_split, staged_output)
 from tasks.arc import (AUGMENTATIONS_FILE, IDENTITY, PAD, SEQ_LEN, TASKS_FILE, VOCAB_SIZE, Task,  # noqa: E402
                        draw_augmentations, encode_demonstrations, encode_pair, load_combined, load_directory)
 from utils.files import atomic_write  # noqa: E402
@@ -125,6 +125,7 @@ def build(config: ArcBuildConfig) -> None:
     """Write `<output_dir>/{train,test}`, identifiers.json, arc_augmentations.npz and arc_tasks.json."""
     cfg = config
     _check_config(cfg)
+    check_output_dir(cfg.output_dir)
     say = (lambda *_: None) if cfg.quiet else print
     start = time.perf_counter()
     tasks = load_tasks(cfg)

@@ -33,8 +33,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from dataset.chat_formats import BadRecordReport, Conversation, load_records, parse_records  # noqa: E402
 from dataset.common import (  # noqa: E402
-    add_split_arguments, check_splits_not_empty, drop_training_copies, resolve_train_split, run_build_cli,
-    save_arrays, split_indices, staged_output, token_dtype)
+    add_split_arguments, check_output_dir, check_splits_not_empty, drop_training_copies, resolve_train_split,
+    run_build_cli, save_arrays, split_indices, staged_output, token_dtype)
 from utils.files import atomic_write  # noqa: E402
 from utils.tokenizer import ChatTokenizer, make_tokenizer  # noqa: E402
 
@@ -147,6 +147,7 @@ def build(cfg: ChatBuildConfig) -> dict:
     """Build the dataset; returns its metadata (also written to <output_dir>/dataset.json)."""
     if cfg.long not in ("truncate", "split"):
         raise ValueError(f"--long must be truncate or split, got {cfg.long!r}")
+    check_output_dir(cfg.output_dir)
     train_split = resolve_train_split(cfg.train_split, cfg.valid_file)
     sources = {"train": cfg.input_file, "valid": ", ".join(cfg.valid_file or [cfg.input_file])}
     conversations, report = read_conversations([cfg.input_file], cfg)

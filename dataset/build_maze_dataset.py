@@ -31,8 +31,8 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dataset.common import (PUZZLE_CSV_HEADER, PuzzleDatasetMetadata, puzzle_csv_rows, run_build_cli,  # noqa: E402
-                            save_identifiers, save_split, staged_output)
+from dataset.common import (PUZZLE_CSV_HEADER, PuzzleDatasetMetadata, check_output_dir, puzzle_csv_rows,  # noqa: E402
+                            run_build_cli, save_identifiers, save_split, staged_output)
 from tasks.common import NUM_DIHEDRAL, dihedral  # noqa: E402
 from tasks.maze import CHARSET, OPEN, PATH, SIZE, check_size, encode_maze, endpoints, generate_maze  # noqa: E402
 
@@ -128,6 +128,7 @@ def build(config: MazeBuildConfig) -> None:
     if cfg.min_path_length < 1 or cfg.openings < 0 or cfg.seed < 0:
         raise ValueError("min_path_length must be >= 1, openings and seed >= 0")
     check_size(cfg.size)
+    check_output_dir(cfg.output_dir)
     say = (lambda *_: None) if cfg.quiet else print
     start = time.perf_counter()
     if cfg.source == "generate":

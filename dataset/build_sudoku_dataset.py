@@ -30,8 +30,8 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dataset.common import (PUZZLE_CSV_HEADER, PuzzleDatasetMetadata, puzzle_csv_rows, run_build_cli,  # noqa: E402
-                            save_identifiers, save_split, staged_output)
+from dataset.common import (PUZZLE_CSV_HEADER, PuzzleDatasetMetadata, check_output_dir, puzzle_csv_rows,  # noqa: E402
+                            run_build_cli, save_identifiers, save_split, staged_output)
 from tasks.sudoku import (PUZZLE_CHARS, augment, check_grid_string, find_conflict, generate_puzzle,  # noqa: E402
                           parse_digits, rate, solve)
 
@@ -359,6 +359,7 @@ def build(config: SudokuBuildConfig) -> None:
     """Build `<output_dir>/{train,test}` and `<output_dir>/identifiers.json` as described in the module docstring."""
     cfg = config
     _check_config(cfg)
+    check_output_dir(cfg.output_dir)
     say = (lambda *_: None) if cfg.quiet else print
     start = time.perf_counter()
 

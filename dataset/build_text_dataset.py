@@ -37,8 +37,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from dataset.chat_formats import JSON_SUFFIXES, load_records  # noqa: E402
 from dataset.common import (  # noqa: E402
-    add_split_arguments, check_splits_not_empty, drop_training_copies, resolve_train_split, run_build_cli,
-    save_arrays, split_indices, staged_output, token_dtype)
+    add_split_arguments, check_output_dir, check_splits_not_empty, drop_training_copies, resolve_train_split,
+    run_build_cli, save_arrays, split_indices, staged_output, token_dtype)
 from utils.files import atomic_write  # noqa: E402
 from utils.tokenizer import ChatTokenizer, make_tokenizer  # noqa: E402
 
@@ -155,6 +155,7 @@ def encode_documents(tok: ChatTokenizer, docs: list[str]) -> dict[str, np.ndarra
 
 def build(cfg: TextBuildConfig) -> dict:
     """Build the dataset; returns its metadata (also written to <output_dir>/dataset.json)."""
+    check_output_dir(cfg.output_dir)
     sources = {"train": ", ".join(cfg.input), "valid": ", ".join(cfg.valid_file or cfg.input)}
     train_split = resolve_train_split(cfg.train_split, cfg.valid_file)
     report = Report()

@@ -20,7 +20,6 @@ import dataclasses
 import json
 import os
 import shutil
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,8 @@ from typing import Any, Callable, Hashable, Iterator
 
 import numpy as np
 
-from utils.files import TMP_SUFFIX, WriteError, atomic_write, make_dir
+from utils.cli import exit_on_bad_input
+from utils.files import TMP_SUFFIX, atomic_write, make_dir
 
 ARRAY_NAMES = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
 
@@ -80,17 +80,15 @@ def puzzle_csv_rows(path: str) -> Iterator[tuple[int, list[str]]]:
                     yield reader.line_num, row
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: file not found") from None
-    except (UnicodeDecodeError, csv.Error) as e:
+    except (UnicodeDecodeError, csv.Error, IsADirectoryError) as e:
         raise ValueError(f"{path}: cannot read the CSV ({e})") from None
 
 
 def run_build_cli(build: Callable[[Any], None], config_class: type, args: argparse.Namespace) -> None:
     """The end of a builder's CLI: its options (named like the config fields) -> config -> build; bad input or
     a full disk exits with one line `error: ...` and status 1."""
-    try:
+    with exit_on_bad_input():
         build(config_class(**{k.replace("-", "_"): v for k, v in vars(args).items()}))
-    except (FileNotFoundError, ValueError, WriteError) as e:
-        sys.exit(f"error: {e}")
 
 
 def token_dtype(vocab_size: int) -> type:
@@ -218,16 +216,24 @@ def check_set(name: str, arrays: dict[str, np.ndarray], meta: PuzzleDatasetMetad
 DATASET_ENTRIES = ("dataset.json", "identifiers.json", "train", "test", "valid", "tokenizer")  # what builds write
 
 
+def check_output_dir(output_dir: str | os.PathLike) -> Path:
+    """The absolute path of a build's output directory, after refusing one it must not replace: a file, or a
+    directory that holds files but no dataset. Builders call this first, before their long work."""
+    out = Path(os.path.abspath(output_dir))
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{output_dir}: exists and is not a directory; give a new or empty directory")
+    if out.is_dir() and any(out.iterdir()) and not any((out / name).exists() for name in DATASET_ENTRIES):
+        raise ValueError(f"{output_dir}: exists and holds no dataset; a build replaces its output directory "
+                         "whole, so give a new or empty one")
+    return out
+
+
 @contextmanager
 def staged_output(output_dir: str | os.PathLike) -> Iterator[Path]:
     """The directory a build writes into: a temporary sibling that replaces `output_dir` only once the build is
     complete, so an interrupted build leaves the previous dataset (or none) whole, never a mix that loads.
-    Leftovers of killed builds (the *.tmp siblings) go first. An existing `output_dir` that holds files but no
-    dataset is refused rather than replaced."""
-    out = Path(os.path.abspath(output_dir))
-    if out.is_dir() and any(out.iterdir()) and not any((out / name).exists() for name in DATASET_ENTRIES):
-        raise ValueError(f"{output_dir}: exists and holds no dataset; a build replaces its output directory "
-                         "whole, so give a new or empty one")
+    Leftovers of killed builds (the *.tmp siblings) go first."""
+    out = check_output_dir(output_dir)
     staging, replaced = (out.with_name(f"{out.name}.{what}{TMP_SUFFIX}") for what in ("building", "replaced"))
     for leftover in (staging, replaced):
         shutil.rmtree(leftover, ignore_errors=True)

@@ -3,7 +3,6 @@ validation split, and greedy replies to a few fixed prompts."""
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import re
@@ -13,8 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from constants import IGNORE_LABEL_ID
+from evaluators.probes import load_probes
 from models.losses import ACTLossHead
-from utils.sampling import SamplingParams, final_outputs, generate_replies
+from utils.sampling import SamplingParams, check_sampling, final_outputs, generate_replies
 
 
 @torch.no_grad()
@@ -42,10 +42,10 @@ def greedy_replies(model: ACTLossHead, tokenizer, prompts: list[str], max_new_to
     return generate_replies(model, tokenizer, [[("user", p)] for p in prompts], SamplingParams(max_new_tokens=max_new_tokens))
 
 
-def heldout_accuracy(model: ACTLossHead, tokenizer, path: str, max_new_tokens: int = 24) -> tuple[float, list[dict]]:
-    """Exact-answer accuracy on a JSONL of {"prompt", "answer"}: the last number of the greedy reply must be
-    the answer (e.g. held-out arithmetic from examples/make_synthetic_chat.py)."""
-    rows = [json.loads(line) for line in open(path) if line.strip()]
+def heldout_accuracy(model: ACTLossHead, tokenizer, rows: list[dict[str, str]],
+                     max_new_tokens: int = 24) -> tuple[float, list[dict]]:
+    """Exact-answer accuracy on {"prompt", "answer"} rows (a probe file, evaluators/probes.py): the last number of
+    the greedy reply must be the answer (e.g. held-out arithmetic from examples/make_synthetic_chat.py)."""
     results = []
     for row, reply in zip(rows, greedy_replies(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens)):
         numbers = re.findall(r"-?\d+", reply)
@@ -61,12 +61,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-ema", action="store_true", help="use the raw weights even when EMA weights are saved")
     args = ap.parse_args(argv)
     from utils.checkpoint import load_trained_model
+    from utils.cli import exit_on_bad_input
     from utils.tokenizer import ChatTokenizer
 
-    model, checkpoint = load_trained_model(args.run, use_ema=not args.no_ema)
-    run_dir = args.run if os.path.isdir(args.run) else os.path.dirname(args.run)
-    tokenizer = ChatTokenizer.load(os.path.join(run_dir, "tokenizer"))
-    accuracy, results = heldout_accuracy(model, tokenizer, args.heldout, args.max_new_tokens)
+    with exit_on_bad_input():
+        check_sampling("max_new_tokens", args.max_new_tokens)
+        rows = load_probes(args.heldout)  # before loading the model: a bad file is reported at once
+        model, checkpoint = load_trained_model(args.run, use_ema=not args.no_ema)
+        run_dir = args.run if os.path.isdir(args.run) else os.path.dirname(args.run)
+        tokenizer = ChatTokenizer.load(os.path.join(run_dir, "tokenizer"))
+        accuracy, results = heldout_accuracy(model, tokenizer, rows, args.max_new_tokens)
     for r in results[:5]:
         print(f"{r['prompt']!r} -> {r['reply']!r} ({'ok' if r['correct'] else 'expected ' + r['answer']})")
     print(f"exact-answer accuracy: {accuracy:.4f} on {len(results)} prompts (step {checkpoint['step']})")

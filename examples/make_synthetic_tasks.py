@@ -30,6 +30,7 @@ from dataset.build_chat_dataset import ChatBuildConfig, build as build_chat  # n
 from dataset.build_text_dataset import TextBuildConfig, build as build_text  # noqa: E402
 from tasks.synthetic import (  # noqa: E402
     FAMILIES, LEVELS, Problem, chat_form, chat_probe, heldout_problems, sample, text_form, text_probe)
+from utils.cli import exit_on_bad_input  # noqa: E402
 from utils.files import atomic_write  # noqa: E402
 
 
@@ -75,14 +76,12 @@ def main(argv: list[str] | None = None) -> None:
         raw = out / "raw" / f"level{level}"
         write_jsonl(raw / "text.jsonl", [{"text": text_form(p)} for p in problems])
         raw.joinpath("chat.json").write_text("[\n" + ",\n".join(json.dumps(chat_form(p)) for p in problems) + "\n]\n")
-        try:
+        with exit_on_bad_input():
             build_text(TextBuildConfig(input=[str(raw / "text.jsonl")], output_dir=str(out / "text" / f"level{level}"),
                                        seed=args.seed))
             build_chat(ChatBuildConfig(input_file=str(raw / "chat.json"),
                                        output_dir=str(out / "chat" / f"level{level}"), format="sharegpt",
                                        max_length=args.max_length, seed=args.seed))
-        except (FileNotFoundError, ValueError) as e:
-            sys.exit(f"error: {e}")
         for family in FAMILIES:
             held = heldout_problems(family, level, args.num_probes, args.seed)
             counts[family, level] = len(held)

@@ -173,7 +173,28 @@ def test_the_heldout_evaluator_uses_the_raw_weights_with_no_ema(chat_run, tmp_pa
     run = with_nan_ema(chat_run, tmp_path / "run")
     (tmp_path / "heldout.jsonl").write_text(json.dumps({"prompt": "What is 1 + 2?", "answer": "3"}) + "\n")
     args = [str(run), "--heldout", str(tmp_path / "heldout.jsonl"), "--max-new-tokens", "4"]
-    with pytest.raises(ValueError, match="not usable .* holds NaN"):  # the EMA weights, by default
+    with pytest.raises(SystemExit, match="^error: .*not usable .* holds NaN"):  # the EMA weights, by default
         heldout_main(args)
     heldout_main([*args, "--no-ema"])
     assert "exact-answer accuracy: " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("heldout, options, message", [
+    ('{"prompt": "What is 1 + 2?"}', [], "{heldout} line 1: expected an object with string 'prompt' and non-empty "
+                                        "'answer'"),
+    ("not json", [], "{heldout} line 1: not valid JSON (Expecting value)"),
+    (None, [], "probe file {heldout} not found"),
+    ('{"prompt": "What is 1 + 2?", "answer": "3"}', ["--max-new-tokens", "0"],
+     "max_new_tokens must be a whole number >= 1, got 0"),
+    ('{"prompt": "What is 1 + 2?", "answer": "3"}', [], "{run}: no such checkpoint file or run directory")])
+def test_the_heldout_evaluator_refuses_bad_input_in_one_line(tmp_path, heldout, options, message):
+    """python -m evaluators.chat: each mistake is one `error:` line (no traceback), the held-out file's before the
+    model loads (the run here does not exist)."""
+    from evaluators.chat import main as heldout_main
+
+    path, run = tmp_path / "heldout.jsonl", tmp_path / "no-run"
+    if heldout is not None:
+        path.write_text(heldout + "\n")
+    with pytest.raises(SystemExit) as exit_:
+        heldout_main([str(run), "--heldout", str(path), *options])
+    assert exit_.value.code == "error: " + message.format(heldout=path, run=run)

@@ -327,6 +327,14 @@ def test_num_samples_is_refused_with_greedy_decoding(capsys):
     assert exit.value.code == 2 and "would give 3 identical answers" in capsys.readouterr().err
 
 
+def test_a_port_out_of_range_is_refused_before_loading_the_run(capsys):
+    import generate as cli
+
+    with pytest.raises(SystemExit) as exit:
+        cli.parse_args(["--checkpoint", "run", "--serve", "--port", "70000"])
+    assert exit.value.code == 2 and "--port must be in 0..65535 (0: a free one), got 70000" in capsys.readouterr().err
+
+
 def test_models_lists_the_runs_checkpoints_and_model_switches_between_them(chat_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(chat_run, run)
@@ -353,7 +361,7 @@ def test_generate_takes_the_best_and_final_names_of_a_run(chat_run):
                                          "--max-new-tokens", "4").stdout
 
 
-@pytest.mark.parametrize("case", ["missing", "corrupt", "tokenizer", "tokenizer_file", "empty", "too_long"])
+@pytest.mark.parametrize("case", ["missing", "corrupt", "tokenizer", "tokenizer_file", "empty", "too_long", "device"])
 def test_bad_input_is_a_one_line_error(chat_run, tmp_path, case):
     args = ["--checkpoint", str(chat_run), "--prompt", "hello"]
     if case == "missing":
@@ -370,6 +378,8 @@ def test_bad_input_is_a_one_line_error(chat_run, tmp_path, case):
         args += ["--tokenizer", str(tmp_path / "tokenizer.json")]
     elif case == "empty":
         args[3] = "   "
+    elif case == "device":
+        args += ["--device", "gpu"]
     else:
         args[3] = "x" * 100
     result = generate(*args)
@@ -377,7 +387,8 @@ def test_bad_input_is_a_one_line_error(chat_run, tmp_path, case):
     assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
     expected = {"missing": "no such checkpoint", "corrupt": "cannot load", "tokenizer": "vocabulary of",
                 "tokenizer_file": "tokenizer.json: not a tokenizer directory saved by training",
-                "empty": "empty prompt", "too_long": "context is 64 tokens"}[case]
+                "empty": "empty prompt", "too_long": "context is 64 tokens",
+                "device": "device=gpu: not a device (auto, cpu, cuda, cuda:N or mps)"}[case]
     assert expected in result.stderr
 
 

@@ -299,6 +299,26 @@ def test_cli_script_exits_nonzero_with_one_line(tmp_path):
         assert proc.stderr.strip() == f"error: {path}:2: question has 80 characters, expected 81"
 
 
+def test_a_directory_given_as_the_csv_file_is_a_one_line_error(tmp_path):
+    (tmp_path / "csvs").mkdir()
+    with pytest.raises(SystemExit) as exc:
+        main(csv_args(tmp_path / "csvs", tmp_path / "o"))
+    assert str(exc.value).startswith(f"error: {tmp_path / 'csvs'}: cannot read the CSV ([Errno 21] Is a directory")
+
+
+def test_an_output_dir_that_is_a_file_is_refused_before_the_build_and_kept(tmp_path, monkeypatch):
+    """A build replaces its output directory whole: given a file instead, it stops before any work, file intact."""
+    import dataset.build_sudoku_dataset as builder
+
+    monkeypatch.setattr(builder, "generate_set", lambda *a, **k: pytest.fail("the build started"))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    with pytest.raises(SystemExit) as exc:
+        main(["--output-dir", str(notes), "--num-train", "2", "--num-test", "1"])
+    assert exc.value.code == f"error: {notes}: exists and is not a directory; give a new or empty directory"
+    assert notes.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
 def test_subsample_and_min_difficulty(tmp_path, puzzles):
     ratings = np.arange(len(puzzles))  # 0..15
     path = write_csv(tmp_path / "t.csv", csv_rows(puzzles, ratings))

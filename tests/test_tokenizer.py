@@ -300,3 +300,15 @@ def test_train_cli_min_frequency_default_vocab_size_and_json_output(tmp_path, ca
         main(["train", "--files", str(txt), "--output", str(tmp_path / "tok.json")])
     assert "--output " + str(tmp_path / "tok.json") + ": expected a directory" in capsys.readouterr().err
     assert not (tmp_path / "tok.json").exists()
+
+
+def test_train_cli_output_where_no_directory_can_be_is_a_one_line_error(tmp_path, capsys):
+    txt = tmp_path / "a.txt"
+    txt.write_text("ab ab ab cd cd\n")
+    with pytest.raises(SystemExit) as exit_:  # an existing file: refused before training
+        main(["train", "--files", str(txt), "--output", str(txt)])
+    assert exit_.value.code == 2 and f"--output {txt}: exists and is not a directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # inside a file: found when saving, still one line
+        main(["train", "--files", str(txt), "--output", str(txt / "tok")])
+    assert str(exit_.value.code).startswith(f"error: {txt / 'tok'}: cannot create the directory (Not a directory)")
+    assert txt.read_text() == "ab ab ab cd cd\n"

@@ -28,11 +28,14 @@ CPU_COMPILE_MIN_STEPS = 2000
 
 def select_device(preference: str = "auto") -> torch.device:
     if preference != "auto":
-        device = torch.device(preference)
+        try:
+            device = torch.device(preference)
+        except RuntimeError:
+            raise ValueError(f"device={preference}: not a device (auto, cpu, cuda, cuda:N or mps)") from None
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"device={preference} requested but CUDA is not available")
+            raise ValueError(f"device={preference} requested but CUDA is not available")
         if device.type == "mps" and not torch.backends.mps.is_available():
-            raise RuntimeError(f"device={preference} requested but Apple MPS is not available")
+            raise ValueError(f"device={preference} requested but Apple MPS is not available")
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")

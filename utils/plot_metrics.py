@@ -20,6 +20,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only: works on machines without a display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from utils.cli import exit_on_bad_input  # noqa: E402
+
 Series = dict[str, tuple[list[int], list[float]]]
 
 PANELS = {  # title: which metric names it shows
@@ -92,16 +94,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--interval", type=float, default=10.0, help="seconds between checks with --watch")
     args = ap.parse_args(argv)
     try:
-        print(f"wrote {plot(args.run_dir, args.output)}")
-        seen = os.path.getmtime(os.path.join(args.run_dir, "metrics.jsonl"))
-        while args.watch:
-            time.sleep(args.interval)
-            mtime = os.path.getmtime(os.path.join(args.run_dir, "metrics.jsonl"))
-            if mtime != seen:
-                seen = mtime
-                print(f"wrote {plot(args.run_dir, args.output)}")
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
+        with exit_on_bad_input():
+            print(f"wrote {plot(args.run_dir, args.output)}")
+            seen = os.path.getmtime(os.path.join(args.run_dir, "metrics.jsonl"))
+            while args.watch:
+                time.sleep(args.interval)
+                mtime = os.path.getmtime(os.path.join(args.run_dir, "metrics.jsonl"))
+                if mtime != seen:
+                    seen = mtime
+                    print(f"wrote {plot(args.run_dir, args.output)}")
     except KeyboardInterrupt:
         pass
 

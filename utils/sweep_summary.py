@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from utils.cli import exit_on_bad_input
 from utils.files import atomic_write
 
 SUMMARY_FILE = "summary.json"
@@ -220,10 +221,8 @@ def main(argv: list[str] | None = None) -> None:
                                                    "or accuracy for chat runs)")
     ap.add_argument("--out", default=None, help="output directory (default: the sweep directory)")
     args = ap.parse_args(argv)
-    try:
+    with exit_on_bad_input():
         rows = summarize(args.sweep_dir, args.metric, args.out)
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
     print(to_markdown(rows), end="")
     print(f"{len(rows)} runs -> {args.out or args.sweep_dir}/sweep_summary.{{csv,md}} and the heat map")
 

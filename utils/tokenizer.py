@@ -20,6 +20,9 @@ from typing import Iterable, Iterator
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from utils.cli import exit_on_bad_input
+from utils.files import make_dir
+
 SPECIAL_TOKENS = {
     "pad": "<|pad|>",
     "eot": "<|endoftext|>",
@@ -196,7 +199,7 @@ class ChatTokenizer:
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def save(self, directory: str) -> None:
-        os.makedirs(directory, exist_ok=True)
+        make_dir(directory)
         self.tok.save_pretrained(directory)
         meta = dict(kind=self.kind, source=self.source, special_tokens=SPECIAL_TOKENS, special_ids=self.special_ids,
                     vocab_size=self.vocab_size, fingerprint=self.fingerprint())
@@ -339,11 +342,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--output {args.output}: expected a directory to save into (it gets tokenizer.json, "
                      f"tokenizer_config.json and {CONFIG_FILE}), not a .json file name; e.g. --output "
                      f"{os.path.dirname(args.output) or '.'}/tokenizer")
-    try:
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        parser.error(f"--output {args.output}: exists and is not a directory")
+    with exit_on_bad_input():
         tok = ChatTokenizer.train_bpe(iter_texts(args.files), args.vocab_size, args.min_frequency)
-    except (ValueError, json.JSONDecodeError) as e:
-        raise SystemExit(f"error: {e}") from None
-    tok.save(args.output)
+        tok.save(args.output)
     print(f"vocab size {tok.vocab_size}, fingerprint {tok.fingerprint()}, saved to {args.output}")
 
 
