@@ -36,6 +36,7 @@ from evaluators.puzzle import evaluate_puzzles
 from tasks import task_module
 from tasks.arc import parse_task, read_json
 from utils.checkpoint import ALIASES, find_checkpoint, load_trained_model, named_checkpoint, run_steps
+from utils.cli import BAD_INPUT
 from utils.device import resolve_dtype, select_device
 from utils.files import atomic_write
 from utils.sampling import (SamplingParams, act_steps, chat_stop_ids, check_sampling, context_length,
@@ -124,6 +125,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--batch-size must be at least 1")
     if not 0 <= args.port <= 65535:
         ap.error(f"--port must be in 0..65535 (0: a free one), got {args.port}")
+    if args.output_file and os.path.isdir(args.output_file):
+        ap.error(f"--output-file {args.output_file}: a directory, not a file name")
     if args.output_file and not os.path.isdir(os.path.dirname(os.path.abspath(args.output_file))):
         ap.error(f"--output-file {args.output_file}: the directory {os.path.dirname(args.output_file)} does not exist")
     if args.num_samples > 1 and args.prompt is None and args.input_file is None:
@@ -519,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
             generator.interactive()
         else:
             generator.answer_file(args.input_file, args.output_file, args.num_samples)
-    except (FileNotFoundError, ValueError) as e:
+    except BAD_INPUT as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

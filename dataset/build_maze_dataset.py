@@ -35,6 +35,7 @@ from dataset.common import (PUZZLE_CSV_HEADER, PuzzleDatasetMetadata, check_outp
                             run_build_cli, save_identifiers, save_split, staged_output)
 from tasks.common import NUM_DIHEDRAL, dihedral  # noqa: E402
 from tasks.maze import CHARSET, OPEN, PATH, SIZE, check_size, encode_maze, endpoints, generate_maze  # noqa: E402
+from utils.files import make_dir  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- CSV
@@ -76,7 +77,7 @@ def download_csv(repo: str, split: str) -> str:
 
 
 def write_csv(path: Path, questions: list[str], answers: list[str], source: str = "generated") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(PUZZLE_CSV_HEADER)
@@ -127,6 +128,10 @@ def build(config: MazeBuildConfig) -> None:
         raise ValueError("the csv source needs both train_file and test_file (or neither, to download source_repo)")
     if cfg.min_path_length < 1 or cfg.openings < 0 or cfg.seed < 0:
         raise ValueError("min_path_length must be >= 1, openings and seed >= 0")
+    if cfg.source == "generate" and (cfg.num_train < 1 or cfg.num_test < 0):
+        raise ValueError(f"num_train must be >= 1 and num_test >= 0, got {cfg.num_train} and {cfg.num_test}")
+    if cfg.save_csv is not None and Path(cfg.save_csv).is_file():
+        raise ValueError(f"--save-csv {cfg.save_csv}: a file, not a directory")
     check_size(cfg.size)
     check_output_dir(cfg.output_dir)
     say = (lambda *_: None) if cfg.quiet else print

@@ -34,6 +34,7 @@ from dataset.common import (PUZZLE_CSV_HEADER, PuzzleDatasetMetadata, check_outp
                             run_build_cli, save_identifiers, save_split, staged_output)
 from tasks.sudoku import (PUZZLE_CHARS, augment, check_grid_string, find_conflict, generate_puzzle,  # noqa: E402
                           parse_digits, rate, solve)
+from utils.files import make_dir  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- puzzle sets
@@ -293,7 +294,7 @@ def read_list_file(path: str) -> tuple[PuzzleSet, ListRejections, int]:
 
 def write_csv(path: Path, ps: PuzzleSet, source: str = "generated") -> None:
     """Write puzzles in the official Sudoku-Extreme CSV format ('.' for blanks)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(PUZZLE_CSV_HEADER)
@@ -353,6 +354,7 @@ def _check_config(cfg: SudokuBuildConfig) -> None:
         need(cfg.train_file is not None, "the list source needs --train-file")
         need(0.0 <= cfg.test_fraction < 1.0, f"test_fraction must be in [0, 1), got {cfg.test_fraction}")
     need(cfg.save_csv is None or cfg.source == "generate", "--save-csv only applies to --source generate")
+    need(cfg.save_csv is None or not Path(cfg.save_csv).is_file(), f"--save-csv {cfg.save_csv}: a file, not a directory")
 
 
 def build(config: SudokuBuildConfig) -> None:

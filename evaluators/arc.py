@@ -27,7 +27,7 @@ from evaluators.puzzle import Batches, evaluate_puzzles
 from models.losses import ACTLossHead
 from tasks.arc import ArcMetadata, decode_grid, grid_offset, load_arc_metadata
 from utils.distributed import broadcast_object
-from utils.files import atomic_write
+from utils.files import atomic_write, make_dir
 
 Grid = tuple[tuple[int, ...], ...]
 PASS_KS = (1, 2, 5, 10)
@@ -139,7 +139,7 @@ def gather_predictions(predictions: list[Prediction]) -> list[Prediction] | None
 
 def write_submission(path: str | os.PathLike, submission: dict) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)
     text = json.dumps(submission) + "\n"
     atomic_write(path, lambda f: f.write(text.encode()))
 

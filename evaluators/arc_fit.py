@@ -33,8 +33,9 @@ from models.sparse_embedding import SignSGD, SparseEmbedding
 from tasks.arc import (PAD, TASKS_FILE, ArcMetadata, Task, draw_augmentations, encode_demonstrations, encode_pair,
                        load_combined, load_directory, read_json)
 from utils.checkpoint import find_checkpoint, load_trained_model
+from utils.cli import BAD_INPUT
 from utils.device import resolve_dtype, select_device
-from utils.files import atomic_write
+from utils.files import atomic_write, make_dir
 
 
 @dataclass
@@ -209,7 +210,7 @@ def evaluate_set(model: ACTLossHead, checkpoint: dict[str, Any], tasks: list[Tas
     it comes (a rerun skips the tasks already answered); then <out_dir>/submission.json (Kaggle format) and
     scores.json (pass@k over the tasks whose outputs are known). A rerun must use the same settings."""
     out = Path(out_dir)
-    (out / "answers").mkdir(parents=True, exist_ok=True)
+    make_dir(out / "answers")
     settings_text = json.dumps(asdict(settings), sort_keys=True) + "\n"
     saved = out / "settings.json"
     if saved.is_file() and saved.read_text() != settings_text:
@@ -269,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                                         batch_size=args.batch_size, seed=args.seed)
         out = args.output_dir or os.path.join(os.path.dirname(file) or ".", f"test_time_{args.subset}")
         scores = evaluate_set(model, checkpoint, tasks, settings, device, out)
-    except (FileNotFoundError, ValueError) as e:
+    except BAD_INPUT as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     known = int(scores["arc_tasks"])

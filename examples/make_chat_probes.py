@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--num", type=int, default=50, help="prompts per file")
     ap.add_argument("--seed", type=int, default=0, help="the --seed of make_synthetic_chat.py")
     args = ap.parse_args(argv)
+    if args.num < 1 or Path(args.output_dir).is_file():
+        ap.error(f"need --num >= 1 and an --output-dir that is not a file (got {args.num}, {args.output_dir})")
     rng = random.Random(f"probes:{args.seed}")
     facts = {}
     while len(facts) < args.num:  # distinct questions

@@ -53,6 +53,8 @@ def main() -> None:
     p.add_argument("--num-unseen", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    if args.num_train < 1 or args.num_unseen < 0 or Path(args.output_dir).is_file():
+        p.error("need --num-train >= 1, --num-unseen >= 0 and an --output-dir that is not a file")
     train, unseen = make_tasks(args.num_train, args.num_unseen, args.seed)
     write(Path(args.output_dir), "training", train)
     write(Path(args.output_dir), "unseen", unseen)

@@ -392,6 +392,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.num_conversations < 1 or not 0 <= args.valid_fraction < 1 or args.num_heldout < 0:
         p.error("need --num-conversations >= 1, 0 <= --valid-fraction < 1 and --num-heldout >= 0")
+    if Path(args.output_dir).is_file():
+        p.error(f"--output-dir {args.output_dir}: a file, not a directory")
     return args
 
 

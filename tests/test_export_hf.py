@@ -162,6 +162,13 @@ def test_export_errors_are_one_line(tmp_path, capsys):
     assert export_main([str(tmp_path / "nope"), "--output", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+    arch = dict(name="trm", hidden_size=16, num_heads=2, expansion=2, L_layers=1, H_cycles=1, L_cycles=1,
+                halt_max_steps=2, puzzle_emb_ndim=0, seq_len=4, vocab_size=5, num_puzzle_identifiers=1)
+    (tmp_path / "notes.txt").write_text("keep")  # an --output that is a file
+    assert export_main([str(fake_run(tmp_path, arch)), "--output", str(tmp_path / "notes.txt")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'notes.txt'}: cannot create the directory") and err.count("\n") == 1
+    assert (tmp_path / "notes.txt").read_text() == "keep"
 
 
 def test_an_export_over_one_of_the_other_kind_leaves_none_of_its_files(llama_run, tmp_path):

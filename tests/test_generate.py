@@ -335,6 +335,14 @@ def test_a_port_out_of_range_is_refused_before_loading_the_run(capsys):
     assert exit.value.code == 2 and "--port must be in 0..65535 (0: a free one), got 70000" in capsys.readouterr().err
 
 
+def test_an_output_file_that_is_a_directory_is_refused_before_loading_the_run(tmp_path, capsys):
+    import generate as cli
+
+    with pytest.raises(SystemExit) as exit:
+        cli.parse_args(["--checkpoint", "run", "--evaluate", "data", "--output-file", str(tmp_path)])
+    assert exit.value.code == 2 and f"--output-file {tmp_path}: a directory, not a file name" in capsys.readouterr().err
+
+
 def test_models_lists_the_runs_checkpoints_and_model_switches_between_them(chat_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(chat_run, run)

@@ -78,6 +78,9 @@ def test_summary_of_a_directory_without_runs_is_a_clear_error(tmp_path):
     fake_run(tmp_path / "one", "0_run", 1, 1, 0.5)
     with pytest.raises(SystemExit, match="not a column"):
         summary_main([str(tmp_path / "one"), "--metric", "nope"])
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(SystemExit, match=f"^error: {tmp_path / 'notes.txt'}: cannot create the directory"):
+        summary_main([str(tmp_path / "one"), "--out", str(tmp_path / "notes.txt")])
 
 
 @pytest.mark.parametrize("arch, expected", [(("trm",), 3 * (2 + 1)), (("trm", "arch.H_layers=1"), 3 * (2 + 1)),

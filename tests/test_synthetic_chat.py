@@ -301,3 +301,19 @@ def test_system_named_assistant_answers_with_its_name(data):
             assert ts[-1]["value"] == f"My name is {name}.", ts
             named += 1
     assert named > 50
+
+
+@pytest.mark.parametrize("script, options, message", [
+    ("make_synthetic_chat.py", ["--output-dir", "{file}"], "--output-dir {file}: a file, not a directory"),
+    ("make_chat_probes.py", ["--num", "0"], "need --num >= 1 and an --output-dir that is not a file"),
+    ("make_synthetic_arc.py", ["--output-dir", "{file}"], "need --num-train >= 1, --num-unseen >= 0 and an "
+                                                          "--output-dir that is not a file")])
+def test_example_scripts_refuse_a_file_as_output_dir_and_empty_counts(tmp_path, script, options, message):
+    """Each is a usage error (status 2, no traceback) before anything is written; the file is left as it was."""
+    file = tmp_path / "notes.txt"
+    file.write_text("keep")
+    args = [a.format(file=file) for a in options]
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / script), *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and message.format(file=file) in proc.stderr and "Traceback" not in proc.stderr
+    assert file.read_text() == "keep" and [p.name for p in tmp_path.iterdir()] == ["notes.txt"]

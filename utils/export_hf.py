@@ -32,6 +32,8 @@ from safetensors.torch import save_file
 
 from models.llama import OURS, llama_config, llama_mismatch, to_llama
 from utils.checkpoint import HF_Q_HEAD, HF_WEIGHTS, find_checkpoint, load_trained_model
+from utils.cli import BAD_INPUT
+from utils.files import make_dir
 from utils.tokenizer import ChatTokenizer, SPECIAL_TOKENS
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -74,7 +76,7 @@ def export(run: str, output: str, use_ema: bool = True) -> tuple[str, bool]:
     tokenizer_dir = os.path.join(os.path.dirname(file), "tokenizer")
     tokenizer = ChatTokenizer.load(tokenizer_dir) if os.path.isdir(tokenizer_dir) else None
 
-    os.makedirs(output, exist_ok=True)
+    make_dir(output)
     if Path(output, "config.json").is_file():  # an earlier export here: its files of the other kind contradict this
         for name in CODE.values() if llama else [HF_Q_HEAD]:
             Path(output, name).unlink(missing_ok=True)
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         file, llama = export(args.run, args.output, use_ema=not args.no_ema)
-    except (FileNotFoundError, ValueError) as e:
+    except BAD_INPUT as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     how = "a LlamaForCausalLM" if llama else "with its modeling file"

@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from utils.cli import exit_on_bad_input
-from utils.files import atomic_write
+from utils.files import atomic_write, make_dir
 
 SUMMARY_FILE = "summary.json"
 RECURSION_KEYS = ("arch.H_cycles", "arch.L_cycles")  # always shown: the heat map's axes
@@ -202,7 +202,7 @@ def summarize(sweep_dir: str, metric: str | None = None, out_dir: str | None = N
     if metric not in rows[0] or metric in ("run", "H_cycles", "L_cycles"):
         raise ValueError(f"--metric {metric!r}: not a column of the summary; choose one of {list(rows[0])[1:]}")
     out = Path(out_dir or sweep_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     atomic_write(out / "sweep_summary.csv", lambda f: f.write(to_csv(rows).encode()))
     atomic_write(out / "sweep_summary.md", lambda f: f.write(to_markdown(rows).encode()))
     cells = {(r["H_cycles"], r["L_cycles"]) for r in rows}
