@@ -28,13 +28,15 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=64, help="asked by the clients together")
     ap.add_argument("--max-tokens", type=int, default=32)
     args = ap.parse_args()
+    if min(args.clients, args.requests, args.max_tokens) < 1:
+        ap.error("--clients, --requests and --max-tokens must be >= 1")
     server = subprocess.Popen([sys.executable, "generate.py", "--checkpoint", args.run, "--serve", "--port", "0"],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         line = server.stdout.readline()
         found = re.search(r"at (http://[\d.:]+):", line)
         if not found:
-            print(f"error: the server did not start: {line.strip()}", file=sys.stderr)
+            print(f"error: the server did not start: {line.strip() or 'see its error above'}", file=sys.stderr)
             return 1
         client = OpenAI(base_url=f"{found.group(1)}/v1", api_key="unused", max_retries=0)
         model = client.models.list().data[-1].id

@@ -29,19 +29,25 @@ SETTINGS = {
 }
 
 
+def pretrain(name: str, args: list[str], env: dict[str, str]) -> str:
+    """Run pretrain.py with `args`; its output. A failure ends the benchmark with the output's tail."""
+    done = subprocess.run([sys.executable, "pretrain.py", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{name}: pretrain.py failed (exit {done.returncode}):\n{done.stdout[-2000:]}")
+    return done.stdout
+
+
 def train(setting: str, out: Path, extra: list[str]) -> dict:
     """Run the job; returns wall seconds, the evaluations' (step, exact accuracy) and the evaluation seconds."""
     env = {**os.environ, "WANDB_MODE": "disabled", "TORCHINDUCTOR_CACHE_DIR": str(out / f"inductor-{setting}")}
-    cmd = [sys.executable, "pretrain.py", *SETTINGS[setting], f"checkpoint_dir={out}", "project_name=tta",
-           f"run_name={setting}", "logger.mode=disabled", *extra]
     started = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = pretrain(setting, [*SETTINGS[setting], f"checkpoint_dir={out}", "project_name=tta",
+                                f"run_name={setting}", "logger.mode=disabled", *extra], env)
     wall = time.perf_counter() - started
-    if done.returncode != 0:
-        sys.exit(f"{setting}: pretrain.py failed (exit {done.returncode}):\n{done.stdout[-2000:]}")
     records = [json.loads(line) for line in (out / "tta" / setting / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if "test/exact_accuracy" in r]
-    policy = next((line for line in done.stdout.splitlines() if line.startswith("policy:")), "")
+    policy = next((line for line in output.splitlines() if line.startswith("policy:")), "")
     return {"wall": wall, "evals": [(r["step"], r["test/exact_accuracy"]) for r in evals],
             "eval_s": sum(r.get("time/eval_s", 0.0) for r in evals), "policy": policy}
 
@@ -54,9 +60,8 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="tta-"))
     # build the default dataset once, outside the timing (one step, no evaluation)
-    subprocess.run([sys.executable, "pretrain.py", "max_steps=1", "eval_at_end=false", f"checkpoint_dir={out}",
-                    "project_name=tta", "run_name=build", "logger.mode=disabled", *args.extra],
-                   cwd=ROOT, env={**os.environ, "WANDB_MODE": "disabled"}, check=True, stdout=subprocess.DEVNULL)
+    pretrain("build", ["max_steps=1", "eval_at_end=false", f"checkpoint_dir={out}", "project_name=tta",
+                       "run_name=build", "logger.mode=disabled", *args.extra], {**os.environ, "WANDB_MODE": "disabled"})
 
     results = {}
     for setting in args.settings:

@@ -33,6 +33,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from models import build_model  # noqa: E402
 from models.layers import swiglu_width  # noqa: E402
+from utils.cli import exit_on_bad_input  # noqa: E402
 from utils.device import resolve_dtype, select_device  # noqa: E402
 from utils.official import import_official  # noqa: E402
 from utils.optim import AdamAtan2, build_optimizers  # noqa: E402
@@ -326,19 +327,22 @@ def main() -> None:
     ap.add_argument("--configs", default="attention,mlp_t", help="with --official: paper configs to time")
     ap.add_argument("--rounds", type=int, default=3, help="with --official: interleaved timing rounds")
     args = ap.parse_args()
+    if any(n is not None and n < 1 for n in (args.batch_size, args.steps, args.rounds)):
+        ap.error("--batch-size, --steps and --rounds must be >= 1")
 
-    device = select_device(args.device)
-    if args.cuda_graphs and device.type != "cuda":
-        ap.error(f"--cuda-graphs needs a CUDA device, not {device.type}")
-    # torch.compile's mode for both models (None: eager)
-    args.compile_mode = "reduce-overhead" if args.cuda_graphs else "default" if args.compile else None
-    dtype = resolve_dtype(args.dtype, device, training=True)
-    if args.official:
-        args.steps = args.steps or 2
-        run_official(args, device, dtype)
-    else:
-        args.steps = args.steps or 5
-        run_reference(args, device, dtype)
+    with exit_on_bad_input():
+        device = select_device(args.device)
+        if args.cuda_graphs and device.type != "cuda":
+            ap.error(f"--cuda-graphs needs a CUDA device, not {device.type}")
+        # torch.compile's mode for both models (None: eager)
+        args.compile_mode = "reduce-overhead" if args.cuda_graphs else "default" if args.compile else None
+        dtype = resolve_dtype(args.dtype, device, training=True)
+        if args.official:
+            args.steps = args.steps or 2
+            run_official(args, device, dtype)
+        else:
+            args.steps = args.steps or 5
+            run_reference(args, device, dtype)
 
 
 if __name__ == "__main__":

@@ -446,6 +446,10 @@ def main(argv: list[str] | None = None) -> None:
                     "'.' or '0' blank), e.g. the public top95 list")
     ap.add_argument("--run", help="verify: the finished run to train again, <experiment>/<name>")
     args = ap.parse_args(argv)
+    if any(n is not None and n < 1 for n in (args.seeds, args.jobs, args.threads)):
+        ap.error(f"--seeds, --jobs and --threads must be >= 1, got {args.seeds}, {args.jobs} and {args.threads}")
+    if args.hard_list and not os.path.isfile(args.hard_list):
+        ap.error(f"--hard-list {args.hard_list}: no such file")
     seeds_given, args.seeds = args.seeds, args.seeds or 3
     if args.experiment == "verify":
         if not args.run:

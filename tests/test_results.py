@@ -214,3 +214,14 @@ def test_the_report_shows_every_seed_that_was_trained(root, monkeypatch):
     results.main(["report"])
     results.main(["report", "--seeds", "2"])
     assert shown == [5, 2]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["report", "--seeds", "-1"], "--seeds, --jobs and --threads must be >= 1, got -1, 2 and 1"),
+    (["cycles", "--jobs", "0"], "--seeds, --jobs and --threads must be >= 1, got None, 0 and 1"),
+    (["test_time", "--hard-list", "top95-typo.txt"], "--hard-list top95-typo.txt: no such file")])
+def test_bad_options_are_usage_errors_before_any_data_is_built(root, monkeypatch, capsys, args, message):
+    monkeypatch.setattr(results, "build_data", lambda *a: pytest.fail("started building"))
+    with pytest.raises(SystemExit) as exit_:
+        results.main(args)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err

@@ -14,6 +14,8 @@ def import_official(path: str | Path, *names: str) -> list[ModuleType]:
 
     Its top-level package is also called `models`: ours are set aside in sys.modules while it imports, then
     restored; its modules stay loaded as `official_models.*` (the official classes keep references to them)."""
+    if not (Path(path) / "models").is_dir():
+        raise FileNotFoundError(f"{path}: not a clone of the official TinyRecursiveModels repository (no models/)")
     ours = {k: v for k, v in sys.modules.items() if k == "models" or k.startswith("models.")}
     for k in ours:
         del sys.modules[k]
