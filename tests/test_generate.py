@@ -393,7 +393,8 @@ def test_bad_input_is_a_one_line_error(chat_run, tmp_path, case):
     result = generate(*args)
     assert result.returncode == 1
     assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    expected = {"missing": "no such checkpoint", "corrupt": "cannot load", "tokenizer": "vocabulary of",
+    expected = {"missing": "no such checkpoint", "tokenizer": "vocabulary of",
+                "corrupt": "step_1.pt: cannot load: not a checkpoint (torch.save writes a zip archive; this is not one)",
                 "tokenizer_file": "tokenizer.json: not a tokenizer directory saved by training",
                 "empty": "empty prompt", "too_long": "context is 64 tokens",
                 "device": "device=gpu: not a device (auto, cpu, cuda, cuda:N or mps)"}[case]

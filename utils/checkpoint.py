@@ -9,6 +9,7 @@ import math
 import os
 import re
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ def save_checkpoint(path: str, state: dict[str, Any]) -> None:
 def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):  # (torch's own message for this is about mmap)
+        raise ValueError(f"{path}: cannot load: not a checkpoint (torch.save writes a zip archive; this is not one)")
     try:
         # mmap: the ranks of a torchrun job resuming together share the file's pages instead of a copy each
         return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
