@@ -278,3 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         f"; over the {known} with known outputs: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()
                                                                if k.startswith("pass@")) if known else ""))
     return 0
+
+
+if __name__ == "__main__":  # the same command as python -m evaluators.arc
+    sys.exit(main())

@@ -57,6 +57,8 @@ class PuzzleText:
         if os.path.isfile(text):
             with open(text) as f:
                 where, tokens = text, self.parse(f.read().strip("\n"), text)
+        elif os.path.isdir(text):
+            raise ValueError(f"{text}: a directory, not a puzzle file")
         elif text.endswith(".txt") or os.sep in text:  # no puzzle has these: a file name
             raise FileNotFoundError(f"{text}: no such puzzle file")
         else:

@@ -551,13 +551,15 @@ def test_chat_commands_refuse_bad_sampling_values(capsys, command, field):
     assert capsys.readouterr().out.startswith(f"error: {field} must be") and generator.params == SamplingParams()
 
 
-def test_generate_puzzle_input_errors():
+def test_generate_puzzle_input_errors(tmp_path):
     from tasks.sudoku import TEXT
 
     with pytest.raises(ValueError, match="the clues conflict \\(digit 5 appears twice in row 1\\)"):
         TEXT.read("55" + "." * 79)
     with pytest.raises(FileNotFoundError, match="/missing.txt: no such puzzle file"):
         TEXT.read("/missing.txt")
+    with pytest.raises(ValueError, match=f"{tmp_path}: a directory, not a puzzle file"):
+        TEXT.read(str(tmp_path))
 
 
 def test_generate_output_file_into_a_missing_directory_fails_first(tmp_path, capsys):
