@@ -240,6 +240,11 @@ def test_a_checkpoint_whose_puzzle_embedding_was_cut_to_fit_is_refused_with_advi
     overrides = [f"resume={run}", "max_steps=2"]
     with pytest.raises(ValueError, match=advice):
         train(resume_config(compose(*overrides), overrides))
+    # a good checkpoint that this command's overrides make too wide gets the config's advice
+    train(tiny_cfg(sudoku_dir, tmp_path, "max_steps=1", "run_name=good", "eval_at_end=false"))
+    overrides = [f"resume={tmp_path / PROJECT / 'good'}", "arch.hidden_size=16"]
+    with pytest.raises(ValueError, match=r"does not fit .*; raise puzzle_emb_len \(0: as many as it needs\)$"):
+        train(resume_config(compose(*overrides), overrides))
 
 
 def test_the_checkpoint_is_saved_before_evaluating_and_a_resume_runs_the_evaluation(sudoku_dir, tmp_path,

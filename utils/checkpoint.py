@@ -328,18 +328,25 @@ def init_from_run(model: nn.Module, path: str, tokenizer=None) -> None:
 
 
 def build_saved_model(model_config: dict[str, Any], file: str, **dataset_fields: Any) -> nn.Module:
-    """build_model for the model_config of the checkpoint `file`. One written when a puzzle embedding too wide for
-    its positions was cut to fit (its last dimensions never reached the network) is refused with what can be done
-    (raising puzzle_emb_len, the advice for a new config, would build another model than the one trained)."""
+    """build_model for a model saved in the checkpoint `file` (model_config: the checkpoint's own, or with a
+    resume's overrides). One written when a puzzle embedding too wide for its positions was cut to fit (its last
+    dimensions never reached the network) is refused with what can be done with it: raising puzzle_emb_len, the
+    advice for a new config, would build another model than the one trained. (When this command's overrides made
+    the embedding too wide, the config's own advice stands.)"""
     from models import build_model
     from models.trm import PuzzleEmbeddingTooWide
 
     try:
         return build_model(model_config, **dataset_fields)
     except PuzzleEmbeddingTooWide as e:
-        raise ValueError(f"{file}: {e.what}: written before such a puzzle embedding was refused, when it was cut to "
-                         "fit; this version does not build that model. Load it with the code before commit 07443d3, "
-                         "or train it again with arch.puzzle_emb_len=0 (as many positions as it needs)") from None
+        try:
+            build_model(load_checkpoint(file)["model_config"], **dataset_fields)
+        except PuzzleEmbeddingTooWide:
+            raise ValueError(f"{file}: {e.what}: written before such a puzzle embedding was refused, when it was cut "
+                             "to fit; this version does not build that model. Load it with the code before commit "
+                             "07443d3, or train it again with arch.puzzle_emb_len=0 (as many positions as it needs)"
+                             ) from None
+        raise
 
 
 def load_trained_model(path: str, device: str | torch.device = "cpu", use_ema: bool = True, dtype: str | None = None):
