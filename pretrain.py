@@ -100,7 +100,7 @@ def train_step(state: TrainState, forward, batch: dict[str, torch.Tensor], cfg: 
     if overflow:  # ... or sign-SGD's did (which the scaler does not see): the scale is lowered here
         back_off(state.scaler)
     else:
-        state.scaler.update()  # ... and then the loss scale is lowered
+        state.scaler.update()  # the scaler's own update: lowered after its overflow, else it may grow
     skipped = state.scaler.get_scale() < loss_scale  # float16: the scaler skipped this step (an overflow)
     for opt in state.optimizers:
         if isinstance(opt, SignSGD) and not skipped:  # sign-SGD skips the same steps

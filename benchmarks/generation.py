@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from models import build_model  # noqa: E402
 from models.kv_cache import KVCache  # noqa: E402
 from models.layers import swiglu_width  # noqa: E402
+from utils.cli import exit_on_bad_input  # noqa: E402
 from utils.device import select_device  # noqa: E402
 from utils.sampling import SamplingParams, generate_tokens  # noqa: E402
 
@@ -112,7 +113,7 @@ def measure_llama(prompts: torch.Tensor, args, device) -> tuple[float, float, fl
     return rates(prefill, generate, prompts, args, device)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -128,8 +129,17 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="best of this many timings")
     ap.add_argument("--skip-no-cache", action="store_true", help="leave out the (slow) recompute-everything rows")
     ap.add_argument("--skip-compiled", action="store_true", help="leave out the compiled decoding rows")
-    args = ap.parse_args()
-    device = select_device(args.device)
+    args = ap.parse_args(argv)
+    counts = (args.hidden, args.heads, args.layers, args.vocab, args.H_cycles, args.L_cycles, args.prompt, args.new,
+              args.repeats, *args.batch_sizes)
+    if min(counts) < 1:
+        ap.error("--hidden, --heads, --layers, --vocab, --H-cycles, --L-cycles, --prompt, --new, --repeats and "
+                 "--batch-sizes must be >= 1")
+    with exit_on_bad_input():
+        run(args, select_device(args.device))
+
+
+def run(args: argparse.Namespace, device: torch.device) -> None:
     torch.manual_seed(0)
 
     print(f"device {device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "

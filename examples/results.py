@@ -39,7 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dataset.build_maze_dataset import MazeBuildConfig, build as build_maze  # noqa: E402
-from dataset.build_sudoku_dataset import SudokuBuildConfig, build  # noqa: E402
+from dataset.build_sudoku_dataset import SudokuBuildConfig, build, read_list_file  # noqa: E402
+from utils.cli import exit_on_bad_input  # noqa: E402
 
 PAGE = ROOT / "docs" / "results.md"
 FIGURES = ROOT / "docs" / "results"
@@ -450,13 +451,17 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--seeds, --jobs and --threads must be >= 1, got {args.seeds}, {args.jobs} and {args.threads}")
     if args.hard_list and not os.path.isfile(args.hard_list):
         ap.error(f"--hard-list {args.hard_list}: no such file")
+    if args.hard_list:
+        with exit_on_bad_input():
+            read_list_file(args.hard_list)  # a bad line ends the command before any data is built
     seeds_given, args.seeds = args.seeds, args.seeds or 3
     if args.experiment == "verify":
         if not args.run:
             ap.error("verify needs --run <experiment>/<name>, e.g. --run cycles/H1-L1-s0")
         sys.exit(1 if verify(args.run, args.threads) else 0)
     names = list(EXPERIMENTS) if args.experiment == "all" else [] if args.experiment == "report" else [args.experiment]
-    data = build_data(args.hard_list) if set(names) - {"chat", "maze"} else {}  # the Sudoku sets
+    with exit_on_bad_input():
+        data = build_data(args.hard_list) if set(names) - {"chat", "maze"} else {}  # the Sudoku sets
     for name in names:
         EXPERIMENTS[name](args, data)
     if args.experiment in ("report", "all"):

@@ -17,7 +17,7 @@ CosSin = tuple[torch.Tensor, torch.Tensor]
 @dataclass(frozen=True)
 class SeqInfo:
     """What one application of the network needs besides the hidden states, the same for every application of
-    an ACT step: rotary tables of the positions (from `rope_tables`), the attention mask (bool
+    an ACT step: rotary tables of the positions (`RotaryEmbedding(positions)`), the attention mask (bool
     [B, 1, S, S_keys], True = may attend; it replaces the causal flag: packed rows give it causality and their
     boundaries) and the cache of earlier positions' keys/values (generation)."""
     cos_sin: CosSin | None = None
@@ -140,11 +140,6 @@ def rotate(x: torch.Tensor, tables: CosSin) -> torch.Tensor:
         cos, signed_sin = cos.to(x.dtype), signed_sin.to(x.dtype)
     y = x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
     return y if y.dtype == dtype else y.to(dtype)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [B, S, H, D]; cos/sin: [S, D] or [B, S, D]: the rotate-half RoPE formula."""
-    return rotate(x, rope_tables(cos, sin))
 
 
 class Attention(nn.Module):

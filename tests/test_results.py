@@ -225,3 +225,12 @@ def test_bad_options_are_usage_errors_before_any_data_is_built(root, monkeypatch
     with pytest.raises(SystemExit) as exit_:
         results.main(args)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_bad_line_in_the_hard_list_is_one_error_line_before_any_data_is_built(root, monkeypatch, tmp_path):
+    bad = tmp_path / "hard.txt"
+    bad.write_text("12345\n")
+    monkeypatch.setattr(results, "build_data", lambda *a: pytest.fail("started building"))
+    with pytest.raises(SystemExit) as exit_:
+        results.main(["test_time", "--hard-list", str(bad)])
+    assert str(exit_.value.code).startswith(f"error: {bad}:1: ")

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.layers import Attention, CastedLinear, apply_rope, full_attention
+from models.layers import Attention, CastedLinear, full_attention, rope_tables, rotate
 
 
 def plain_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -17,9 +17,9 @@ def test_rope_is_bitwise_the_rotate_half_formula(dtype):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 5, 3, 8, generator=g).to(dtype)
     angles = torch.randn(5, 8, generator=g)
-    assert torch.equal(apply_rope(x, angles.cos(), angles.sin()), plain_rope(x, angles.cos(), angles.sin()))
+    assert torch.equal(rotate(x, rope_tables(angles.cos(), angles.sin())), plain_rope(x, angles.cos(), angles.sin()))
     per_sample = torch.randn(2, 5, 8, generator=g)  # [B, S, D] tables (packed rows)
-    assert torch.equal(apply_rope(x, per_sample.cos(), per_sample.sin()),
+    assert torch.equal(rotate(x, rope_tables(per_sample.cos(), per_sample.sin())),
                        plain_rope(x, per_sample.cos(), per_sample.sin()))
 
 
