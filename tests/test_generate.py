@@ -13,7 +13,8 @@ import torch
 from conftest import ROOT, generate
 from models import build_model
 from models.kv_cache import KVCache
-from utils.sampling import SamplingParams, fit_conversation, generate_tokens, penalize_repetition, stream_tokens
+from utils.sampling import (SamplingParams, cache_capacity, fit_conversation, generate_tokens, penalize_repetition,
+                            stream_tokens)
 from utils.tokenizer import ChatTokenizer
 
 VOCAB, CONTEXT = 40, 48
@@ -119,6 +120,13 @@ def test_compiled_decoding_gives_the_eager_tokens():
     streams = [list(stream_tokens(model, prompts, per_row, set(), compiled=compiled)) for compiled in (False, True)]
     assert streams[1] == streams[0]
     assert [sum(t[row] is not None for t in streams[0]) for row in range(3)] == [12, 4, 8]
+
+
+def test_a_compiled_decoding_step_sees_at_most_two_cache_capacities():
+    """Its graph is fixed by the static cache's capacity: the context, or twice it (the most a batch can span)."""
+    context = 48
+    assert {cache_capacity(n, context, compiled=True) for n in range(2, 2 * context + 1)} == {context, 2 * context}
+    assert cache_capacity(30, context, compiled=False) == 30  # a dynamic cache: what the batch spans
 
 
 @pytest.mark.parametrize("check", [assert_cache_exact, assert_cache_within_float32_roundoff])

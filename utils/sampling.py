@@ -99,6 +99,16 @@ def room(max_new_tokens: int, prompt_length: int, context: int) -> int:
     return min(max_new_tokens, context - prompt_length)
 
 
+def cache_capacity(positions: int, context: int, compiled: bool) -> int:
+    """KV cache slots for a batch whose rows span `positions` (the longest prompt, left padding included, plus the
+    most new tokens). A compiled step's shapes are fixed by the capacity, so it takes one of two: the model's
+    context, or twice it when a short prompt's answer outlasts a long one's room (the most any batch needs):
+    at most two graphs, however the requests vary."""
+    if not compiled:
+        return positions
+    return context if positions <= context else 2 * context
+
+
 @torch.no_grad()
 def stream_tokens(model: ACTLossHead, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
                   stop_ids: set[int], use_cache: bool = True, rows_done: Callable[[], Iterable[int]] | None = None,
@@ -148,10 +158,8 @@ def stream_tokens(model: ACTLossHead, prompts: list[list[int]], params: Sampling
         generators = [torch.Generator(device=device).manual_seed(p.seed) for p in params]
     else:
         generator = torch.Generator(device=device).manual_seed(params.seed)
-    # a compiled step's shapes are fixed by the cache's capacity: the model's context, whatever this request needs
-    # (more only when a short prompt's answer outlasts a long one's room: the slots cover the left padding too)
-    capacity = max(context, longest + max_new) if compiled else longest + max_new
-    cache = KVCache(len(prompts), capacity, device, static=compiled) if use_cache else None
+    cache = KVCache(len(prompts), cache_capacity(longest + max_new, context, compiled), device,
+                    static=compiled) if use_cache else None
     was_training = model.training
     model.eval()
     try:
