@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.layers import Attention, CastedLinear, full_attention, rope_tables, rotate
+from models.layers import Attention, CastedLinear, SwiGLU, full_attention, rope_tables, rotate
 
 
 def plain_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -66,3 +66,30 @@ def test_casted_linear_reuses_its_no_grad_cast_until_the_weight_changes():
     layer(x).float().sum().backward()
     assert layer.weight.grad is not None and layer.weight.grad.dtype == torch.float32
 
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("transposed", [False, True], ids=["rows", "mlp_t"])
+def test_swiglu_training_pass_computes_the_fused_projections_maths(dtype, tol, transposed):
+    """Training on the CPU runs gate and up as two matmuls (no concatenated gradient in backward): the same
+    outputs as one matmul with the fused weight, and the same gradients within round-off."""
+    g = torch.Generator().manual_seed(0)
+    mlp = SwiGLU(16, 4)
+    x = torch.randn(3, 16, 7, generator=g).to(dtype)
+    x = (x.transpose(1, 2) if transposed else x.transpose(1, 2).contiguous()).requires_grad_()  # [3, 7, 16]
+    grad = torch.randn(3, 7, 16, generator=g).to(dtype)
+
+    def fused(x: torch.Tensor) -> torch.Tensor:
+        gate, up = F.linear(x, mlp.gate_up_proj.weight.to(dtype)).chunk(2, dim=-1)
+        return F.linear(F.silu(gate) * up, mlp.down_proj.weight.to(dtype))
+
+    grads = []
+    for f in (mlp, fused):
+        out = f(x)
+        out.backward(grad)
+        grads.append((out.detach(), x.grad, mlp.gate_up_proj.weight.grad, mlp.down_proj.weight.grad))
+        x.grad = None
+        mlp.zero_grad()
+    assert torch.equal(grads[0][0], grads[1][0])
+    for ours, reference in zip(grads[0][1:], grads[1][1:]):
+        torch.testing.assert_close(ours, reference, rtol=tol, atol=tol)
