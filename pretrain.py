@@ -161,6 +161,10 @@ def start_run(cfg: DictConfig, d: Dist, device: torch.device, run_dir: str | Non
     # the device policy's choices (auto -> the measured rule in utils/device.py), recorded in the run's config
     use_compile, compile_note = resolve_compile(cfg.compile, device, stop)
     cfg.arch.forward_dtype, cfg.compile = model_config["forward_dtype"], use_compile
+    if use_compile and device.type == "cpu":
+        # the compiled CPU kernels add some gradients (the embeddings') with atomics across threads, so two runs
+        # differed in the last bits and then drifted apart; their deterministic variants keep same seed, same result
+        torch.use_deterministic_algorithms(True, warn_only=True)
     curriculum = getattr(train_data, "curriculum", None)
     start_stage = requested_stage(cfg, curriculum)
     run_dir = open_run_dir(cfg, d, state, train_data, device, run_dir)
@@ -329,6 +333,7 @@ def train(cfg: DictConfig, run_dir: str | None = None) -> dict[str, float]:
     check_config(cfg)
     d, device = init_distributed(cfg.device)
     started = time.time()
+    deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     try:
         run = start_run(cfg, d, device, run_dir)
         results, logged = train_loop(run)
@@ -338,6 +343,7 @@ def train(cfg: DictConfig, run_dir: str | None = None) -> dict[str, float]:
         leave_together(d)  # no process tears its connections down while another still uses them
         return results
     finally:
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])  # (as the run found it)
         shutdown(d)
 
 

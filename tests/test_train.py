@@ -139,6 +139,16 @@ def test_compiled_training_matches_eager(sudoku_dir, tmp_path):
     assert abs(eager["test/accuracy"] - compiled["test/accuracy"]) < 1e-3
 
 
+def test_compiled_cpu_training_is_reproducible(sudoku_dir, tmp_path):
+    """Same seed, same result with compile=true too: the compiled CPU kernels' atomic gradient sums made two runs
+    differ (deterministic algorithms are on for the run, and off again after it)."""
+    for name in ("a", "b"):
+        train(tiny_cfg(sudoku_dir, tmp_path, "max_steps=20", f"run_name={name}", "compile=true", "eval_at_end=false"))
+        assert not torch.are_deterministic_algorithms_enabled()
+    a, b = (final_state(tmp_path / "Sudoku-tiny-ACT-torch" / name)["model"] for name in ("a", "b"))
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
 @pytest.mark.parametrize("k", [2, 4])
 def test_gradient_accumulation_trains_like_the_whole_batch(sudoku_dir, tmp_path, k):
     """k micro-batches per step give the step of the whole batch: weights, EMA, puzzle embeddings (sign-SGD over
