@@ -232,7 +232,7 @@ def read_hub_csv(repo: str, split: str) -> PuzzleSet:
         ds = datasets.load_dataset(repo, data_files={split: filename}, split=split, features=features)
     except Exception as e:  # network, authentication, missing file, bad rows: all end the same way
         raise ValueError(f"cannot load {filename} from {repo} ({type(e).__name__}: {e}); pass local files instead "
-                   "(--train-file/--test-file)") from None
+                         "(--train-file/--test-file)") from None
     rows = zip(*(ds[c] for c in PUZZLE_CSV_HEADER))
     return read_csv_rows(f"{repo}/{filename}", enumerate(rows, start=2))  # line 1 is the header
 
