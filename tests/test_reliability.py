@@ -43,6 +43,8 @@ def logged(run_dir: Path) -> list[dict]:
     ("max_steps=-1", "max_steps=-1: must be a whole number >= 1"),
     ("max_steps=0", "max_steps=0: must be a whole number >= 1"),
     ("epochs=0", "epochs=0: must be > 0"),
+    ("eval_interval=null", "eval_interval=null: must be a number"),
+    ("global_batch_size=null", "global_batch_size=null: must be a number"),
     ("grad_accum_steps=0", "grad_accum_steps=0: must be a whole number >= 1"),
     ("max_bad_steps=0", "max_bad_steps=0: must be a whole number >= 1"),
     ("run_name=1e3", "run_name=1000.0: was read as a float; quote it"),

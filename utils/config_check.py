@@ -17,6 +17,7 @@ NON_NEGATIVE = ("lr", "puzzle_emb_lr", "weight_decay", "puzzle_emb_weight_decay"
 INTERVALS = {"lr_min_ratio": (0.0, 1.0, True), "beta1": (0.0, 1.0, False), "beta2": (0.0, 1.0, False),
              "ema_rate": (0.0, 1.0, False)}
 AUTO = ("ema_rate",)  # may also be "auto" (resolved when the run's length is known)
+NULLABLE = ("grad_clip",)  # null: no clipping
 NAMES = ("run_name", "project_name", "checkpoint_dir")  # strings when given (Hydra reads run_name=1e3 as a number)
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -34,8 +35,11 @@ def check_config(cfg: DictConfig) -> None:
     def value(key: str):
         return OmegaConf.select(cfg, key, default=None)
 
-    present = [k for k in (*WHOLE_AT_LEAST, *POSITIVE, *NON_NEGATIVE, *INTERVALS)
-               if value(k) is not None and not (k in AUTO and value(k) == "auto")]
+    numbers = (*WHOLE_AT_LEAST, *POSITIVE, *NON_NEGATIVE, *INTERVALS)
+    for key in numbers:
+        if key not in NULLABLE and OmegaConf.select(cfg, key, default="absent") is None:
+            _fail(key, "null", "must be a number")
+    present = [k for k in numbers if value(k) is not None and not (k in AUTO and value(k) == "auto")]
     for key in present:
         v = value(key)
         if not _is_number(v) or math.isnan(v) or math.isinf(v):
