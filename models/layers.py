@@ -206,7 +206,9 @@ class SwiGLU(nn.Module):
             # Eager training on the CPU: gate and up as two matmuls with the two halves of the one weight. Through
             # `chunk` of one output, backward would concatenate two activation-sized gradients; here what is
             # put together is the weight-sized gradient (15% off the default job's step, 3% at the paper's mlp_t
-            # config; compiled graphs fuse the concatenation away themselves)
+            # config). Compiled graphs fuse the concatenation away themselves and keep the fused matmul: in them
+            # the two-matmul form makes torch 2.13's inductor emit an out-of-bounds atomic add in the embedding
+            # backward (pytorch/pytorch#191837), which aborts the paper's compiled mlp_t step
             gate_w, up_w = self.gate_up_proj.cast_weight(x.dtype).chunk(2)
             x = x.contiguous()  # (mlp_t's transposed input: copied once for both matmuls)
             gate, up = F.linear(x, gate_w), F.linear(x, up_w)
