@@ -7,6 +7,7 @@ ablations) so that its checkpoints load unchanged.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, fields
 
 import torch
@@ -20,6 +21,14 @@ from models.sparse_embedding import SparseEmbedding
 Batch = dict[str, torch.Tensor]
 # float64: exact reference computations (tests, debugging); the weights stay float32 masters either way
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+# TRMConfig's annotation -> the values it takes, and how an error names them
+KINDS = {"int": (numbers.Integral, "a whole number"), "float": (numbers.Real, "a number"),
+         "bool": (bool, "true or false"), "str": (str, "a string")}
+AT_LEAST_ONE = ("seq_len", "vocab_size", "batch_size", "hidden_size", "num_heads", "L_layers")
+NON_NEGATIVE = ("H_layers", "puzzle_emb_ndim", "puzzle_emb_len")
+POSITIVE = ("expansion", "rope_theta", "rms_norm_eps")
 
 
 class PuzzleEmbeddingTooWide(ValueError):
@@ -76,6 +85,7 @@ class TRMConfig:
         return cls(**values)
 
     def __post_init__(self) -> None:
+        self.check_values()
         if self.mlp_t and self.causal:
             raise ValueError("mlp_t mixes the whole sequence and cannot be causal; use attention for causal models")
         if self.norm_position not in ("post", "pre"):
@@ -101,6 +111,29 @@ class TRMConfig:
             raise PuzzleEmbeddingTooWide(f"puzzle_emb_ndim={self.puzzle_emb_ndim} does not fit in puzzle_emb_len="
                                          f"{self.puzzle_emb_len} positions of hidden_size={self.hidden_size} "
                                          f"({self.prefix_len * self.hidden_size})")
+
+    def check_values(self) -> None:
+        """Each option's type (from its annotation) and the ranges outside which no model can be built: a config's
+        typo (hidden_size=null, expansion=-1) is one line naming the option, not a traceback from inside a layer."""
+        for f in fields(self):
+            value, optional = getattr(self, f.name), f.type.endswith(" | None")
+            kind, words = KINDS[f.type.removesuffix(" | None")]
+            if value is None and optional:
+                continue
+            if (not isinstance(value, kind) or (kind is not bool and isinstance(value, bool))
+                    or (kind is numbers.Real and not math.isfinite(value))):
+                shown = "null" if value is None else repr(value)
+                raise ValueError(f"{f.name}={shown}: must be {words}{' or null' if optional else ''}")
+        for name, low in [*((n, 1) for n in AT_LEAST_ONE), *((n, 0) for n in NON_NEGATIVE)]:
+            if getattr(self, name) < low:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= {low}")
+        for name in POSITIVE:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)}: must be > 0")
+        if self.num_key_value_heads is not None and self.num_key_value_heads < 1:
+            raise ValueError(f"num_key_value_heads={self.num_key_value_heads}: must be >= 1 (or null: num_heads)")
+        if not 0 <= self.halt_exploration_prob <= 1:
+            raise ValueError(f"halt_exploration_prob={self.halt_exploration_prob}: must lie in [0, 1]")
 
     @property
     def prefix_len(self) -> int:

@@ -50,6 +50,11 @@ def logged(run_dir: Path) -> list[dict]:
     ("run_name=1e3", "run_name=1000.0: was read as a float; quote it"),
     ("run_name=nan", "run_name=nan: was read as a float"),
     ("device=gpu", "device=gpu: must be auto, cpu, cuda"),
+    ("ema=maybe", "ema=maybe: must be true or false"),
+    ("arch.H_cycles=null", "H_cycles=null: must be a whole number"),
+    ("arch.expansion=-1", "expansion=-1: must be > 0"),
+    ("arch.mlp_t=1", "mlp_t=1: must be true or false"),
+    ("+arch.causal=true", "mlp_t mixes the whole sequence and cannot be causal"),
 ])
 def test_bad_config_values_are_one_line_errors_before_any_work(tmp_path, override, message):
     cfg = compose(f"data_paths=[{tmp_path / 'never-built'}]", f"checkpoint_dir={tmp_path}", override)

@@ -8,6 +8,9 @@ import re
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from models import check_arch
+from models.trm import PuzzleEmbeddingTooWide
+
 # key -> the least whole number it may be
 WHOLE_AT_LEAST = {"global_batch_size": 1, "grad_accum_steps": 1, "log_interval": 1, "min_eval_interval": 0,
                   "lr_warmup_steps": 0, "max_bad_steps": 1, "seed": 0}
@@ -18,6 +21,8 @@ INTERVALS = {"lr_min_ratio": (0.0, 1.0, True), "beta1": (0.0, 1.0, False), "beta
              "ema_rate": (0.0, 1.0, False)}
 AUTO = ("ema_rate",)  # may also be "auto" (resolved when the run's length is known)
 NULLABLE = ("grad_clip",)  # null: no clipping
+FLAGS = ("ema", "eval_at_end", "gradient_checkpointing", "checkpoint_every_eval", "evaluator.pool_votes",
+         "logger.tensorboard")  # true or false
 NAMES = ("run_name", "project_name", "checkpoint_dir")  # strings when given (Hydra reads run_name=1e3 as a number)
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -60,6 +65,9 @@ def check_config(cfg: DictConfig) -> None:
     max_steps = value("max_steps")
     if max_steps is not None and (not _is_number(max_steps) or max_steps != int(max_steps) or max_steps < 1):
         _fail("max_steps", max_steps, "must be a whole number >= 1 (or null: the whole schedule)")
+    for key in FLAGS:
+        if value(key) is not None and not isinstance(value(key), bool):
+            _fail(key, value(key), "must be true or false")
     for key in NAMES:
         if value(key) is not None and not isinstance(value(key), str):
             _fail(key, value(key), f"was read as a {type(value(key)).__name__}; quote it: {key}=\"'{value(key)}'\"")
@@ -67,6 +75,12 @@ def check_config(cfg: DictConfig) -> None:
     if data_paths is not None and (not data_paths or not all(isinstance(p, str) for p in data_paths)):
         _fail("data_paths", data_paths, "must be a non-empty list of directories")
     check_device(str(value("device") or "auto"))
+    if value("arch") is not None:
+        try:
+            check_arch(OmegaConf.to_container(cfg.arch, resolve=True))
+        except PuzzleEmbeddingTooWide:
+            if value("resume") is None:
+                raise  # (a resumed checkpoint gets the advice that fits its case when it loads)
 
 
 def check_device(device: str) -> None:
