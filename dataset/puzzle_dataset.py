@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import timedelta
 from typing import Iterator
 
@@ -24,6 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from constants import IGNORE_LABEL_ID
 from dataset.common import PuzzleDatasetMetadata, check_set, load_metadata
 from dataset.epochs import EpochStream, rank_rows
+from models.trm import check_field_types
+from tasks import TASKS
 from utils.distributed import barrier
 
 FIELDS = ("inputs", "labels", "puzzle_identifiers", "puzzle_indices", "group_indices")
@@ -188,14 +190,24 @@ def build_missing(cfg: DictConfig) -> None:
     task = build.pop("builder", None) or cfg.dataset.get("task")  # builder: the key of configs saved before `task`
     if task not in PUZZLE_BUILDERS:
         raise ValueError(f"dataset.task: no builder for the task {task!r}; choose one of {sorted(PUZZLE_BUILDERS)}")
-    print(f"{cfg.data_paths[0]} not found: building it with the {task} builder")
     module = importlib.import_module(PUZZLE_BUILDERS[task][0])
-    module.build(getattr(module, PUZZLE_BUILDERS[task][1])(output_dir=cfg.data_paths[0], **build))
+    config_class = getattr(module, PUZZLE_BUILDERS[task][1])
+    known = {f.name for f in fields(config_class)} - {"output_dir"}  # (the output is data_paths[0])
+    if set(build) - known:
+        raise ValueError(f"dataset.build: unknown option(s) {sorted(set(build) - known)} for the {task} builder; "
+                         f"known: {sorted(known)}")
+    config = config_class(output_dir=cfg.data_paths[0], **build)
+    check_field_types(config, prefix="dataset.build.")
+    print(f"{cfg.data_paths[0]} not found: building it with the {task} builder")
+    module.build(config)
 
 
 def open_puzzle(cfg: DictConfig, rank: int, world_size: int) -> tuple[PuzzleDataset, PuzzleDataset]:
     """(train, test) puzzle data of data_paths (test: data_paths_test when given); rank 0 first builds a
     missing dataset when dataset.build says how."""
+    task = cfg.dataset.get("task")
+    if task is not None and task not in TASKS:
+        raise ValueError(f"dataset.task: unknown task {task!r}; choose one of {list(TASKS)}")
     # Only dataset.build_path is ever built: a missing data_paths=[...] is an error (a typo must not generate data)
     build_path = cfg.dataset.get("build_path")
     builds = (cfg.dataset.get("build") and build_path

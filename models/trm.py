@@ -31,6 +31,21 @@ NON_NEGATIVE = ("H_layers", "puzzle_emb_ndim", "puzzle_emb_len")
 POSITIVE = ("expansion", "rope_theta", "rms_norm_eps")
 
 
+def check_field_types(options, prefix: str = "") -> None:
+    """Raise ValueError naming (after `prefix`) the first field of the dataclass instance `options` whose value is
+    not of its annotated type, where that is int, float, bool or str, each optionally `| None`: configs composed by
+    Hydra arrive untyped."""
+    for f in fields(options):
+        value, optional = getattr(options, f.name), f.type.endswith(" | None")
+        if f.type.removesuffix(" | None") not in KINDS or (value is None and optional):
+            continue
+        kind, words = KINDS[f.type.removesuffix(" | None")]
+        if (not isinstance(value, kind) or (kind is not bool and isinstance(value, bool))
+                or (kind is numbers.Real and not math.isfinite(value))):
+            shown = "null" if value is None else repr(value)
+            raise ValueError(f"{prefix}{f.name}={shown}: must be {words}{' or null' if optional else ''}")
+
+
 class PuzzleEmbeddingTooWide(ValueError):
     """puzzle_emb_ndim does not fit in puzzle_emb_len x hidden_size. (Before this was refused the embedding was
     cut to fit: a checkpoint of that time meets this error when it loads, with advice of its own.)"""
@@ -115,15 +130,7 @@ class TRMConfig:
     def check_values(self) -> None:
         """Each option's type (from its annotation) and the ranges outside which no model can be built: a config's
         typo (hidden_size=null, expansion=-1) is one line naming the option, not a traceback from inside a layer."""
-        for f in fields(self):
-            value, optional = getattr(self, f.name), f.type.endswith(" | None")
-            kind, words = KINDS[f.type.removesuffix(" | None")]
-            if value is None and optional:
-                continue
-            if (not isinstance(value, kind) or (kind is not bool and isinstance(value, bool))
-                    or (kind is numbers.Real and not math.isfinite(value))):
-                shown = "null" if value is None else repr(value)
-                raise ValueError(f"{f.name}={shown}: must be {words}{' or null' if optional else ''}")
+        check_field_types(self)
         for name, low in [*((n, 1) for n in AT_LEAST_ONE), *((n, 0) for n in NON_NEGATIVE)]:
             if getattr(self, name) < low:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= {low}")

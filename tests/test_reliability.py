@@ -63,6 +63,19 @@ def test_bad_config_values_are_one_line_errors_before_any_work(tmp_path, overrid
     assert not (tmp_path / "never-built").exists() and list(tmp_path.iterdir()) == []  # nothing built or written
 
 
+@pytest.mark.parametrize("override, message", [
+    ("dataset.build.min_clues=null", "dataset.build.min_clues=null: must be a whole number"),
+    ("dataset.build.num_aug=1k", "dataset.build.num_aug='1k': must be a whole number"),
+    ("+dataset.build.bogus=1", r"dataset.build: unknown option\(s\) \['bogus'\] for the sudoku builder"),
+    ("dataset.task=nosuch", "dataset.task: unknown task 'nosuch'"),
+])
+def test_bad_dataset_build_options_are_one_line_errors_before_building(tmp_path, override, message):
+    cfg = compose(f"dataset.build_path={tmp_path / 'data'}", f"checkpoint_dir={tmp_path}", override)
+    with pytest.raises(ValueError, match=message):
+        train(cfg)
+    assert list(tmp_path.iterdir()) == []  # nothing built or written
+
+
 EXPERIMENTS = sorted((ROOT / "config" / "experiment").glob("*.yaml"))
 
 
