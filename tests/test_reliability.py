@@ -64,6 +64,19 @@ def test_bad_config_values_are_one_line_errors_before_any_work(tmp_path, overrid
 
 
 @pytest.mark.parametrize("override, message", [
+    ("dataset.seq_len=-5", "dataset.seq_len=-5: must be a whole number >= 1"),
+    ("dataset.seq_len=abc", "dataset.seq_len=abc: must be a number"),
+    ("dataset.pack=maybe", "dataset.pack=maybe: must be true or false"),
+    ("dataset.max_new_tokens=null", "dataset.max_new_tokens=null: must be a number"),
+])
+def test_bad_language_dataset_options_are_one_line_errors_before_any_work(tmp_path, override, message):
+    cfg = compose_chat(f"data_paths=[{tmp_path / 'never-built'}]", f"checkpoint_dir={tmp_path}", override)
+    with pytest.raises(ValueError, match=message):
+        train(cfg)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("override, message", [
     ("dataset.build.min_clues=null", "dataset.build.min_clues=null: must be a whole number"),
     ("dataset.build.num_aug=1k", "dataset.build.num_aug='1k': must be a whole number"),
     ("+dataset.build.bogus=1", r"dataset.build: unknown option\(s\) \['bogus'\] for the sudoku builder"),

@@ -13,16 +13,17 @@ from models.trm import PuzzleEmbeddingTooWide
 
 # key -> the least whole number it may be
 WHOLE_AT_LEAST = {"global_batch_size": 1, "grad_accum_steps": 1, "log_interval": 1, "min_eval_interval": 0,
-                  "lr_warmup_steps": 0, "max_bad_steps": 1, "seed": 0}
+                  "lr_warmup_steps": 0, "max_bad_steps": 1, "seed": 0,
+                  "dataset.seq_len": 1, "dataset.max_new_tokens": 1}  # (language datasets)
 POSITIVE = ("epochs", "eval_interval", "grad_clip")  # finite numbers > 0
 NON_NEGATIVE = ("lr", "puzzle_emb_lr", "weight_decay", "puzzle_emb_weight_decay")  # finite numbers >= 0
 # key -> (low, high, high included)
 INTERVALS = {"lr_min_ratio": (0.0, 1.0, True), "beta1": (0.0, 1.0, False), "beta2": (0.0, 1.0, False),
              "ema_rate": (0.0, 1.0, False)}
 AUTO = ("ema_rate",)  # may also be "auto" (resolved when the run's length is known)
-NULLABLE = ("grad_clip",)  # null: no clipping
+NULLABLE = ("grad_clip", "dataset.seq_len")  # null: no clipping; the chat builder's --max-length
 FLAGS = ("ema", "eval_at_end", "gradient_checkpointing", "checkpoint_every_eval", "evaluator.pool_votes",
-         "logger.tensorboard")  # true or false
+         "logger.tensorboard", "dataset.pack")  # true or false
 NAMES = ("run_name", "project_name", "checkpoint_dir")  # strings when given (Hydra reads run_name=1e3 as a number)
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
