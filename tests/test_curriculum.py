@@ -181,6 +181,10 @@ def test_stages_by_index_or_name_and_their_own_schedules():
     assert [c.lr_factor(s, 0.5, 3) for s in (31, 33, 40)] == [pytest.approx(1 / 3), 1.0, 1.0]
     with pytest.raises(ValueError, match=r"stages\[0\] \(s\): lr_schedule must be run or constant, got 'cosine'"):
         Stage.from_config({"name": "s", "lr_schedule": "cosine"}, 0, {"x": 1.0})
+    with pytest.raises(ValueError, match=r"stages\[2\] \(s\): steps='abc': must be a whole number or null"):
+        Stage.from_config({"name": "s", "steps": "abc"}, 2, {"x": 1.0})
+    with pytest.raises(ValueError, match=r"stages\[0\] \(s\): reset_optimizer='yes': must be true or false"):
+        Stage.from_config({"name": "s", "reset_optimizer": "yes", "steps": 3}, 0, {"x": 1.0})
 
 
 def logged_lrs(run_dir: Path) -> dict[int, float]:

@@ -12,6 +12,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
+from models.trm import check_field_types
+
 
 @dataclass
 class PlateauRule:
@@ -79,6 +81,7 @@ class Stage:
         plateau = raw.pop("plateau", None)
         stage = cls(name=str(raw.pop("name", f"stage{index}")), weights=dict(raw.pop("weights", None) or default_weights),
                     plateau=PlateauRule(**plateau) if plateau else None, **raw)
+        check_field_types(stage, prefix=f"dataset.stages[{index}] ({stage.name}): ")
         if stage.steps is not None and stage.steps < 1:
             raise ValueError(f"dataset.stages[{index}] ({stage.name}): steps must be positive, got {stage.steps}")
         if stage.lr_schedule not in ("run", "constant"):
