@@ -139,7 +139,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_model(args: argparse.Namespace):
     """(model in eval mode, checkpoint, device) for --checkpoint, --device, --dtype and --no-ema."""
-    device = select_device(args.device)
+    device = select_device(args.device, "--device")
     model, checkpoint = load_trained_model(args.checkpoint, device, use_ema=not args.no_ema,
                                            dtype=resolve_dtype(args.dtype, device))
     if getattr(args, "act_steps", None):

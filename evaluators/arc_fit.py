@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-ema", action="store_true", help="use the raw weights even when EMA weights are saved")
     args = p.parse_args(argv)
     with exit_on_bad_input():
-        device = select_device(args.device)
+        device = select_device(args.device, "--device")
         file = find_checkpoint(args.run)
         model, checkpoint = load_trained_model(file, device, use_ema=not args.no_ema,
                                                dtype=resolve_dtype(args.dtype, device))

@@ -9,10 +9,10 @@ from utils.official import import_official
 
 
 @pytest.mark.parametrize("script, options, code, message", [
-    ("train_throughput.py", ["--device", "gpu"], 1, "error: device=gpu: not a device (auto, cpu, cuda, cuda:N or mps)"),
+    ("train_throughput.py", ["--device", "gpu"], 1, "error: --device gpu: not a device (auto, cpu, cuda, cuda:N or mps)"),
     ("train_throughput.py", ["--steps", "0"], 2, "--batch-size, --steps and --rounds must be >= 1"),
     ("serve_load.py", ["run", "--clients", "0"], 2, "--clients, --requests and --max-tokens must be >= 1"),
-    ("generation.py", ["--device", "gpu"], 1, "error: device=gpu: not a device (auto, cpu, cuda, cuda:N or mps)"),
+    ("generation.py", ["--device", "gpu"], 1, "error: --device gpu: not a device (auto, cpu, cuda, cuda:N or mps)"),
     ("generation.py", ["--new", "0"], 2, "--prompt, --new, --repeats and --batch-sizes must be >= 1")])
 def test_a_bad_option_is_one_line(script, options, code, message):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *options], cwd=ROOT, capture_output=True,
