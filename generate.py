@@ -36,7 +36,7 @@ from evaluators.puzzle import evaluate_puzzles
 from tasks import task_module
 from tasks.arc import parse_task, read_json
 from utils.checkpoint import ALIASES, find_checkpoint, load_trained_model, named_checkpoint, run_steps
-from utils.cli import BAD_INPUT
+from utils.cli import exit_on_bad_input
 from utils.device import resolve_dtype, select_device
 from utils.files import atomic_write
 from utils.sampling import (SamplingParams, act_steps, chat_stop_ids, check_sampling, context_length,
@@ -139,7 +139,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_model(args: argparse.Namespace):
     """(model in eval mode, checkpoint, device) for --checkpoint, --device, --dtype and --no-ema."""
-    device = select_device(args.device)
+    device = select_device(args.device, "--device")
     model, checkpoint = load_trained_model(args.checkpoint, device, use_ema=not args.no_ema,
                                            dtype=resolve_dtype(args.dtype, device))
     if getattr(args, "act_steps", None):
@@ -483,7 +483,7 @@ def solve_arc_task(model, checkpoint: dict, path: str, args: argparse.Namespace,
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
+    with exit_on_bad_input():
         args.checkpoint = find_checkpoint(args.checkpoint)  # once: a glob's choice is reported once
         if args.arc_task is not None:
             model, checkpoint, device = load_model(args)
@@ -522,9 +522,6 @@ def main(argv: list[str] | None = None) -> int:
             generator.interactive()
         else:
             generator.answer_file(args.input_file, args.output_file, args.num_samples)
-    except BAD_INPUT as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     return 0
 
 

@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--hidden, --heads, --layers, --vocab, --H-cycles, --L-cycles, --prompt, --new, --repeats and "
                  "--batch-sizes must be >= 1")
     with exit_on_bad_input():
-        run(args, select_device(args.device))
+        run(args, select_device(args.device, "--device"))
 
 
 def run(args: argparse.Namespace, device: torch.device) -> None:

@@ -30,11 +30,15 @@ SETTINGS = {
 
 
 def pretrain(name: str, args: list[str], env: dict[str, str]) -> str:
-    """Run pretrain.py with `args`; its output. A failure ends the benchmark with the output's tail."""
+    """Run pretrain.py with `args`; its output. A failure ends the benchmark: the output's tail, then one line
+    `error: <name>: ...` with its last line (pretrain.py's own error)."""
     done = subprocess.run([sys.executable, "pretrain.py", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
     if done.returncode != 0:
-        sys.exit(f"{name}: pretrain.py failed (exit {done.returncode}):\n{done.stdout[-2000:]}")
+        *context, last = done.stdout.strip().splitlines()[-20:] or [""]
+        if context:
+            print("\n".join(context), file=sys.stderr)
+        sys.exit(f"error: {name}: pretrain.py failed (exit {done.returncode}): {last}")
     return done.stdout
 
 
@@ -52,15 +56,15 @@ def train(setting: str, out: Path, extra: list[str]) -> dict:
             "eval_s": sum(r.get("time/eval_s", 0.0) for r in evals), "policy": policy}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--out", default=None, help="where the runs go (default: a temporary directory)")
     ap.add_argument("extra", nargs="*", help="pretrain.py overrides for every setting (after --)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     out = Path(args.out or tempfile.mkdtemp(prefix="tta-"))
     # build the default dataset once, outside the timing (one step, no evaluation)
-    pretrain("build", ["max_steps=1", "eval_at_end=false", f"checkpoint_dir={out}", "project_name=tta",
+    pretrain("building the data", ["max_steps=1", "eval_at_end=false", f"checkpoint_dir={out}", "project_name=tta",
                        "run_name=build", "logger.mode=disabled", *args.extra], {**os.environ, "WANDB_MODE": "disabled"})
 
     results = {}

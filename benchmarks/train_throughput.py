@@ -331,7 +331,7 @@ def main() -> None:
         ap.error("--batch-size, --steps and --rounds must be >= 1")
 
     with exit_on_bad_input():
-        device = select_device(args.device)
+        device = select_device(args.device, "--device")
         if args.cuda_graphs and device.type != "cuda":
             ap.error(f"--cuda-graphs needs a CUDA device, not {device.type}")
         # torch.compile's mode for both models (None: eager)

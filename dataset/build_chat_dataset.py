@@ -156,9 +156,7 @@ def build(cfg: ChatBuildConfig) -> dict:
     if cfg.valid_file:
         valid_conversations, valid_report = read_conversations(cfg.valid_file, cfg)
         splits["valid"] = [c.turns for c in valid_conversations]
-    copies = drop_training_copies(splits, key=tuple)
-    if copies:
-        print(f"valid: left out {copies} conversations that are also in the training split")
+    copies, copies_note = drop_training_copies(splits, "conversations", key=tuple)
 
     tok = make_tokenizer(cfg.tokenizer, (text for turns in splits["train"] for _, text in turns), cfg.vocab_size)
     encoded = {name: encode_split(tok, turns, cfg) for name, turns in splits.items()}
@@ -168,8 +166,7 @@ def build(cfg: ChatBuildConfig) -> dict:
               f"{stats.tokens} tokens ({share:.1%} trained); {stats.truncated} truncated, {stats.split} split, "
               f"{stats.cut_mid_turn} cut mid-turn, {stats.dropped_untrained} without trained tokens")
     note = "" if cfg.valid_file else f" ({len(conversations)} conversations in all, --train-split {train_split})"
-    if copies:
-        note += f"; {copies} validation conversations left out as copies of training ones"
+    note += copies_note
     check_splits_not_empty({name: len(samples) for name, (samples, _) in encoded.items()}, "samples", sources,
                            validates=bool(cfg.valid_file) or train_split < 1, note=note)
 

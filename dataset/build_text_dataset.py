@@ -169,12 +169,9 @@ def build(cfg: TextBuildConfig) -> dict:
         valid_report = Report()
         splits["valid"] = list(read_documents(cfg.valid_file, cfg, valid_report))
         print(f"{sources['valid']}: {valid_report.documents} documents; {valid_report.summary()}")
-    copies = drop_training_copies(splits)
-    if copies:
-        print(f"valid: left out {copies} documents that are also in the training split")
+    copies, copies_note = drop_training_copies(splits, "documents")
     note = "" if cfg.valid_file else f" ({len(docs)} documents in all, --train-split {train_split})"
-    if copies:
-        note += f"; {copies} validation documents left out as copies of training ones"
+    note += copies_note
     if not cfg.doc_separator:
         note += "; a text file is one document unless --doc-separator (line, blank-line, ...) splits it"
     check_splits_not_empty({k: len(v) for k, v in splits.items()}, "documents", sources,

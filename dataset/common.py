@@ -151,14 +151,20 @@ def split_indices(n: int, train_split: float, seed: int, subsample: int | None =
     return order[:n_train], order[n_train:]
 
 
-def drop_training_copies(splits: dict[str, list], key: Callable[[Any], Hashable] = lambda item: item) -> int:
+def drop_training_copies(splits: dict[str, list], unit: str,
+                         key: Callable[[Any], Hashable] = lambda item: item) -> tuple[int, str]:
     """Remove from splits["valid"] every item equal to a training one (corpora repeat documents, and generated
-    tasks repeat problems): validation would otherwise score memorisation. Returns how many went; the training
-    split is left as it is."""
+    tasks repeat problems): validation would otherwise score memorisation. The training split is left as it is.
+    Says how many went (`unit`: what an item is); returns that count and a note for check_splits_not_empty
+    ("" when none went)."""
     train = {key(item) for item in splits["train"]}
     valid = splits["valid"]
     splits["valid"] = [item for item in valid if key(item) not in train]
-    return len(valid) - len(splits["valid"])
+    copies = len(valid) - len(splits["valid"])
+    if not copies:
+        return 0, ""
+    print(f"valid: left out {copies} {unit} that are also in the training split")
+    return copies, f"; {copies} validation {unit} left out as copies of training ones"
 
 
 def check_offsets(name: str, offsets: np.ndarray, length: int, end: int) -> None:

@@ -33,7 +33,7 @@ from models.sparse_embedding import SignSGD, SparseEmbedding
 from tasks.arc import (PAD, TASKS_FILE, ArcMetadata, Task, draw_augmentations, encode_demonstrations, encode_pair,
                        load_combined, load_directory, read_json)
 from utils.checkpoint import find_checkpoint, load_trained_model
-from utils.cli import BAD_INPUT
+from utils.cli import exit_on_bad_input
 from utils.device import resolve_dtype, select_device
 from utils.files import atomic_write, make_dir
 
@@ -258,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16", "float64"])
     p.add_argument("--no-ema", action="store_true", help="use the raw weights even when EMA weights are saved")
     args = p.parse_args(argv)
-    try:
-        device = select_device(args.device)
+    with exit_on_bad_input():
+        device = select_device(args.device, "--device")
         file = find_checkpoint(args.run)
         model, checkpoint = load_trained_model(file, device, use_ema=not args.no_ema,
                                                dtype=resolve_dtype(args.dtype, device))
@@ -270,9 +270,6 @@ def main(argv: list[str] | None = None) -> int:
                                         batch_size=args.batch_size, seed=args.seed)
         out = args.output_dir or os.path.join(os.path.dirname(file) or ".", f"test_time_{args.subset}")
         scores = evaluate_set(model, checkpoint, tasks, settings, device, out)
-    except BAD_INPUT as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     known = int(scores["arc_tasks"])
     print(f"{len(tasks)} tasks answered into {out}/submission.json" + (
         f"; over the {known} with known outputs: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()

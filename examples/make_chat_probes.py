@@ -14,7 +14,12 @@ import argparse
 import importlib.util
 import json
 import random
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from utils.cli import output_directory  # noqa: E402
 
 spec = importlib.util.spec_from_file_location("make_synthetic_chat", Path(__file__).with_name("make_synthetic_chat.py"))
 chat = importlib.util.module_from_spec(spec)
@@ -23,12 +28,12 @@ spec.loader.exec_module(chat)
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--output-dir", default="data/synthetic-chat-raw/probes")
+    ap.add_argument("--output-dir", type=output_directory, default="data/synthetic-chat-raw/probes")
     ap.add_argument("--num", type=int, default=50, help="prompts per file")
     ap.add_argument("--seed", type=int, default=0, help="the --seed of make_synthetic_chat.py")
     args = ap.parse_args(argv)
-    if args.num < 1 or Path(args.output_dir).is_file():
-        ap.error(f"need --num >= 1 and an --output-dir that is not a file (got {args.num}, {args.output_dir})")
+    if args.num < 1:
+        ap.error(f"need --num >= 1 (got {args.num})")
     rng = random.Random(f"probes:{args.seed}")
     facts = {}
     while len(facts) < args.num:  # distinct questions

@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from utils.cli import output_directory  # noqa: E402
 
 COLOURS = range(1, 10)  # black stays black under the augmentations, so the rules leave it alone
 
@@ -48,13 +53,13 @@ def write(root: Path, subset: str, tasks: dict[str, dict]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output-dir", required=True)
+    p.add_argument("--output-dir", type=output_directory, required=True)
     p.add_argument("--num-train", type=int, default=16)
     p.add_argument("--num-unseen", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    if args.num_train < 1 or args.num_unseen < 0 or Path(args.output_dir).is_file():
-        p.error("need --num-train >= 1, --num-unseen >= 0 and an --output-dir that is not a file")
+    if args.num_train < 1 or args.num_unseen < 0:
+        p.error("need --num-train >= 1 and --num-unseen >= 0")
     train, unseen = make_tasks(args.num_train, args.num_unseen, args.seed)
     write(Path(args.output_dir), "training", train)
     write(Path(args.output_dir), "unseen", unseen)

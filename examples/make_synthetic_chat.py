@@ -33,9 +33,14 @@ import argparse
 import hashlib
 import json
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from utils.cli import output_directory  # noqa: E402
 
 Turn = dict[str, str]
 Conversation = dict[str, list[Turn]]
@@ -383,7 +388,7 @@ def write(output_dir: str | Path, train: list[dict], valid: list[dict], heldout:
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output-dir", default="examples/synthetic")
+    p.add_argument("--output-dir", type=output_directory, default="examples/synthetic")
     p.add_argument("--num-conversations", type=int, default=4000, help="train + valid conversations")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--valid-fraction", type=float, default=0.05, help="0 writes no valid.json")
@@ -392,8 +397,6 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.num_conversations < 1 or not 0 <= args.valid_fraction < 1 or args.num_heldout < 0:
         p.error("need --num-conversations >= 1, 0 <= --valid-fraction < 1 and --num-heldout >= 0")
-    if Path(args.output_dir).is_file():
-        p.error(f"--output-dir {args.output_dir}: a file, not a directory")
     return args
 
 

@@ -21,7 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from utils.cli import output_directory  # noqa: E402
 
 ANIMALS = {  # kind: (sound, food) -- the world facts, always the same in every story
     "cat": ("meow", "fish"), "dog": ("woof", "bones"), "cow": ("moo", "grass"), "duck": ("quack", "bread"),
@@ -96,7 +101,7 @@ def generate(num_stories: int, seed: int, num_probes: int = 100) -> dict[str, li
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--output-dir", default="data/synthetic-text-raw")
+    ap.add_argument("--output-dir", type=output_directory, default="data/synthetic-text-raw")
     ap.add_argument("--num-stories", type=int, default=3000)
     ap.add_argument("--num-probes", type=int, default=100, help="prompts per recall probe file")
     ap.add_argument("--seed", type=int, default=0)

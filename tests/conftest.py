@@ -154,7 +154,12 @@ def generate(*args: str, stdin: str | None = None) -> subprocess.CompletedProces
     saved_stdin, sys.stdin = sys.stdin, io.StringIO(stdin or "")
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = cli.main(list(args))
+            try:
+                code = cli.main(list(args))
+            except SystemExit as e:  # as the interpreter ends: a message goes to stderr with status 1
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+                if isinstance(e.code, str):
+                    print(e.code, file=sys.stderr)
     finally:
         sys.stdin = saved_stdin
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())

@@ -329,7 +329,7 @@ def test_collector_undoes_the_augmentations(tiny_arc):
 # ----------------------------------------------------------------------------- training
 
 
-def test_tiny_arc_training_run_writes_a_submission(tiny_arc, tmp_path, capsys):
+def test_tiny_arc_training_run_writes_a_submission(tiny_arc, tmp_path):
     src, _ = tiny_arc
     data = tmp_path / "built-on-first-run"
     cfg = compose("dataset=arc", f"dataset.build_path={data}", f"checkpoint_dir={tmp_path}", "run_name=arc",
@@ -351,9 +351,9 @@ def test_tiny_arc_training_run_writes_a_submission(tiny_arc, tmp_path, capsys):
             assert set(a) == {"attempt_1", "attempt_2"}
             assert all(isinstance(row, list) and all(0 <= v <= 9 for v in row) for row in a["attempt_1"])
     # its 30x30 grids are as long as a maze's: generate.py --puzzle knows the run's task and refuses it
-    capsys.readouterr()
-    assert generate_main(["--checkpoint", str(tmp_path / "Built-on-first-run-ACT-torch" / "arc"), "--puzzle", "x"]) == 1
-    assert capsys.readouterr().err == "error: this run's task is arc: --puzzle solves Sudoku and maze puzzles only\n"
+    with pytest.raises(SystemExit) as exit_:
+        generate_main(["--checkpoint", str(tmp_path / "Built-on-first-run-ACT-torch" / "arc"), "--puzzle", "x"])
+    assert exit_.value.code == "error: this run's task is arc: --puzzle solves Sudoku and maze puzzles only"
 
 
 @pytest.mark.parametrize("dataset, shape, task", [

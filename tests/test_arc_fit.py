@@ -111,8 +111,9 @@ def test_generate_arc_task_prints_the_top_two_answers_and_whether_they_are_right
     # bad task files: one line naming the file and what is wrong
     (tmp_path / "bad.json").write_text(json.dumps({"train": [{"input": [[1, 2], [3]], "output": [[1]]}],
                                                    "test": [{"input": [[1]]}]}))
-    assert generate_main(["--checkpoint", str(arc_run), "--arc-task", str(tmp_path / "bad.json")]) == 1
-    assert capsys.readouterr().err.startswith(f"error: task bad ({tmp_path / 'bad.json'}): train[0].input: rows")
+    with pytest.raises(SystemExit) as exit_:
+        generate_main(["--checkpoint", str(arc_run), "--arc-task", str(tmp_path / "bad.json")])
+    assert str(exit_.value.code).startswith(f"error: task bad ({tmp_path / 'bad.json'}): train[0].input: rows")
 
 
 def test_the_set_evaluator_writes_a_submission_and_resumes_per_task(arc_run, tmp_path, capsys):
@@ -135,17 +136,19 @@ def test_the_set_evaluator_writes_a_submission_and_resumes_per_task(arc_run, tmp
     assert (out / "answers" / "a.json").stat().st_mtime_ns == kept and (out / "answers" / "b.json").exists()
     assert json.loads((out / "submission.json").read_text()) == submission
     # other settings into the same directory: refused before any work
-    assert set_main(args(steps=2)) == 1
-    assert "answered with other settings" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        set_main(args(steps=2))
+    assert str(exit_.value.code).startswith("error: ") and "answered with other settings" in exit_.value.code
 
 
-def test_the_set_evaluator_uses_the_raw_weights_with_no_ema(arc_run, tmp_path, capsys):
+def test_the_set_evaluator_uses_the_raw_weights_with_no_ema(arc_run, tmp_path):
     write_tasks(tmp_path / "src", "evaluation2", {"a": grid_task(1)})
     run = with_nan_ema(arc_run, tmp_path / "run")
     args = [str(run), "--tasks", str(tmp_path / "src"), "--subset", "evaluation2", "--fit-steps", "1",
             "--batch-size", "4", "--output-dir", str(tmp_path / "out")]
-    assert set_main(args) == 1  # the EMA weights, by default
-    assert "not usable" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # the EMA weights, by default
+        set_main(args)
+    assert str(exit_.value.code).startswith("error: ") and "not usable" in exit_.value.code
     assert set_main([*args, "--no-ema"]) == 0
 
 

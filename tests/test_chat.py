@@ -72,7 +72,7 @@ def test_validation_conversations_from_their_own_file(tmp_path):
                     "--train-split", "0.9"])
 
 
-def test_no_validation_conversation_is_a_copy_of_a_training_one(tmp_path):
+def test_no_validation_conversation_is_a_copy_of_a_training_one(tmp_path, capsys):
     """Generated tasks repeat problems: a copy in the validation split would score memorisation."""
     records = [{"conversations": [{"from": "human", "value": f"{a}+{a}?"}, {"from": "gpt", "value": str(2 * a)}]}
                for a in [1, 2] * 5 + [3, 4, 5, 6]]
@@ -83,6 +83,8 @@ def test_no_validation_conversation_is_a_copy_of_a_training_one(tmp_path):
     assert texts["valid"] and not set(texts["valid"]) & set(texts["train"])
     assert len(texts["train"]) == len(records) // 2  # the training split keeps its repeats
     assert meta["valid_training_copies"] == len(records) - len(texts["train"]) - len(texts["valid"]) > 0
+    copies = meta["valid_training_copies"]
+    assert f"valid: left out {copies} conversations that are also in the training split\n" in capsys.readouterr().out
 
 
 def test_a_split_left_without_samples_fails(tmp_path):

@@ -77,6 +77,16 @@ def test_compile_off_switches(amx_cpu, monkeypatch):
         ud.resolve_compile("sometimes", CPU, 10)
 
 
+def test_a_bad_device_is_named_as_the_user_typed_it(monkeypatch):
+    with pytest.raises(ValueError, match=r"^device=gpu: not a device \(auto, cpu, cuda, cuda:N or mps\)$"):
+        ud.select_device("gpu")  # the config key (pretrain.py)
+    with pytest.raises(ValueError, match=r"^--device gpu: not a device"):
+        ud.select_device("gpu", "--device")  # an argparse flag (generate.py, benchmarks)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"^--device cuda:1 requested but CUDA is not available$"):
+        ud.select_device("cuda:1", "--device")
+
+
 def test_cpu_features_are_detected_from_the_cpu_not_its_name(monkeypatch):
     ud.cpu_bf16_features.cache_clear()
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)

@@ -158,16 +158,18 @@ def test_a_puzzle_trm_exports_with_its_modeling_file(tmp_path):
     assert_loads_back(run, out)
 
 
-def test_export_errors_are_one_line(tmp_path, capsys):
-    assert export_main([str(tmp_path / "nope"), "--output", str(tmp_path / "out")]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+def test_export_errors_are_one_line(tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+        export_main([str(tmp_path / "nope"), "--output", str(tmp_path / "out")])
+    err = str(exit_.value.code)
+    assert err.startswith("error: ") and "\n" not in err and not (tmp_path / "out").exists()
     arch = dict(name="trm", hidden_size=16, num_heads=2, expansion=2, L_layers=1, H_cycles=1, L_cycles=1,
                 halt_max_steps=2, puzzle_emb_ndim=0, seq_len=4, vocab_size=5, num_puzzle_identifiers=1)
     (tmp_path / "notes.txt").write_text("keep")  # an --output that is a file
-    assert export_main([str(fake_run(tmp_path, arch)), "--output", str(tmp_path / "notes.txt")]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: {tmp_path / 'notes.txt'}: cannot create the directory") and err.count("\n") == 1
+    with pytest.raises(SystemExit) as exit_:
+        export_main([str(fake_run(tmp_path, arch)), "--output", str(tmp_path / "notes.txt")])
+    err = str(exit_.value.code)
+    assert err.startswith(f"error: {tmp_path / 'notes.txt'}: cannot create the directory") and "\n" not in err
     assert (tmp_path / "notes.txt").read_text() == "keep"
 
 

@@ -405,7 +405,7 @@ def test_bad_input_is_a_one_line_error(chat_run, tmp_path, case):
                 "corrupt": "step_1.pt: cannot load: not a checkpoint (torch.save writes a zip archive; this is not one)",
                 "tokenizer_file": "tokenizer.json: not a tokenizer directory saved by training",
                 "empty": "empty prompt", "too_long": "context is 64 tokens",
-                "device": "device=gpu: not a device (auto, cpu, cuda, cuda:N or mps)"}[case]
+                "device": "--device gpu: not a device (auto, cpu, cuda, cuda:N or mps)"}[case]
     assert expected in result.stderr
 
 

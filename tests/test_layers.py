@@ -3,6 +3,7 @@ scripts that build datasets are imported by nothing but their own tests."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 
@@ -58,3 +59,12 @@ def test_packages_do_not_load_their_scripts():
     code = f"import sys, {', '.join(packages)}; print(sorted(set({scripts!r}) & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_package_modules_the_docs_run_by_path_can_be_run_so():
+    """`python dataset/build_sudoku_dataset.py` works because the builders put the repository root on sys.path;
+    the other package modules with a command line (utils/, evaluators/) are shown as `python -m ...` only."""
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *(p for layer in LAYERS for p in modules(layer))]
+    shown = {m for doc in docs for m in re.findall(rf"python3? ((?:{'|'.join(LAYERS)})/\w+\.py)", doc.read_text())}
+    wrong = [path for path in sorted(shown) if "sys.path.insert" not in (ROOT / path).read_text()]
+    assert shown and not wrong, f"run as a path but not importable so (show python -m instead): {wrong}"

@@ -304,10 +304,10 @@ def test_system_named_assistant_answers_with_its_name(data):
 
 
 @pytest.mark.parametrize("script, options, message", [
-    ("make_synthetic_chat.py", ["--output-dir", "{file}"], "--output-dir {file}: a file, not a directory"),
-    ("make_chat_probes.py", ["--num", "0"], "need --num >= 1 and an --output-dir that is not a file"),
-    ("make_synthetic_arc.py", ["--output-dir", "{file}"], "need --num-train >= 1, --num-unseen >= 0 and an "
-                                                          "--output-dir that is not a file")])
+    *[(script, ["--output-dir", "{file}"], "argument --output-dir: {file}: exists and is not a directory") for script in
+      ("make_synthetic_chat.py", "make_chat_probes.py", "make_synthetic_arc.py", "make_synthetic_text.py")],
+    ("make_chat_probes.py", ["--num", "0"], "need --num >= 1 (got 0)"),
+    ("make_synthetic_arc.py", ["--num-train", "0", "--output-dir", "out"], "need --num-train >= 1 and --num-unseen >= 0")])
 def test_example_scripts_refuse_a_file_as_output_dir_and_empty_counts(tmp_path, script, options, message):
     """Each is a usage error (status 2, no traceback) before anything is written; the file is left as it was."""
     file = tmp_path / "notes.txt"

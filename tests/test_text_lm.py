@@ -95,7 +95,7 @@ def test_validation_documents_from_their_own_file(tmp_path):
                                    valid_file=[str(raw / "bad.jsonl")]))
 
 
-def test_no_validation_document_is_a_copy_of_a_training_one(tmp_path):
+def test_no_validation_document_is_a_copy_of_a_training_one(tmp_path, capsys):
     """Corpora repeat documents: a copy in the validation split would score memorisation."""
     lines = tmp_path / "corpus.txt"
     docs = STORIES[:2] * 6 + STORIES[2:]  # the first two stories 6 times each
@@ -107,6 +107,8 @@ def test_no_validation_document_is_a_copy_of_a_training_one(tmp_path):
     assert valid and not set(valid) & set(train)
     assert len(train) == len(docs) // 2  # the training split keeps its repeats
     assert meta["valid_training_copies"] == len(docs) - len(train) - len(valid) > 0
+    copies = meta["valid_training_copies"]
+    assert f"valid: left out {copies} documents that are also in the training split\n" in capsys.readouterr().out
     assert meta["splits"]["valid"]["documents"] == len(valid)
     # the same for a validation file of its own
     (tmp_path / "valid.txt").write_text(STORIES[0] + "\nA story of its own.\n")

@@ -307,7 +307,7 @@ def test_train_cli_output_where_no_directory_can_be_is_a_one_line_error(tmp_path
     txt.write_text("ab ab ab cd cd\n")
     with pytest.raises(SystemExit) as exit_:  # an existing file: refused before training
         main(["train", "--files", str(txt), "--output", str(txt)])
-    assert exit_.value.code == 2 and f"--output {txt}: exists and is not a directory" in capsys.readouterr().err
+    assert exit_.value.code == 2 and f"argument --output: {txt}: exists and is not a directory" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:  # inside a file: found when saving, still one line
         main(["train", "--files", str(txt), "--output", str(txt / "tok")])
     assert str(exit_.value.code).startswith(f"error: {txt / 'tok'}: cannot create the directory (Not a directory)")

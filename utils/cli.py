@@ -4,6 +4,8 @@ command-line entry point turns these into one line `error: <message>` on stderr 
 traceback."""
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 from contextlib import contextmanager
 from typing import Iterator
@@ -21,3 +23,11 @@ def exit_on_bad_input() -> Iterator[None]:
         yield
     except BAD_INPUT as e:
         sys.exit(f"error: {e}")
+
+
+def output_directory(value: str) -> str:
+    """argparse `type=` of an option naming a directory to write into: a path that is an existing file is a usage
+    error (status 2) before any work, which argparse reports with the option's name."""
+    if os.path.exists(value) and not os.path.isdir(value):
+        raise argparse.ArgumentTypeError(f"{value}: exists and is not a directory")
+    return value

@@ -26,16 +26,19 @@ import torch
 CPU_COMPILE_MIN_STEPS = 2000
 
 
-def select_device(preference: str = "auto") -> torch.device:
+def select_device(preference: str = "auto", flag: str | None = None) -> torch.device:
+    """The device for `preference` (auto: cuda > mps > cpu). Errors name it as the user typed it: `flag PREFERENCE`
+    for a command-line flag (generate.py's --device), else the config key `device=PREFERENCE`."""
     if preference != "auto":
+        typed = f"{flag} {preference}" if flag else f"device={preference}"
         try:
             device = torch.device(preference)
         except RuntimeError:
-            raise ValueError(f"device={preference}: not a device (auto, cpu, cuda, cuda:N or mps)") from None
+            raise ValueError(f"{typed}: not a device (auto, cpu, cuda, cuda:N or mps)") from None
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device={preference} requested but CUDA is not available")
+            raise ValueError(f"{typed} requested but CUDA is not available")
         if device.type == "mps" and not torch.backends.mps.is_available():
-            raise ValueError(f"device={preference} requested but Apple MPS is not available")
+            raise ValueError(f"{typed} requested but Apple MPS is not available")
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")

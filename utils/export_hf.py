@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 
 from models.llama import OURS, llama_config, llama_mismatch, to_llama
 from utils.checkpoint import HF_Q_HEAD, HF_WEIGHTS, find_checkpoint, load_trained_model
-from utils.cli import BAD_INPUT
+from utils.cli import exit_on_bad_input
 from utils.files import make_dir
 from utils.tokenizer import ChatTokenizer, SPECIAL_TOKENS
 
@@ -111,11 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", required=True, help="the directory to write (created)")
     ap.add_argument("--no-ema", action="store_true", help="export the raw weights even when EMA weights are saved")
     args = ap.parse_args(argv)
-    try:
+    with exit_on_bad_input():
         file, llama = export(args.run, args.output, use_ema=not args.no_ema)
-    except BAD_INPUT as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     how = "a LlamaForCausalLM" if llama else "with its modeling file"
     print(f"exported {file} to {args.output} ({how}): AutoModelForCausalLM.from_pretrained({args.output!r}"
           f"{'' if llama else ', trust_remote_code=True'})")

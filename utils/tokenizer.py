@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from utils.cli import exit_on_bad_input
+from utils.cli import exit_on_bad_input, output_directory
 from utils.files import make_dir
 
 SPECIAL_TOKENS = {
@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
                        help="total, including bytes and special tokens (default 4096)")
     train.add_argument("--min-frequency", type=int, default=0,
                        help="merge only pairs seen at least this often (default 0: no limit)")
-    train.add_argument("--output", required=True,
+    train.add_argument("--output", type=output_directory, required=True,
                        help="directory to save the tokenizer into (not a .json file name)")
     args = parser.parse_args(argv)
     for path in args.files:
@@ -342,8 +342,6 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--output {args.output}: expected a directory to save into (it gets tokenizer.json, "
                      f"tokenizer_config.json and {CONFIG_FILE}), not a .json file name; e.g. --output "
                      f"{os.path.dirname(args.output) or '.'}/tokenizer")
-    if os.path.exists(args.output) and not os.path.isdir(args.output):
-        parser.error(f"--output {args.output}: exists and is not a directory")
     with exit_on_bad_input():
         tok = ChatTokenizer.train_bpe(iter_texts(args.files), args.vocab_size, args.min_frequency)
         tok.save(args.output)
