@@ -41,11 +41,11 @@ def check_config(cfg: DictConfig) -> None:
     def value(key: str):
         return OmegaConf.select(cfg, key, default=None)
 
-    numbers = (*WHOLE_AT_LEAST, *POSITIVE, *NON_NEGATIVE, *INTERVALS)
-    for key in numbers:
+    number_keys = (*WHOLE_AT_LEAST, *POSITIVE, *NON_NEGATIVE, *INTERVALS)
+    for key in number_keys:
         if key not in NULLABLE and OmegaConf.select(cfg, key, default="absent") is None:
             _fail(key, "null", "must be a number")
-    present = [k for k in numbers if value(k) is not None and not (k in AUTO and value(k) == "auto")]
+    present = [k for k in number_keys if value(k) is not None and not (k in AUTO and value(k) == "auto")]
     for key in present:
         v = value(key)
         if not _is_number(v) or math.isnan(v) or math.isinf(v):
