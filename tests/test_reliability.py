@@ -33,47 +33,42 @@ def logged(run_dir: Path) -> list[dict]:
 
 # ----------------------------------------------------------------------------- config checked at start
 
-@pytest.mark.parametrize("override, message", [
-    ("global_batch_size=0", "global_batch_size=0: must be a whole number >= 1"),
-    ("eval_interval=0", "eval_interval=0: must be > 0"),
-    ("log_interval=0", "log_interval=0: must be a whole number >= 1"),
-    ("lr=-1", "lr=-1: must be >= 0"),
-    ("lr=nan", "lr=nan: must be a number"),
-    ("ema_rate=2", r"ema_rate=2: must lie in \[0, 1\)"),
-    ("max_steps=-1", "max_steps=-1: must be a whole number >= 1"),
-    ("max_steps=0", "max_steps=0: must be a whole number >= 1"),
-    ("epochs=0", "epochs=0: must be > 0"),
-    ("eval_interval=null", "eval_interval=null: must be a number"),
-    ("global_batch_size=null", "global_batch_size=null: must be a number"),
-    ("grad_accum_steps=0", "grad_accum_steps=0: must be a whole number >= 1"),
-    ("max_bad_steps=0", "max_bad_steps=0: must be a whole number >= 1"),
-    ("run_name=1e3", "run_name=1000.0: was read as a float; quote it"),
-    ("run_name=nan", "run_name=nan: was read as a float"),
-    ("device=gpu", "device=gpu: must be auto, cpu, cuda"),
-    ("ema=maybe", "ema=maybe: must be true or false"),
-    ("arch.H_cycles=null", "H_cycles=null: must be a whole number"),
-    ("arch.expansion=-1", "expansion=-1: must be > 0"),
-    ("arch.mlp_t=1", "mlp_t=1: must be true or false"),
-    ("+arch.causal=true", "mlp_t mixes the whole sequence and cannot be causal"),
+@pytest.mark.parametrize("config, override, message", [
+    *(("cfg_pretrain", override, message) for override, message in [
+        ("global_batch_size=0", "global_batch_size=0: must be a whole number >= 1"),
+        ("eval_interval=0", "eval_interval=0: must be > 0"),
+        ("log_interval=0", "log_interval=0: must be a whole number >= 1"),
+        ("lr=-1", "lr=-1: must be >= 0"),
+        ("lr=nan", "lr=nan: must be a number"),
+        ("ema_rate=2", r"ema_rate=2: must lie in \[0, 1\)"),
+        ("max_steps=-1", "max_steps=-1: must be a whole number >= 1"),
+        ("max_steps=0", "max_steps=0: must be a whole number >= 1"),
+        ("epochs=0", "epochs=0: must be > 0"),
+        ("eval_interval=null", "eval_interval=null: must be a number"),
+        ("global_batch_size=null", "global_batch_size=null: must be a number"),
+        ("grad_accum_steps=0", "grad_accum_steps=0: must be a whole number >= 1"),
+        ("max_bad_steps=0", "max_bad_steps=0: must be a whole number >= 1"),
+        ("run_name=1e3", "run_name=1000.0: was read as a float; quote it"),
+        ("run_name=nan", "run_name=nan: was read as a float"),
+        ("device=gpu", "device=gpu: must be auto, cpu, cuda"),
+        ("ema=maybe", "ema=maybe: must be true or false"),
+        ("arch.H_cycles=null", "H_cycles=null: must be a whole number"),
+        ("arch.expansion=-1", "expansion=-1: must be > 0"),
+        ("arch.mlp_t=1", "mlp_t=1: must be true or false"),
+        ("+arch.causal=true", "mlp_t mixes the whole sequence and cannot be causal"),
+    ]),
+    *(("cfg_chat", override, message) for override, message in [  # language datasets' options
+        ("dataset.seq_len=-5", "dataset.seq_len=-5: must be a whole number >= 1"),
+        ("dataset.seq_len=abc", "dataset.seq_len=abc: must be a number"),
+        ("dataset.pack=maybe", "dataset.pack=maybe: must be true or false"),
+        ("dataset.max_new_tokens=null", "dataset.max_new_tokens=null: must be a number"),
+    ]),
 ])
-def test_bad_config_values_are_one_line_errors_before_any_work(tmp_path, override, message):
-    cfg = compose(f"data_paths=[{tmp_path / 'never-built'}]", f"checkpoint_dir={tmp_path}", override)
+def test_bad_config_values_are_one_line_errors_before_any_work(tmp_path, config, override, message):
+    cfg = compose(f"data_paths=[{tmp_path / 'never-built'}]", f"checkpoint_dir={tmp_path}", override, config=config)
     with pytest.raises(ValueError, match=message):
         train(cfg)
     assert not (tmp_path / "never-built").exists() and list(tmp_path.iterdir()) == []  # nothing built or written
-
-
-@pytest.mark.parametrize("override, message", [
-    ("dataset.seq_len=-5", "dataset.seq_len=-5: must be a whole number >= 1"),
-    ("dataset.seq_len=abc", "dataset.seq_len=abc: must be a number"),
-    ("dataset.pack=maybe", "dataset.pack=maybe: must be true or false"),
-    ("dataset.max_new_tokens=null", "dataset.max_new_tokens=null: must be a number"),
-])
-def test_bad_language_dataset_options_are_one_line_errors_before_any_work(tmp_path, override, message):
-    cfg = compose_chat(f"data_paths=[{tmp_path / 'never-built'}]", f"checkpoint_dir={tmp_path}", override)
-    with pytest.raises(ValueError, match=message):
-        train(cfg)
-    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("override, message", [
