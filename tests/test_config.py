@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import ROOT, build_tiny, compose, compose_chat
+from conftest import ROOT, build_tiny, compose, compose_chat, tiny_cfg
 from models import build_model
 from pretrain import train
 
@@ -80,3 +80,14 @@ def test_chat_row_length_is_a_dataset_override(tmp_path):
     assert batch["inputs"].shape[1] == 128
     with pytest.raises(ValueError, match="more than the row length 8 .*--max-length 8"):
         open_data(compose_chat(f"data_paths=[{out}]", "dataset.seq_len=8"), 0, 1)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("+arch.seq_len=128", r"arch.seq_len=128: the data sets it \(81\); for chat and text rows use dataset.seq_len"),
+    ("+arch.vocab_size=300", r"arch.vocab_size=300: the data sets it \(11\)"),
+])
+def test_an_arch_value_the_data_sets_is_refused_not_ignored(sudoku_dir, tmp_path, override, message):
+    """arch.seq_len=N is not a key (Hydra suggests +arch.seq_len=N); added, it was silently replaced by the data's."""
+    with pytest.raises(ValueError, match=message):
+        train(tiny_cfg(sudoku_dir, tmp_path, override, "max_steps=1"))
+    assert list(tmp_path.iterdir()) == []  # refused before the run directory

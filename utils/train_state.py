@@ -51,8 +51,12 @@ def start_state(cfg: DictConfig, device: torch.device, train_data, d: Dist) -> t
     if arch["forward_dtype"] == "float16" and device.type != "cuda":
         raise ValueError(f"arch.forward_dtype=float16 trains on CUDA only (with a loss scaler); on {device.type} "
                          "train with bfloat16 or float32 (generate.py --dtype float16 is fine anywhere)")
-    model_config = {**arch, **train_data.model_fields(),
-                    "gradient_checkpointing": bool(cfg.get("gradient_checkpointing"))}
+    fields = train_data.model_fields()
+    for key, value in fields.items():  # +arch.seq_len=N and the like would be replaced by the data's without a word
+        if arch.get(key) is not None and arch[key] != value:
+            raise ValueError(f"arch.{key}={arch[key]}: the data sets it ({value})"
+                             + ("; for chat and text rows use dataset.seq_len" if key == "seq_len" else ""))
+    model_config = {**arch, **fields, "gradient_checkpointing": bool(cfg.get("gradient_checkpointing"))}
     if cfg.grad_accum_steps < 1 or train_data.local_batch_size % cfg.grad_accum_steps:
         raise ValueError(f"grad_accum_steps={cfg.grad_accum_steps} must divide the batch of each process "
                          f"({train_data.local_batch_size} = global_batch_size / {d.world_size} processes)")
