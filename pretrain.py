@@ -15,6 +15,7 @@ utils/train_state.py.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -143,6 +144,13 @@ class Run:
         return self.curriculum.lr_factor(step, factor, cfg.lr_warmup_steps) if self.curriculum else factor
 
 
+def evaluation_steps(epochs: float, eval_interval: float, skip: int, total_steps: int) -> set[int]:
+    """The steps after every eval_interval epochs (the last one at the end of the schedule), the first `skip` left
+    out. The count forgives float round-off in the ratio: 1.2 epochs / 0.1 is 11.999999999999998, 12 evaluations."""
+    n_evals = max(1, math.floor(epochs / eval_interval + 1e-9))
+    return {max(1, round(k * total_steps / n_evals)) for k in range(skip + 1, n_evals + 1)}
+
+
 def start_run(cfg: DictConfig, d: Dist, device: torch.device, run_dir: str | None) -> Run:
     """Data, model, optimizers and schedule; the run directory (a new one, or the resumed run's with its state
     restored), its logger and evaluator."""
@@ -151,9 +159,7 @@ def start_run(cfg: DictConfig, d: Dist, device: torch.device, run_dir: str | Non
     train_data, test_data = open_data(cfg, d.rank, d.world_size)
     steps_per_epoch = train_data.examples_per_epoch / cfg.global_batch_size
     total_steps = max(1, int(cfg.epochs * steps_per_epoch))
-    # evaluate after every eval_interval epochs (the last one at the end), skipping the first min_eval_interval
-    n_evals = max(1, int(cfg.epochs // cfg.eval_interval))
-    eval_steps = {max(1, round(k * total_steps / n_evals)) for k in range(cfg.min_eval_interval + 1, n_evals + 1)}
+    eval_steps = evaluation_steps(cfg.epochs, cfg.eval_interval, cfg.min_eval_interval, total_steps)
     stop = min(total_steps, cfg.max_steps or total_steps)
     if cfg.ema_rate == "auto":  # recorded in the run's config, as the device policy's choices below
         cfg.ema_rate = auto_ema_rate(stop)

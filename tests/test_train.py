@@ -7,12 +7,24 @@ import pytest
 import torch
 
 from conftest import FLOAT32, ROOT, TINY, compose, grid_task, run_cli, tiny_cfg, with_puzzle_ids, write_tasks
-from pretrain import train
+from pretrain import evaluation_steps, train
 from utils.checkpoint import find_checkpoint, load_checkpoint
 from utils.run import new_run_dir, resume_config
 
 def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("epochs, interval, skip, total, expected", [
+    (50, 10, 0, 781, {156, 312, 469, 625, 781}),  # the default job
+    (1.2, 0.1, 0, 12, set(range(1, 13))),  # 1.2 / 0.1 is 11.999999999999998 in floats: still 12
+    (1, 0.1, 0, 10, set(range(1, 11))),  # 1 // 0.1 is 9.0
+    (1, 0.3, 0, 30, {10, 20, 30}),  # whole intervals only, the last at the end
+    (2, 0.5, 2, 8, {6, 8}),  # the first two left out
+    (1, 5, 0, 7, {7}),  # an interval past the end: one evaluation, at the end
+])
+def test_evaluation_steps(epochs, interval, skip, total, expected):
+    assert evaluation_steps(epochs, interval, skip, total) == expected
 
 
 def test_tiny_training_run_lowers_loss_and_evaluates(sudoku_dir, tmp_path):
