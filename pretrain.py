@@ -185,9 +185,11 @@ def start_run(cfg: DictConfig, d: Dist, device: torch.device, run_dir: str | Non
     if state.evaluator is not None and hasattr(evaluator, "load_state_dict"):  # a resumed run's pooled votes
         evaluator.load_state_dict(state.evaluator)
     if d.is_main:
+        stopping = f", stopping at {stop} (max_steps)" if stop < total_steps else ""
         print(f"{cfg.arch.name}: {sum(p.numel() for p in state.model.parameters()) / 1e6:.2f}M parameters on "
               f"{device} ({model_config['forward_dtype']}{f', {d.world_size} processes' if d.enabled else ''}); "
-              f"{total_steps} steps ({steps_per_epoch:.2f}/epoch), batch {cfg.global_batch_size}; run dir {run_dir}")
+              f"{total_steps} steps ({steps_per_epoch:.2f}/epoch){stopping}, batch {cfg.global_batch_size}; "
+              f"run dir {run_dir}")
         print(describe_policy(model_config["forward_dtype"], compile_note, device))
     logger = RunLogger(run_dir, project_name(cfg), os.path.basename(run_dir),
                        OmegaConf.to_container(cfg, resolve=True), cfg.logger.mode, cfg.logger.entity,

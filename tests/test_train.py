@@ -27,9 +27,10 @@ def test_evaluation_steps(epochs, interval, skip, total, expected):
     assert evaluation_steps(epochs, interval, skip, total) == expected
 
 
-def test_tiny_training_run_lowers_loss_and_evaluates(sudoku_dir, tmp_path):
+def test_tiny_training_run_lowers_loss_and_evaluates(sudoku_dir, tmp_path, capsys):
     results = train(tiny_cfg(sudoku_dir, tmp_path, "max_steps=40", "run_name=lower"))
     run_dir = tmp_path / "Sudoku-tiny-ACT-torch" / "lower"
+    assert ", stopping at 40 (max_steps), batch 16;" in capsys.readouterr().out  # the schedule is longer
     losses = [m["train/lm_loss"] for m in metrics(run_dir) if "train/lm_loss" in m]
     assert len(losses) == 40
     assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5
