@@ -166,7 +166,8 @@ def build(config: MazeBuildConfig) -> None:
     if cfg.source == "generate" and cfg.save_csv:  # after the dataset: a directory inside the output one stays
         for split, (qs, ans) in splits.items():
             write_csv(Path(cfg.save_csv) / f"{split}.csv", list(qs), list(ans))
-    say(f"wrote {cfg.output_dir}: {len(train[0])} train mazes ({NUM_DIHEDRAL if cfg.augment else 1} copies each), "
+    copies = f"{NUM_DIHEDRAL} copies each" if cfg.augment else "not augmented"
+    say(f"wrote {cfg.output_dir}: {len(train[0])} train mazes ({copies}), "
         f"{len(test[0]) if test else 0} test mazes, in {time.perf_counter() - start:.1f} s")
 
 

@@ -54,7 +54,8 @@ def heldout_accuracy(model: ACTLossHead, tokenizer, rows: list[dict[str, str]],
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="Score a chat run on held-out prompts with known answers.")
+    ap = argparse.ArgumentParser(prog="python -m evaluators.chat",
+                                 description="Score a chat run on held-out prompts with known answers.")
     ap.add_argument("run", help="run directory or checkpoint file")
     ap.add_argument("--heldout", required=True, help="JSONL of {prompt, answer}")
     ap.add_argument("--max-new-tokens", type=int, default=24)

@@ -106,7 +106,7 @@ def export(run: str, output: str, use_ema: bool = True) -> tuple[str, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m utils.export_hf", description=__doc__.split("\n\n")[0])
     ap.add_argument("run", help="a run directory (latest step), a step_<N>[.pt] file, or <run>/latest")
     ap.add_argument("--output", required=True, help="the directory to write (created)")
     ap.add_argument("--no-ema", action="store_true", help="export the raw weights even when EMA weights are saved")

@@ -87,7 +87,8 @@ def plot(run_dir: str, output: str | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m utils.plot_metrics", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir")
     ap.add_argument("--output", help="PNG path (default: <run_dir>/metrics.png)")
     ap.add_argument("--watch", action="store_true", help="redraw whenever metrics.jsonl changes (Ctrl-C stops)")

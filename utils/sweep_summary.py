@@ -215,7 +215,8 @@ def summarize(sweep_dir: str, metric: str | None = None, out_dir: str | None = N
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="Collect a sweep's runs into a CSV, a markdown table and a heat map.")
+    ap = argparse.ArgumentParser(prog="python -m utils.sweep_summary",
+                                 description="Collect a sweep's runs into a CSV, a markdown table and a heat map.")
     ap.add_argument("sweep_dir", help="the sweep directory (hydra.sweep.dir, e.g. checkpoints/multirun/<date-time>)")
     ap.add_argument("--metric", default=None, help="column drawn in the heat map (default: exact_accuracy, "
                                                    "or accuracy for chat runs)")

@@ -352,7 +352,8 @@ def write_outputs(spec: Spec, state: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m utils.tournament", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("spec", help="the tournament file (examples/tournament.yaml)")
     ap.add_argument("--output-dir", help="where its runs and bracket go (default: the file's output_dir)")
     ap.add_argument("--stop-after", type=int, help="play at most this many rounds now (rerun to go on)")
