@@ -68,6 +68,19 @@ def test_casted_linear_reuses_its_no_grad_cast_until_the_weight_changes():
 
 
 
+@pytest.mark.parametrize("transposed", [False, True], ids=["rows", "mlp_t"])
+def test_swiglu_big_no_grad_pass_computes_the_fused_projections_maths(transposed):
+    """Without autograd, activations of 2^20 elements or more take the two-matmul form too (evaluation at the
+    paper's sizes): the fused projection's outputs."""
+    g = torch.Generator().manual_seed(0)
+    mlp = SwiGLU(128, 4)
+    x = torch.randn(64, 128, 128, generator=g)
+    x = x.transpose(1, 2) if transposed else x
+    with torch.no_grad():
+        gate, up = F.linear(x, mlp.gate_up_proj.weight).chunk(2, dim=-1)
+        torch.testing.assert_close(mlp(x), F.linear(F.silu(gate) * up, mlp.down_proj.weight), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("transposed", [False, True], ids=["rows", "mlp_t"])
 def test_swiglu_training_pass_computes_the_fused_projections_maths(dtype, tol, transposed):
