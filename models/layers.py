@@ -203,17 +203,17 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         two_matmuls = (x.device.type == "cpu" and not torch.compiler.is_compiling()
-                       and (torch.is_grad_enabled() or x.numel() >= 1 << 20))
+                       and (torch.is_grad_enabled() or x.numel() >= 1 << 17))
         if two_matmuls:
             # Eager on the CPU: gate and up as two matmuls with the two halves of the one weight. Through `chunk`
             # of one output, backward would concatenate two activation-sized gradients; here what is put together
             # is the weight-sized gradient (15% off the default job's step, 3% at the paper's mlp_t config).
             # Without autograd (the no-grad cycles, evaluation) this form is faster too on big activations: at the
             # paper's configs in bf16, an evaluation pass 12% (mlp_t) and 6% (attention), a training step 3%
-            # (mlp_t); small ones (decoding a token) keep the one matmul, one call fewer per token. Compiled graphs
-            # fuse the concatenation away themselves and keep the fused matmul: in them the two-matmul form makes
-            # torch 2.13's inductor emit an out-of-bounds atomic add in the embedding backward
-            # (pytorch/pytorch#191837), which aborts the paper's compiled mlp_t step
+            # (mlp_t); the default job 4%. Small ones (decoding, short prompts) keep the one matmul, one call fewer
+            # per token. Compiled graphs fuse the concatenation away themselves and keep the fused matmul: in them
+            # the two-matmul form makes torch 2.13's inductor emit an out-of-bounds atomic add in the embedding
+            # backward (pytorch/pytorch#191837), which aborts the paper's compiled mlp_t step
             gate_w, up_w = self.gate_up_proj.cast_weight(x.dtype).chunk(2)
             x = x.contiguous()  # (mlp_t's transposed input: copied once for both matmuls, not a batched matmul)
             gate, up = F.linear(x, gate_w), F.linear(x, up_w)

@@ -70,8 +70,8 @@ def test_casted_linear_reuses_its_no_grad_cast_until_the_weight_changes():
 
 @pytest.mark.parametrize("transposed", [False, True], ids=["rows", "mlp_t"])
 def test_swiglu_big_no_grad_pass_computes_the_fused_projections_maths(transposed):
-    """Without autograd, activations of 2^20 elements or more take the two-matmul form too (evaluation at the
-    paper's sizes): the fused projection's outputs."""
+    """Without autograd, activations of 2^17 elements or more take the two-matmul form too (the no-grad cycles
+    and evaluation of training-sized batches): the fused projection's outputs."""
     g = torch.Generator().manual_seed(0)
     mlp = SwiGLU(128, 4)
     x = torch.randn(64, 128, 128, generator=g)
