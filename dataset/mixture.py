@@ -42,6 +42,18 @@ def open_source(path: str, split: str, seq_len: int, **kwargs) -> TokenDataset:
     return LOADERS[kind](path, split, seq_len=seq_len, **kwargs)
 
 
+def stage_probabilities(stage: Stage, sources: list[str]) -> np.ndarray:
+    """The chance that a row comes from each of `sources` in `stage` (its weights, normalised)."""
+    unknown = set(stage.weights) - set(sources)
+    if unknown:
+        raise ValueError(f"stage {stage.name}: weights for unknown sources {sorted(unknown)}; the sources are "
+                         f"{sorted(sources)}")
+    p = np.array([float(stage.weights.get(name, 0.0)) for name in sources])
+    if (p < 0).any() or p.sum() <= 0:
+        raise ValueError(f"stage {stage.name}: weights must be >= 0 and not all 0, got {stage.weights}")
+    return p / p.sum()
+
+
 class MixtureDataset:
     def __init__(self, sources: dict[str, TokenDataset], curriculum: Curriculum, global_batch_size: int,
                  seed: int = 0, rank: int = 0, world_size: int = 1):
@@ -70,15 +82,7 @@ class MixtureDataset:
         return self.first.tokenizer()
 
     def probabilities(self) -> np.ndarray:
-        weights = self.curriculum.stage.weights
-        unknown = set(weights) - set(self.sources)
-        if unknown:
-            raise ValueError(f"stage {self.curriculum.stage.name}: weights for unknown sources {sorted(unknown)}; "
-                             f"the sources are {sorted(self.sources)}")
-        p = np.array([float(weights.get(name, 0.0)) for name in self.sources])
-        if (p < 0).any() or p.sum() <= 0:
-            raise ValueError(f"stage {self.curriculum.stage.name}: weights must be >= 0 and not all 0, got {weights}")
-        return p / p.sum()
+        return stage_probabilities(self.curriculum.stage, list(self.sources))
 
     def state_dict(self) -> dict[str, Any]:
         return {"batches": self.batches, "sources": {k: s.state_dict() for k, s in self.sources.items()},
@@ -134,6 +138,8 @@ def open_mixture(cfg, rank: int, world_size: int) -> tuple[MixtureDataset, dict[
         test[name] = open_source(source.path, "test", d.seq_len, **kwargs)
     defaults = {name: float(s.get("weight", 1.0)) for name, s in d.sources.items()}
     stages = [Stage.from_config(raw, i, defaults) for i, raw in enumerate(d.get("stages") or [{"name": "all"}])]
+    for stage in stages:  # every stage's weights now, not when training reaches it
+        stage_probabilities(stage, list(d.sources))
     if any(s.difficulty is not None for s in stages) and not any(isinstance(s, LeveledDataset) for s in train.values()):
         raise ValueError("dataset.stages: a stage sets a difficulty, but no source is a leveled dataset "
                          "(examples/make_synthetic_tasks.py writes them: <output-dir>/text or /chat)")

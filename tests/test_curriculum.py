@@ -124,6 +124,15 @@ def test_unknown_source_in_a_stage_is_a_clear_error(sources):
         next(iter(mixture))
 
 
+def test_a_later_stages_bad_weights_stop_the_run_before_training(sources, tmp_path):
+    """Every stage's weights are checked when the data opens, not when training reaches the stage."""
+    cfg = mixture_cfg(sources, tmp_path, "dataset.stages=[{name:text,weights:{text:1.0},steps:3},"
+                                         "{name:both,weights:{text:-0.5,chat:0.5}}]")
+    with pytest.raises(ValueError, match=r"stage both: weights must be >= 0 and not all 0"):
+        train(cfg)
+    assert list(tmp_path.iterdir()) == []  # no run directory: nothing trained
+
+
 def mixture_cfg(sources, tmp: Path, *extra):
     overrides = [*TINY_LM, "dataset=mixture", "dataset.seq_len=32", f"dataset.sources.text.path={sources['text']}",
                  f"dataset.sources.chat.path={sources['chat']}", "dataset.eval_prompts=[]", "global_batch_size=4",
