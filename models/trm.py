@@ -26,7 +26,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # TRMConfig's annotation -> the values it takes, and how an error names them
 KINDS = {"int": (numbers.Integral, "a whole number"), "float": (numbers.Real, "a number"),
          "bool": (bool, "true or false"), "str": (str, "a string")}
-AT_LEAST_ONE = ("seq_len", "vocab_size", "batch_size", "hidden_size", "num_heads", "L_layers")
+AT_LEAST_ONE = ("seq_len", "vocab_size", "batch_size", "hidden_size", "num_heads", "L_layers", "H_cycles", "L_cycles",
+                "halt_max_steps")
 NON_NEGATIVE = ("H_layers", "puzzle_emb_ndim", "puzzle_emb_len")
 POSITIVE = ("expansion", "rope_theta", "rms_norm_eps")
 
@@ -111,10 +112,6 @@ class TRMConfig:
             raise ValueError(f"pos_encodings must be rope, learned or none, got {self.pos_encodings!r}")
         if self.forward_dtype not in DTYPES:
             raise ValueError(f"forward_dtype must be one of {list(DTYPES)}, got {self.forward_dtype!r}")
-        if self.H_cycles < 1 or self.L_cycles < 1 or self.halt_max_steps < 1:
-            raise ValueError("H_cycles, L_cycles and halt_max_steps must be >= 1")
-        if self.H_layers < 0:
-            raise ValueError(f"H_layers must be >= 0 (0: one network), got {self.H_layers}")
         if self.single_z and (self.H_layers or self.one_step_gradient):
             raise ValueError("single_z has no z_H update: it combines with neither H_layers > 0 nor one_step_gradient")
         if not self.mlp_t and self.hidden_size % self.num_heads:
